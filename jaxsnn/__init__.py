@@ -1,0 +1,1 @@
+"""jaxsnn: convert trained Flax ANNs into spiking networks and simulate them fast."""
