@@ -1,1 +1,23 @@
-"""jaxsnn: convert trained Flax ANNs into spiking networks and simulate them fast."""
+"""jaxsnn: convert trained Flax ANNs into spiking networks and simulate them fast.
+
+Data flow::
+
+    stats = jaxsnn.calibrate(apply_fn, variables, train_batches)      # per-neuron max activations
+    snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats))  # ReLU -> SNM neurons
+    trace = jaxsnn.simulate(snn, x, num_steps=256)                     # lax.scan over time
+    acc = jaxsnn.accuracy_vs_time(trace, y)                            # accuracy after every t
+"""
+
+from jaxsnn import neurons
+from jaxsnn._src.calibrate import Stats, calibrate, thresholds
+from jaxsnn._src.convert import SpikingNetwork, convert
+from jaxsnn._src.ir import ConversionError
+from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
+from jaxsnn._src.simulate import Trace, accuracy_vs_time, simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionError", "IF", "Neuron", "SNM", "SignedIF", "SpikingNetwork", "Stats", "Trace", "accuracy_vs_time",
+    "calibrate", "convert", "neurons", "simulate", "thresholds",
+]

@@ -1,0 +1,159 @@
+"""Spiking neurons as pairs of pure functions.
+
+A neuron is a :class:`Neuron` NamedTuple ``(init, step)``:
+
+* ``init(shape, dtype=jnp.float32) -> State`` builds the resting state;
+* ``step(threshold, state, current) -> (state, spikes)`` advances one time step.
+
+``spikes`` are in activation units: ``+threshold``, ``-threshold`` or ``0`` per neuron, so that the affine operations of
+the ANN can be applied to them unchanged (see DESIGN.md, "Why spikes carry θ"). Hyper-parameters (the reset rule) are
+closed over by the factory; per-neuron thresholds are data, so changing them never recompiles anything.
+
+All neurons share these conventions:
+
+* the input current is added to the membrane every step (the bias too);
+* a positive spike fires when ``v >= threshold``; a negative one (where the neuron has them) when ``v <= -threshold``;
+* a neuron whose threshold is ``<= 0`` never fires (a dead unit; nothing divides by the threshold);
+* at most one spike per neuron per step.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax.numpy as jnp
+
+Array = Any
+
+
+class SNMState(NamedTuple):
+  """State of a signed neuron with memory.
+
+  Attributes:
+    v: membrane potential, same dtype as the current.
+    m: memory, the integer net count of spikes sent so far (positive minus negative); never negative.
+  """
+
+  v: Array
+  m: Array
+
+
+class IFState(NamedTuple):
+  """State of an integrate-and-fire neuron (with or without signed spikes).
+
+  Attributes:
+    v: membrane potential.
+  """
+
+  v: Array
+
+
+class Neuron(NamedTuple):
+  """A spiking neuron model: a pair of pure functions.
+
+  Attributes:
+    init: ``init(shape, dtype=jnp.float32) -> State``.
+    step: ``step(threshold, state, current) -> (state, spikes)``; ``spikes`` are ``+threshold``, ``-threshold`` or 0.
+    name: a short human-readable name (used in reports).
+  """
+
+  init: Callable[..., Any]
+  step: Callable[[Array, Any, Array], tuple[Any, Array]]
+  name: str
+
+
+def _amplitude(threshold: Array, pos: Array, neg: Array) -> Array:
+  # A select rather than ``threshold * (pos - neg)``: no multiply, so no fused multiply-add can round differently
+  # in different XLA fusions, which keeps the two simulation schedules bit-identical.
+  zero = jnp.zeros_like(threshold)
+  return jnp.where(pos, threshold, jnp.where(neg, -threshold, zero))
+
+
+@functools.cache  # one object per configuration: jit sees the same static neuron, no recompilation
+def SNM() -> Neuron:
+  """The signed neuron with memory of Wang et al. (IJCAI 2022), Eq. 7–11.
+
+  Integrate-and-fire with reset by subtraction that may also send a negative spike, but only while the net count of
+  spikes it has sent (its memory ``m``, taken before the step) is positive. So the net output never goes below zero,
+  exactly as a ReLU, and a late negative input can take back spikes already sent.
+
+  Returns:
+    A :class:`Neuron` with :class:`SNMState` state.
+
+  Example:
+    >>> neuron = SNM()
+    >>> state = neuron.init((3,))
+    >>> state, spikes = neuron.step(jnp.ones(3), state, jnp.array([1.5, 0.2, -1.0]))
+    >>> spikes.tolist()
+    [1.0, 0.0, 0.0]
+  """
+
+  def init(shape, dtype=jnp.float32) -> SNMState:
+    return SNMState(v=jnp.zeros(shape, dtype), m=jnp.zeros(shape, jnp.int32))
+
+  def step(threshold, state: SNMState, current):
+    v = state.v + current
+    live = threshold > 0
+    pos = live & (v >= threshold)
+    neg = live & (v <= -threshold) & (state.m > 0)
+    s = _amplitude(threshold, pos, neg)
+    m = state.m + pos.astype(jnp.int32) - neg.astype(jnp.int32)
+    return SNMState(v=v - s, m=m), s
+
+  return Neuron(init=init, step=step, name="SNM")
+
+
+@functools.cache  # one object per configuration: jit sees the same static neuron, no recompilation
+def IF(reset: str = "subtract") -> Neuron:
+  """Integrate-and-fire neuron with positive spikes only.
+
+  Args:
+    reset: ``"subtract"`` (reset by subtraction, the usual conversion neuron) or ``"zero"`` (reset to zero: the
+      residual charge above threshold is lost).
+
+  Returns:
+    A :class:`Neuron` with :class:`IFState` state.
+
+  Raises:
+    ValueError: if ``reset`` is not one of the two rules.
+  """
+  if reset not in ("subtract", "zero"):
+    raise ValueError(f"IF: reset must be 'subtract' or 'zero', got {reset!r}.")
+
+  def init(shape, dtype=jnp.float32) -> IFState:
+    return IFState(v=jnp.zeros(shape, dtype))
+
+  def step(threshold, state: IFState, current):
+    v = state.v + current
+    pos = (threshold > 0) & (v >= threshold)
+    s = _amplitude(threshold, pos, jnp.zeros_like(pos))
+    v = v - s if reset == "subtract" else jnp.where(pos, jnp.zeros_like(v), v)
+    return IFState(v=v), s
+
+  return Neuron(init=init, step=step, name=f"IF({reset})")
+
+
+@functools.cache  # one object per configuration: jit sees the same static neuron, no recompilation
+def SignedIF() -> Neuron:
+  """Integrate-and-fire neuron with negative spikes but no memory (an ablation of :func:`SNM`).
+
+  Fires a negative spike whenever ``v <= -threshold``, whatever it sent before, so its net output can go below zero:
+  it converts an identity, not a ReLU.
+
+  Returns:
+    A :class:`Neuron` with :class:`IFState` state.
+  """
+
+  def init(shape, dtype=jnp.float32) -> IFState:
+    return IFState(v=jnp.zeros(shape, dtype))
+
+  def step(threshold, state: IFState, current):
+    v = state.v + current
+    live = threshold > 0
+    pos = live & (v >= threshold)
+    neg = live & (v <= -threshold)
+    s = _amplitude(threshold, pos, neg)
+    return IFState(v=v - s), s
+
+  return Neuron(init=init, step=step, name="SignedIF")

@@ -1,0 +1,257 @@
+"""Simulation of a converted network: the only place that scans over time.
+
+Time convention: time-major, ``[num_steps, batch, ...]``, step ``t`` (1-based) is index ``t - 1``.
+
+Two schedules from the same program, giving identical spikes and readouts:
+
+* step-major (``block_size=None``): ``lax.scan`` over steps, each step runs the whole network once;
+* time-blocked layer-major (``block_size=K``): for each block of K steps, each affine op runs once on the K steps
+  (``vmap`` over the block axis, which XLA folds into the batch), each neuron site scans its K steps elementwise; the
+  state is carried across blocks. Memory grows with K; K = num_steps is the fastest.
+
+Max of spiking values (max pooling, ``jnp.maximum(a, b)``) uses the **cumulative-max rule**: the site keeps the
+cumulative sum ``C_t`` of its inputs and emits ``g(C_t) - g(C_{t-1})`` where ``g`` is the ANN's max operation. The sum
+of its outputs up to t is ``g(C_t) = t * g(mean input)`` (max is positively homogeneous), so its average equals the max
+of the average inputs exactly, at every t.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsnn._src import ir
+from jaxsnn._src.convert import OUTPUT, SpikingNetwork, check_input
+
+
+class Trace(NamedTuple):
+  """What one simulation run records.
+
+  Attributes:
+    outputs: ``[num_steps, batch, *output_shape]``: the readout averaged over steps 1..t, for every t (so
+      ``outputs[t - 1]`` is the network's answer after t steps).
+    pos_spikes: ``{site: int32 [batch, *site_shape]}``: positive spikes per neuron over the whole run
+      (``readout="spike"`` adds ``"output"``).
+    neg_spikes: same for negative spikes.
+  """
+
+  outputs: Any
+  pos_spikes: dict
+  neg_spikes: dict
+
+  @property
+  def num_steps(self) -> int:
+    return self.outputs.shape[0]
+
+
+def _positive_int(value, name, caller):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{caller}: {name} must be a positive int; got {value!r} of type {type(value).__name__}.")
+  if value <= 0:
+    raise ValueError(f"{caller}: {name} must be >= 1; got {value}.")
+  return int(value)
+
+
+def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None = None) -> Trace:
+  """Simulates ``snn`` on input ``x`` (a constant analog current every step) for ``num_steps`` steps.
+
+  Args:
+    snn: a converted network (:func:`jaxsnn.convert`).
+    x: an input batch with the converted per-sample shape and dtype (any batch size).
+    num_steps: number of time steps T >= 1.
+    block_size: None for the step-major schedule, or K >= 1 for the time-blocked layer-major schedule (any T; the
+      last block is shorter when K does not divide T). Both give identical results.
+
+  Returns:
+    A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t.
+
+  Raises:
+    ValueError: for num_steps or block_size that are not positive ints, or an input that does not match the network.
+
+  Example:
+    >>> trace = jaxsnn.simulate(snn, x_test, num_steps=256, block_size=64)
+    >>> acc = jaxsnn.accuracy_vs_time(trace, y_test)   # accuracy after every t = 1..256
+  """
+  caller = "jaxsnn.simulate"
+  if not isinstance(snn, SpikingNetwork):
+    raise ValueError(f"{caller}: snn must be a SpikingNetwork from jaxsnn.convert; got {type(snn).__name__}.")
+  num_steps = _positive_int(num_steps, "num_steps", caller)
+  if block_size is not None:
+    block_size = min(_positive_int(block_size, "block_size", caller), num_steps)
+  check_input(snn, x, caller)
+  return _simulate(snn, x, num_steps, block_size)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None) -> Trace:
+  program = ir.build_program(snn.apply_fn, snn.variables, x, caller="jaxsnn.simulate")
+  env = ir.initial_env(program, snn.variables, x)
+
+  def no_site(site, _):  # sites are spiking by construction: never reached in the constant/input phase
+    raise AssertionError(site.name)
+
+  ir.walk(program, env, kinds=frozenset({ir.CONST, ir.INPUT}), site_rule=no_site)
+  static_env = env
+  neuron, th = snn.neuron, snn.thresholds
+  spiking = lambda a: program.kind(a) == ir.SPIKE  # noqa: E731
+
+  # Initial state.
+  neurons = {s.name: neuron.init(program.avals[s.x].shape, program.avals[s.x].dtype) for s in program.sites}
+  maxes = {}
+  for m in program.max_sites:
+    cum = [jnp.zeros(program.avals[a].shape, program.avals[a].dtype) for a in m.op.ins]
+    maxes[m.name] = (cum, m.op.bind(*cum)[0])
+  out_aval = program.avals[program.out]
+  acc = jnp.zeros(out_aval.shape, out_aval.dtype)
+  zeros = {s.name: jnp.zeros(program.avals[s.x].shape, jnp.int32) for s in program.sites}
+  if snn.readout == "spike":
+    neurons[OUTPUT] = neuron.init(out_aval.shape, out_aval.dtype)
+    zeros[OUTPUT] = jnp.zeros(out_aval.shape, jnp.int32)
+  carry = (neurons, maxes, acc, zeros, zeros)
+
+  def count(s, axis=None):
+    pos, neg = (s > 0).astype(jnp.int32), (s < 0).astype(jnp.int32)
+    return (pos, neg) if axis is None else (pos.sum(axis), neg.sum(axis))
+
+  def run(carry, k: int | None):
+    """Runs k steps layer-major (spiking values carry a leading k axis), or one step if k is None."""
+    neurons, maxes, acc, pos, neg = carry
+    neurons, maxes, pos, neg = dict(neurons), dict(maxes), dict(pos), dict(neg)
+    env = dict(static_env)
+
+    def neuron_steps(threshold, state, z, name):
+      if k is None:
+        state, s = neuron.step(threshold, state, z)
+        p, n = count(s)
+      else:
+        state, s = jax.lax.scan(lambda st, zk: neuron.step(threshold, st, zk), state, z)
+        p, n = count(s, axis=0)
+      pos[name], neg[name] = pos[name] + p, neg[name] + n
+      return state, s
+
+    def site_rule(site, z):
+      if k is not None and not spiking(site.x):  # the first layer's current: constant, same for every step
+        z = jnp.broadcast_to(z, (k,) + z.shape)
+      neurons[site.name], s = neuron_steps(th[site.name], neurons[site.name], z, site.name)
+      return s
+
+    def max_rule(msite, args):
+      spiking_max = lambda st, a: _cummax_step(msite.op, st, a)  # noqa: E731
+      if k is None:
+        maxes[msite.name], y = spiking_max(maxes[msite.name], args)
+      else:
+        maxes[msite.name], y = jax.lax.scan(spiking_max, maxes[msite.name], args)
+      return y
+
+    def op_rule(op, args):
+      if op.prim.name == "dot_general":
+        args = list(args)
+        dot = lambda *a: (_dot_as_conv(op.params, a, [spiking(x) for x in op.ins]),)  # noqa: E731
+      else:
+        dot = op.bind
+      if k is None:
+        return dot(*args)
+      axes = [0 if spiking(a) else None for a in op.ins]
+      fixed = [None if ax == 0 else v for v, ax in zip(args, axes)]
+
+      def one(*moving):
+        it = iter(moving)
+        return dot(*[next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
+
+      return jax.vmap(one)(*[v for v, ax in zip(args, axes) if ax == 0])
+
+    ir.walk(program, env, kinds=frozenset({ir.SPIKE}), op_rule=op_rule, site_rule=site_rule, max_rule=max_rule)
+    z = ir.read(env, program.out)
+    if k is not None and not spiking(program.out):
+      z = jnp.broadcast_to(z, (k,) + z.shape)
+    if snn.readout == "spike":
+      neurons[OUTPUT], z = neuron_steps(th[OUTPUT], neurons[OUTPUT], z, OUTPUT)
+    if k is None:
+      acc = acc + z
+      accs = acc
+    else:
+      acc, accs = jax.lax.scan(lambda a, zk: (a + zk, a + zk), acc, z)
+    return (neurons, maxes, acc, pos, neg), accs
+
+  if block is None:
+    carry, accs = jax.lax.scan(lambda c, _: run(c, None), carry, None, length=num_steps)
+  else:
+    n_full, rest = divmod(num_steps, block)
+    carry, accs = jax.lax.scan(lambda c, _: run(c, block), carry, None, length=n_full)
+    accs = accs.reshape((n_full * block,) + accs.shape[2:])
+    if rest:
+      carry, tail = run(carry, rest)
+      accs = jnp.concatenate([accs, tail], axis=0)
+  t = jnp.arange(1, num_steps + 1, dtype=accs.dtype).reshape((num_steps,) + (1,) * (accs.ndim - 1))
+  _, _, _, pos, neg = carry
+  return Trace(outputs=accs / t, pos_spikes=pos, neg_spikes=neg)
+
+
+def _dot_as_conv(params, args, spiking):
+  """A dot_general with one spiking operand, computed as a 1x1 convolution.
+
+  XLA:CPU picks different matmul kernels (and summation orders) for different numbers of rows, so a dense layer run
+  on one step's batch and on K steps stacked into the batch can differ in the last bit; its convolution path is
+  batch-invariant. Running every spiking dot as a convolution in both schedules keeps them bit-identical.
+  """
+  (lc, rc), (lb, rb) = params["dimension_numbers"]
+  if lb or rb or sum(spiking) != 1:
+    return jax.lax.dot_general(*args, **params)
+  lhs, rhs = args
+  s_idx = 0 if spiking[0] else 1
+  s, w = args[s_idx], args[1 - s_idx]
+  sc, wc = (lc, rc) if s_idx == 0 else (rc, lc)
+  s_free = [d for d in range(s.ndim) if d not in sc]
+  w_free = [d for d in range(w.ndim) if d not in wc]
+  m_shape = [s.shape[d] for d in s_free]
+  n_shape = [w.shape[d] for d in w_free]
+  kc = int(np.prod([s.shape[d] for d in sc], dtype=np.int64))
+  s2 = jnp.transpose(s, s_free + list(sc)).reshape(-1, 1, 1, kc)
+  w2 = jnp.transpose(w, list(wc) + w_free).reshape(1, 1, kc, -1)
+  dtype = params.get("preferred_element_type") or jnp.result_type(lhs, rhs)
+  y = jax.lax.conv_general_dilated(s2.astype(dtype), w2.astype(dtype), (1, 1), "VALID",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                   precision=params.get("precision"))
+  y = y.reshape(m_shape + n_shape)
+  if s_idx == 1:  # dot_general's output order is (lhs free, rhs free)
+    y = jnp.transpose(y, list(range(len(m_shape), y.ndim)) + list(range(len(m_shape))))
+  return y
+
+
+def _cummax_step(op: ir.Op, state, args):
+  cum, previous = state
+  cum = [c + a for c, a in zip(cum, args)]
+  current = op.bind(*cum)[0]
+  return (cum, current), current - previous
+
+
+def accuracy_vs_time(trace: Trace, labels: Any) -> jax.Array:
+  """Top-1 accuracy after every number of steps t = 1..T, from one run.
+
+  Args:
+    trace: a :class:`Trace` whose outputs are ``[T, batch, classes]``.
+    labels: integer labels ``[batch]`` or one-hot ``[batch, classes]``.
+
+  Returns:
+    ``[T]`` float array: the fraction of correct predictions after t steps.
+
+  Raises:
+    ValueError: if the labels do not match the outputs' batch or classes.
+  """
+  out = trace.outputs
+  labels = jnp.asarray(labels)
+  if out.ndim != 3:
+    raise ValueError(f"jaxsnn.accuracy_vs_time: outputs must be [T, batch, classes]; got shape {out.shape}.")
+  if labels.ndim == 2:
+    if labels.shape != out.shape[1:]:
+      raise ValueError(f"jaxsnn.accuracy_vs_time: one-hot labels of shape {labels.shape} do not match outputs "
+                       f"[batch, classes] = {out.shape[1:]}.")
+    labels = labels.argmax(-1)
+  if labels.shape != out.shape[1:2]:
+    raise ValueError(f"jaxsnn.accuracy_vs_time: labels of shape {labels.shape} do not match the batch size "
+                     f"{out.shape[1]}.")
+  return (out.argmax(-1) == labels[None]).mean(axis=1)
