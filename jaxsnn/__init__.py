@@ -8,8 +8,11 @@ Data flow::
     acc = jaxsnn.accuracy_vs_time(trace, y)                            # accuracy after every t
 """
 
-from jaxsnn import neurons
+from jaxsnn import analysis, neurons
+from jaxsnn._src.analysis import information_loss
 from jaxsnn._src.calibrate import Stats, calibrate, thresholds
+from jaxsnn._src.calibrate import (authors_thresholds, load_stats, load_thresholds, save_stats, save_thresholds,
+                                   simulate_authors, site_percentiles)
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.ir import ConversionError
 from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
@@ -20,4 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ConversionError", "IF", "Neuron", "SNM", "SignedIF", "SpikingNetwork", "Stats", "Trace", "accuracy_vs_time",
     "calibrate", "convert", "neurons", "simulate", "thresholds",
+    "analysis", "authors_thresholds", "information_loss", "load_stats", "load_thresholds", "save_stats",
+    "save_thresholds", "simulate_authors", "site_percentiles",
 ]

@@ -1,0 +1,204 @@
+"""Threshold rules (neuron / channel / layer / layer percentile), the histogram statistic and its error bound, save and
+load, and the authors' (test-leaking) per-batch-slot protocol."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsnn
+from jaxsnn._src import calibrate as cal
+from random_nets import random_net
+
+
+class TwoLayer(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(3, (3, 3))(x))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(6)(x))
+    return nn.Dense(4)(x)
+
+
+@pytest.fixture(scope="module")
+def two_layer():
+  model = TwoLayer()
+  x = jax.random.normal(jax.random.PRNGKey(0), (24, 5, 5, 2))
+  variables = model.init(jax.random.PRNGKey(1), x)
+  apply_fn = lambda v, x: model.apply(v, x)  # noqa: E731
+  batches = [x[:8], x[8:16], x[16:]]
+  return apply_fn, variables, x, batches
+
+
+def numpy_forward(variables, x):
+  """The TwoLayer network in numpy (independent of jaxsnn's walk): its two ReLU outputs and the logits."""
+  p = jax.tree_util.tree_map(np.asarray, variables["params"])
+  x = np.asarray(x, np.float64)
+  k = p["Conv_0"]["kernel"]
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  conv = np.zeros(x.shape[:3] + (k.shape[-1],))
+  for i in range(x.shape[1]):
+    for j in range(x.shape[2]):
+      conv[:, i, j] = np.einsum("nhwc,hwco->no", xp[:, i:i + 3, j:j + 3], k)
+  a1 = np.maximum(conv + p["Conv_0"]["bias"], 0)
+  a2 = np.maximum(a1.reshape(len(x), -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], 0)
+  return a1, a2, a2 @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+
+
+def test_max_statistic_and_every_norm_against_numpy(two_layer):
+  apply_fn, variables, x, batches = two_layer
+  stats = jaxsnn.calibrate(apply_fn, variables, batches)
+  a1, a2, logits = numpy_forward(variables, x)
+  names = list(stats.max)
+  assert names == ["TwoLayer/relu", "TwoLayer/relu_1", "output"]
+  ref = {names[0]: a1.max(0), names[1]: a2.max(0)}
+  for name, m in ref.items():
+    np.testing.assert_allclose(stats.max[name], m, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats.max["output"], logits.max(0), rtol=1e-5, atol=1e-6)
+  neuron = jaxsnn.thresholds(stats, "neuron")
+  channel = jaxsnn.thresholds(stats, "channel")
+  layer = jaxsnn.thresholds(stats, "layer", alpha=0.5)
+  for name, m in ref.items():
+    np.testing.assert_allclose(neuron[name], m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer[name], np.full(m.shape, 0.5 * m.max()), rtol=1e-5)
+    per_channel = m.reshape(-1, m.shape[-1]).max(0)
+    np.testing.assert_allclose(channel[name], np.broadcast_to(per_channel, m.shape), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_thresholds_of_every_norm_have_the_sites_shapes(seed):
+  apply_fn, variables, x = random_net(seed, allow_max_pool=True)
+  stats = jaxsnn.calibrate(apply_fn, variables, [x[:4], x[4:]], histogram=True)
+  snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats))
+  shapes = dict(snn.site_shapes)
+  variants = [jaxsnn.thresholds(stats, n) for n in cal.NORMS]
+  variants += [jaxsnn.thresholds(stats, "layer", percentile=p) for p in (99.9, 99.99)]
+  for th in variants:
+    assert {k: tuple(np.shape(v)) for k, v in th.items() if k != "output"} == shapes
+    assert np.shape(th["output"]) == snn.output_shape
+    snn.replace(thresholds=th)  # accepted by the converter's own check
+
+
+def test_percentile_statistic_matches_numpy_within_the_stated_bound():
+  rng = np.random.default_rng(0)
+  # Values over many orders of magnitude, many exact zeros, ties, and a few huge outliers.
+  vals = (rng.lognormal(0.0, 4.0, (6, 50, 7)) * (rng.random((6, 50, 7)) < 0.6)).astype(np.float32)
+  vals[0, :5, 0] = 3.25
+  vals[1, 0, 0] = 1e30
+  relu = lambda v, x: jax.nn.relu(x).sum(-1)  # noqa: E731  one site: the relu of the input itself
+  stats = jaxsnn.calibrate(relu, {}, [jnp.asarray(b) for b in vals], histogram=True)
+  (site,) = stats.hist
+  flat = vals.ravel()
+  assert stats.hist[site].sum() == flat.size and stats.hist[site][0] == (flat == 0).sum()
+  for q in (0, 1, 37.5, 50, 90, 99, 99.9, 99.99, 100):
+    for include_zeros in (False, True):
+      data = flat if include_zeros else flat[flat > 0]
+      want = np.percentile(data.astype(np.float64), q)
+      got = jaxsnn.site_percentiles(stats, q, include_zeros=include_zeros)[site]
+      assert abs(got - want) <= cal.PERCENTILE_RELATIVE_ERROR * want, (q, include_zeros, got, want)
+  th = jaxsnn.thresholds(stats, "layer", percentile=99.9, alpha=2.0)[site]
+  np.testing.assert_allclose(th, 2.0 * jaxsnn.site_percentiles(stats, 99.9)[site], rtol=1e-6)
+  assert np.shape(th) == vals.shape[2:]
+
+
+def test_percentile_of_a_network_site_matches_numpy(two_layer):
+  apply_fn, variables, x, batches = two_layer
+  stats = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
+  a1, a2, _ = numpy_forward(variables, x)
+  for name, a in zip(stats.hist, (a1, a2)):
+    want = np.percentile(a[a > 0], 99.0)
+    got = jaxsnn.thresholds(stats, "layer", percentile=99.0)[name]
+    np.testing.assert_allclose(got, np.full(a.shape[1:], want), rtol=cal.PERCENTILE_RELATIVE_ERROR + 1e-5)
+
+
+def test_histogram_counts_are_exact_when_flushed_to_int64(two_layer, monkeypatch):
+  apply_fn, variables, _, batches = two_layer
+  whole = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
+  monkeypatch.setattr(cal, "_INT32_MAX", 400)  # force a device -> host flush before almost every batch
+  flushed = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
+  for k in whole.hist:
+    np.testing.assert_array_equal(whole.hist[k], flushed.hist[k])
+    assert flushed.hist[k].dtype == np.int64
+
+
+def test_save_load_round_trip_is_exact_and_names_are_stable(two_layer, tmp_path):
+  apply_fn, variables, x, batches = two_layer
+  stats = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
+  jaxsnn.save_stats(tmp_path / "stats.npz", stats)
+  loaded = jaxsnn.load_stats(tmp_path / "stats.npz")
+  assert loaded.num_samples == stats.num_samples == 24
+  assert list(loaded.max) == list(stats.max) and list(loaded.hist) == list(stats.hist)
+  for k in stats.max:
+    np.testing.assert_array_equal(loaded.max[k], stats.max[k])
+    assert loaded.max[k].dtype == stats.max[k].dtype
+  for k in stats.hist:
+    np.testing.assert_array_equal(loaded.hist[k], stats.hist[k])
+  th = jaxsnn.thresholds(stats, "layer", percentile=99.9)
+  jaxsnn.save_thresholds(tmp_path / "th.npz", th)
+  th2 = jaxsnn.load_thresholds(tmp_path / "th.npz")
+  assert list(th2) == list(th)
+  for k in th:
+    np.testing.assert_array_equal(th2[k], th[k])
+  # A fresh instance of the same model traces to the same site names, so saved thresholds convert it.
+  model2 = TwoLayer()
+  snn = jaxsnn.convert(lambda v, x: model2.apply(v, x), variables, x, th2)
+  assert set(snn.site_names) == set(th) - {"output"}
+  stats_no_hist = stats._replace(hist=None)
+  jaxsnn.save_stats(tmp_path / "s2.npz", stats_no_hist)
+  assert jaxsnn.load_stats(tmp_path / "s2.npz").hist is None
+  with pytest.raises(ValueError, match="jaxsnn.load_stats"):
+    jaxsnn.load_stats(tmp_path / "th.npz")
+  with pytest.raises(ValueError, match="jaxsnn.load_thresholds"):
+    jaxsnn.load_thresholds(tmp_path / "stats.npz")
+
+
+def test_threshold_errors(two_layer):
+  apply_fn, variables, _, batches = two_layer
+  stats = jaxsnn.calibrate(apply_fn, variables, batches)
+  with pytest.raises(ValueError, match="jaxsnn.thresholds: .*histogram=True"):
+    jaxsnn.thresholds(stats, "layer", percentile=99.9)
+  with pytest.raises(ValueError, match="jaxsnn.thresholds: percentile thresholds are layer-wise"):
+    jaxsnn.thresholds(stats, "neuron", percentile=99.9)
+  with pytest.raises(ValueError, match="jaxsnn.site_percentiles"):
+    jaxsnn.site_percentiles(stats, 50)
+  hstats = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
+  with pytest.raises(ValueError, match="percentile must be in"):
+    jaxsnn.thresholds(hstats, "layer", percentile=0)
+  with pytest.raises(ValueError, match="norm must be one of"):
+    jaxsnn.thresholds(stats, "authors")
+
+
+def test_authors_protocol_keeps_a_batch_slot_axis_and_leaks_the_test_set(two_layer):
+  apply_fn, variables, x, _ = two_layer
+  test, train = [x[:6], x[6:12]], [x[12:18], x[18:24]]
+  slots = jaxsnn.authors_thresholds(apply_fn, variables, test + train)
+  a1, a2, logits = numpy_forward(variables, x)
+  per_batch = lambda a: np.maximum(a.reshape((4, 6) + a.shape[1:]).max(0), 0)  # noqa: E731  max over batches, from 0
+  for name, a in zip(["TwoLayer/relu", "TwoLayer/relu_1", "output"], (a1, a2, logits)):
+    assert np.shape(slots[name]) == (6,) + a.shape[1:]
+    np.testing.assert_allclose(slots[name], per_batch(a), rtol=1e-5, atol=1e-6)
+  # The leak: every test sample's own activations are below its slot's thresholds.
+  for name, a in zip(["TwoLayer/relu", "TwoLayer/relu_1"], (a1, a2)):
+    for batch in range(2):
+      assert (a[6 * batch:6 * batch + 6] <= np.asarray(slots[name]) + 1e-6).all()
+  with pytest.raises(ValueError, match="jaxsnn.authors_thresholds: batch 1 has 5"):
+    jaxsnn.authors_thresholds(apply_fn, variables, [x[:6], x[6:11]])
+
+
+def test_simulate_authors_runs_each_sample_with_its_slot_thresholds(two_layer):
+  apply_fn, variables, x, _ = two_layer
+  # Slots from other samples than the simulated ones: no activation sits exactly on its threshold, where the
+  # summation order (batched vs single) could decide a spike.
+  slots = jaxsnn.authors_thresholds(apply_fn, variables, [x[8:12], x[12:16]])
+  snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x])))
+  trace = jaxsnn.simulate_authors(snn, x[:3], slots, 12)
+  assert trace.outputs.shape == (12, 3, 4)
+  for i in range(3):
+    one = jaxsnn.simulate(snn.replace(thresholds={k: slots[k][i] for k in snn.site_names}), x[i:i + 1], 12)
+    np.testing.assert_allclose(trace.outputs[:, i], one.outputs[:, 0], rtol=1e-4, atol=1e-4)  # summation order
+    for k in snn.site_names:
+      np.testing.assert_array_equal(trace.pos_spikes[k][i], one.pos_spikes[k][0])
+      np.testing.assert_array_equal(trace.neg_spikes[k][i], one.neg_spikes[k][0])
+  with pytest.raises(ValueError, match="jaxsnn.simulate_authors: slot thresholds"):
+    jaxsnn.simulate_authors(snn, x[:5], slots, 4)
