@@ -265,7 +265,7 @@ def _structural_max(op: ir.Op, args):
     return args[0] + args[1]
   if name == "reduce_max":
     return jnp.sum(args[0], axis=tuple(p["axes"]))
-  return jax.lax.reduce_window(args[0], jnp.zeros((), args[0].dtype), jax.lax.add, p["window_dimensions"],
+  return jax.lax.reduce_window(args[0], np.zeros((), args[0].dtype), jax.lax.add, p["window_dimensions"],
                                p["window_strides"], p["padding"], p["base_dilation"], p["window_dilation"])
 
 
