@@ -11,6 +11,13 @@ import jaxsnn
 from jaxsnn import analysis
 
 
+def init_params(model, x, seed):
+  """Random variables of the model's shapes, drawn in numpy (no compilation: keeps the tests fast)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), shapes)
+
+
 # ---- information loss (Eq. 12-13) -------------------------------------------------------------------------------
 def numpy_loss(a, lam, T, alpha):
   """Eq. 12-13 element by element, in float64: below alpha*lam/T all is lost; above alpha*lam the excess is."""
@@ -134,7 +141,7 @@ class Tiny(nn.Module):
 def test_tiny_network_counted_by_hand():
   model = Tiny()
   x = jnp.ones((1, 3, 3, 1))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = init_params(model, x, 0)
   variables = jax.tree_util.tree_map(lambda w: jnp.full_like(w, 0.5), variables)  # every weight non-zero
   apply_fn = lambda v, x: model.apply(v, x)  # noqa: E731
   snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x])))
@@ -199,8 +206,8 @@ def numpy_conv_fan_out(shape, kernel, stride):
 @pytest.mark.parametrize("pool", ["avg", "max"])
 def test_fan_out_and_macs_of_convs_residual_pool_and_dense_against_numpy(pool):
   model = Deep(pool=pool)
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 2))
-  variables = model.init(jax.random.PRNGKey(1), x)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 5, 2)), jnp.float32)
+  variables = init_params(model, x, 1)
   p = jax.tree_util.tree_map(np.array, variables["params"])
   p["Conv_0"]["kernel"][0, 0, 1, 0] = 0.0  # zero weights are not connections
   p["Conv_1"]["kernel"][1, 2, 0, 1] = 0.0
@@ -253,8 +260,8 @@ class MLP(nn.Module):
 
 def test_conversion_error_against_numpy_and_it_shrinks_with_T():
   model = MLP()
-  x = jax.random.normal(jax.random.PRNGKey(0), (16, 5))
-  variables = model.init(jax.random.PRNGKey(1), x)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 5)), jnp.float32)
+  variables = init_params(model, x, 1)
   apply_fn = lambda v, x: model.apply(v, x)  # noqa: E731
   stats = jaxsnn.calibrate(apply_fn, variables, [x])
   snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats))

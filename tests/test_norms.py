@@ -12,6 +12,13 @@ from jaxsnn._src import calibrate as cal
 from random_nets import random_net
 
 
+def init_params(model, x, seed):
+  """Random variables of the model's shapes, drawn in numpy (no compilation: keeps the tests fast)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), shapes)
+
+
 class TwoLayer(nn.Module):
   @nn.compact
   def __call__(self, x):
@@ -24,8 +31,8 @@ class TwoLayer(nn.Module):
 @pytest.fixture(scope="module")
 def two_layer():
   model = TwoLayer()
-  x = jax.random.normal(jax.random.PRNGKey(0), (24, 5, 5, 2))
-  variables = model.init(jax.random.PRNGKey(1), x)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(24, 5, 5, 2)), jnp.float32)
+  variables = init_params(model, x, 1)
   apply_fn = lambda v, x: model.apply(v, x)  # noqa: E731
   batches = [x[:8], x[8:16], x[16:]]
   return apply_fn, variables, x, batches
