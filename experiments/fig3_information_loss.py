@@ -1,0 +1,78 @@
+"""The paper's Fig. 3 on a trained network: information loss over (alpha, T), LayerNorm vs NeuronNorm.
+
+    python experiments/fig3_information_loss.py [--run data_cache/runs/fashion_mnist_small_cnn] [--site 1]
+
+Reads the run's ``config.json`` and ``best.msgpack`` (written by ``experiments/train.py``), calibrates on training
+images, takes the chosen site's activations on test images, and writes
+``experiments/figures/fig3_information_loss.png`` and a JSON of the numbers beside it. All logic is library code
+(``jaxsnn.calibrate``, ``jaxsnn.analysis.information_loss_surface``, ``plot_information_loss``).
+"""
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jaxsnn  # noqa: E402
+from jaxsnn import analysis, data, training  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--run", default=str(ROOT / "data_cache/runs/fashion_mnist_small_cnn"))
+  parser.add_argument("--site", type=int, default=1, help="index of the ReLU site, in network order")
+  parser.add_argument("--calib_examples", type=int, default=10000)
+  parser.add_argument("--eval_examples", type=int, default=1000)
+  parser.add_argument("--out", default=str(ROOT / "experiments/figures/fig3_information_loss.png"))
+  args = parser.parse_args()
+
+  run = pathlib.Path(args.run)
+  config = training.TrainConfig(**json.loads((run / "config.json").read_text()))
+  model = training.build_model(config)
+  variables = training.load_variables(run / "best.msgpack")
+  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  spec = data.spec(config.dataset)
+  split = data.splits(config.dataset, config.val_examples)
+  train = data.load(config.dataset, split["train"], data_dir=config.data_dir)
+  test = data.load(config.dataset, split["test"], data_dir=config.data_dir)
+  norm = lambda images: data.normalize(images, spec.mean, spec.std)  # noqa: E731
+
+  calib = (norm(train.images[i:i + 500]) for i in range(0, args.calib_examples, 500))
+  stats = jaxsnn.calibrate(apply_fn, variables, calib)
+  sites = [k for k in stats.max if k != "output"]
+  site = sites[args.site]
+  acts = analysis.site_activations(apply_fn, variables, norm(test.images[:args.eval_examples]))[site]
+
+  alphas = np.linspace(0.05, 1.0, 20)
+  steps = np.unique(np.round(np.geomspace(1, 256, 33))).astype(np.float32)
+  surface = analysis.information_loss_surface(acts, stats.max[site], alphas, steps, norms=("layer", "neuron"))
+
+  metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  best = max((m for m in metrics if "val_accuracy" in m), key=lambda m: m["val_accuracy"], default={})
+  net = (f"{config.model} on {config.dataset}, checkpoint of epoch {best.get('epoch', '?')} "
+         f"(val acc {best.get('val_accuracy', float('nan')):.3f})")
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  analysis.plot_information_loss(surface, alphas, steps, out,
+                                 title=f"Information loss at {site} ({acts.shape[0]} test images)\n{net}")
+  summary = {
+      "network": net, "site": site, "site_shape": list(acts.shape[1:]), "eval_examples": int(acts.shape[0]),
+      "calib_examples": stats.num_samples, "alphas": alphas.tolist(), "steps": steps.tolist(),
+      "loss": {k: np.asarray(v).tolist() for k, v in surface.items()},
+  }
+  out.with_suffix(".json").write_text(json.dumps(summary))
+  i1 = int(np.argmin(np.abs(alphas - 1.0)))
+  for t in (8, 32, 128):
+    j = int(np.argmin(np.abs(steps - t)))
+    print(f"alpha=1, T={int(steps[j])}: LayerNorm {float(surface['layer'][i1, j]):.4g}  "
+          f"NeuronNorm {float(surface['neuron'][i1, j]):.4g}")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()
