@@ -1,5 +1,5 @@
-"""Analysis of a conversion: information loss (paper Eq. 12-13, Fig. 3), firing rates (Fig. 5), fan-out, SynOps and
-energy (Eq. 15), and per-site conversion error.
+"""Analysis of a conversion: information loss (paper Eq. 12-13, Fig. 3), firing rates (Fig. 5), fan-out, MACs,
+SynOps and energy (Eq. 15), and per-site conversion error.
 
     acts = jaxsnn.analysis.site_activations(apply_fn, variables, x)
     loss = jaxsnn.analysis.information_loss(acts[site], stats.max[site], num_steps=32, alpha=0.8)
@@ -9,12 +9,12 @@ energy (Eq. 15), and per-site conversion error.
 """
 
 from jaxsnn._src.analysis import (
-    E_AC_PJ, E_MAC_PJ, MACs, Energy, SiteError, ann_macs, average_firing_rate, conversion_error, energy, fan_out, firing_rates,
-    information_loss, information_loss_surface, plot_information_loss, site_activations, synops,
+    E_AC_PJ, E_MAC_PJ, Energy, MACs, SiteError, ann_macs, average_firing_rate, conversion_error, energy, fan_out,
+    firing_rates, information_loss, information_loss_surface, plot_information_loss, site_activations, synops,
 )
 
 __all__ = [
-    "E_AC_PJ", "E_MAC_PJ", "Energy", "MACs", "SiteError", "ann_macs", "average_firing_rate", "conversion_error", "energy", "fan_out",
-    "firing_rates", "information_loss", "information_loss_surface", "plot_information_loss", "site_activations",
-    "synops",
+    "E_AC_PJ", "E_MAC_PJ", "Energy", "MACs", "SiteError", "ann_macs", "average_firing_rate", "conversion_error",
+    "energy", "fan_out", "firing_rates", "information_loss", "information_loss_surface", "plot_information_loss",
+    "site_activations", "synops",
 ]

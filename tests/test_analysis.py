@@ -91,6 +91,30 @@ def test_information_loss_gradients_match_finite_differences(acts, T, alpha):
   np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-4)
 
 
+def test_relaxed_loss_tends_to_the_exact_one_and_its_gradient_sees_the_low_end(acts):
+  a, lam = acts
+  T, alpha = 16, 3.0  # alpha * lam > every activation: nothing is clipped, all the loss is below alpha * lam / T
+  exact = numpy_loss(a, lam, T, alpha).sum()
+  assert exact > 0
+  assert jax.grad(jaxsnn.information_loss, argnums=3)(a, lam, T, alpha) == 0  # the exact loss is flat here
+
+  def numpy_relaxed(alpha, tau):
+    step = alpha * lam.astype(np.float64) / T
+    return (a * 1 / (1 + np.exp(-(step - a) / (tau * step)))).sum()
+
+  for tau in (0.3, 0.05):
+    got = jaxsnn.information_loss(a, lam, T, alpha, temperature=tau)
+    np.testing.assert_allclose(got, numpy_relaxed(alpha, tau), rtol=1e-5)
+    h = 1e-4
+    fd = (numpy_relaxed(alpha + h, tau) - numpy_relaxed(alpha - h, tau)) / (2 * h)
+    g = jax.grad(lambda al: jaxsnn.information_loss(a, lam, T, al, temperature=tau))(jnp.float32(alpha))
+    np.testing.assert_allclose(g, fd, rtol=1e-3)
+    assert g > 0  # a larger threshold loses more below l / T
+  np.testing.assert_allclose(jaxsnn.information_loss(a, lam, T, alpha, temperature=1e-4), exact, rtol=1e-3)
+  with pytest.raises(ValueError, match="temperature"):
+    jaxsnn.information_loss(a, lam, T, alpha, temperature=-1.0)
+
+
 def test_surface_matches_pointwise_loss_and_neuron_norm_loses_less_at_alpha_one(acts, tmp_path):
   a, _ = acts
   neuron_max = a.max(0)

@@ -67,7 +67,8 @@ def site_activations(apply_fn: Callable, variables: Any, x: Any) -> dict:
 # Information loss (paper Eq. 12-13, Fig. 3).
 # ----------------------------------------------------------------------------------------------------------------
 
-def information_loss(activations, threshold, num_steps, alpha=1.0, reduction: str = "sum") -> jax.Array:
+def information_loss(activations, threshold, num_steps, alpha=1.0, reduction: str = "sum",
+                     temperature: float = 0.0) -> jax.Array:
   """Information lost at one site when ReLU activations are rate-coded with threshold ``alpha * threshold`` in T steps.
 
   With threshold ``l = alpha * lambda`` and T steps, a neuron can send at most T spikes of amplitude ``l``, so it
@@ -87,6 +88,10 @@ def information_loss(activations, threshold, num_steps, alpha=1.0, reduction: st
     num_steps: T (an int, or a float array for grids).
     alpha: scale of the threshold (the paper's alpha).
     reduction: ``"sum"`` (the paper's sum over neurons and inputs), ``"mean"``, or ``"none"`` (per element).
+    temperature: 0 for the exact loss. A positive value replaces the step ``[a_i < l_i / T]`` by the sigmoid
+      ``sigmoid((l_i / T - a_i) / (temperature * l_i / T))``, a relaxation whose gradient also sees the loss below
+      ``l / T`` (useful to optimise alpha or thresholds by gradient descent); it tends to the exact loss as the
+      temperature goes to 0.
 
   Returns:
     The loss (a scalar unless ``reduction="none"``).
@@ -100,9 +105,16 @@ def information_loss(activations, threshold, num_steps, alpha=1.0, reduction: st
   """
   if reduction not in REDUCTIONS:
     raise ValueError(f"jaxsnn.information_loss: reduction must be one of {REDUCTIONS}; got {reduction!r}.")
+  if not temperature >= 0:
+    raise ValueError(f"jaxsnn.information_loss: temperature must be >= 0; got {temperature!r}.")
   a = jnp.asarray(activations)
   level = alpha * jnp.asarray(threshold)
-  lost_below = jnp.where(a < level / num_steps, a, jnp.zeros_like(a))
+  if temperature:
+    step = level / num_steps
+    below = jax.nn.sigmoid((step - a) / jnp.maximum(temperature * step, jnp.finfo(a.dtype).tiny))
+    lost_below = a * below
+  else:
+    lost_below = jnp.where(a < level / num_steps, a, jnp.zeros_like(a))
   clipped = jnp.maximum(a - level, 0)
   loss = lost_below + clipped
   if reduction == "sum":

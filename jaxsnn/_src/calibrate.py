@@ -3,9 +3,11 @@
 Besides the per-neuron maxima (enough for NeuronNorm, channel- and layer-wise max norms), :func:`calibrate` can keep a
 per-site histogram of activations (``histogram=True``) from which layer-wise percentile thresholds (Rueckauer et al.
 2017) are read. The histogram bins are the float32 bit patterns with the low mantissa bits dropped, so every bin spans
-a relative width of at most ``2**-HIST_MANTISSA_BITS`` and a percentile read from it (at the bins' midpoints) is within a
-relative error of ``PERCENTILE_RELATIVE_ERROR = 2**-(HIST_MANTISSA_BITS + 1)`` of numpy's exact (linearly
-interpolated) percentile of the same data, for any data, with no range to choose in advance.
+a relative width of at most ``2**-HIST_MANTISSA_BITS``, and a percentile read from it (at the bins' midpoints) is
+within a relative error of ``PERCENTILE_RELATIVE_ERROR = 2**-(HIST_MANTISSA_BITS + 1)`` (2**-8, about 0.4 %) of
+numpy's exact (linearly interpolated) percentile of the same data, for any data of normal float32 values, with no
+range to fix in advance. (Values below about 9e-41 share the zero bin.) Counts are exact: int32 on the device,
+moved to int64 on the host before they could overflow.
 
 The authors' threshold protocol (per neuron *and* per batch slot, maxima over the test and train loaders) is here too,
 as :func:`authors_thresholds` / :func:`simulate_authors`, for comparison only: it leaks the test set into the
