@@ -21,16 +21,9 @@ from jaxsnn import analysis, data, training  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--run", default=str(ROOT / "data_cache/runs/fashion_mnist_small_cnn"))
-  parser.add_argument("--site", type=int, default=1, help="index of the ReLU site, in network order")
-  parser.add_argument("--calib_examples", type=int, default=10000)
-  parser.add_argument("--eval_examples", type=int, default=1000)
-  parser.add_argument("--out", default=str(ROOT / "experiments/figures/fig3_information_loss.png"))
-  args = parser.parse_args()
-
-  run = pathlib.Path(args.run)
+def load_run(run):
+  """(config, apply_fn, variables, train Arrays, test Arrays, normalize) of a run directory of experiments/train.py."""
+  run = pathlib.Path(run)
   config = training.TrainConfig(**json.loads((run / "config.json").read_text()))
   model = training.build_model(config)
   variables = training.load_variables(run / "best.msgpack")
@@ -40,7 +33,27 @@ def main():
   split = data.splits(config.dataset, config.val_examples)
   train = data.load(config.dataset, split["train"], data_dir=config.data_dir)
   test = data.load(config.dataset, split["test"], data_dir=config.data_dir)
-  norm = lambda images: data.normalize(images, spec.mean, spec.std)  # noqa: E731
+  return config, apply_fn, variables, train, test, lambda images: data.normalize(images, spec.mean, spec.std)
+
+
+def best_epoch(run) -> dict:
+  """The metrics line of the run's best validation accuracy (the epoch best.msgpack holds)."""
+  lines = (pathlib.Path(run) / "metrics.jsonl").read_text().splitlines()
+  metrics = [json.loads(line) for line in lines if line.strip()]
+  return max((m for m in metrics if "val_accuracy" in m), key=lambda m: m["val_accuracy"], default={})
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--run", default=str(ROOT / "data_cache/runs/fashion_mnist_small_cnn"))
+  parser.add_argument("--site", type=int, default=1, help="index of the ReLU site, in network order")
+  parser.add_argument("--calib_examples", type=int, default=10000)
+  parser.add_argument("--eval_examples", type=int, default=1000)
+  parser.add_argument("--out", default=str(ROOT / "experiments/figures/fig3_information_loss.png"))
+  args = parser.parse_args()
+
+  best = best_epoch(args.run)  # before the checkpoint: a running training may write a newer one meanwhile
+  config, apply_fn, variables, train, test, norm = load_run(args.run)
 
   calib = (norm(train.images[i:i + 500]) for i in range(0, args.calib_examples, 500))
   stats = jaxsnn.calibrate(apply_fn, variables, calib)
@@ -52,8 +65,6 @@ def main():
   steps = np.unique(np.round(np.geomspace(1, 256, 33))).astype(np.float32)
   surface = analysis.information_loss_surface(acts, stats.max[site], alphas, steps, norms=("layer", "neuron"))
 
-  metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-  best = max((m for m in metrics if "val_accuracy" in m), key=lambda m: m["val_accuracy"], default={})
   net = (f"{config.model} on {config.dataset}, checkpoint of epoch {best.get('epoch', '?')} "
          f"(val acc {best.get('val_accuracy', float('nan')):.3f})")
   out = pathlib.Path(args.out)

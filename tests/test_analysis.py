@@ -253,6 +253,14 @@ def test_fan_out_and_macs_of_convs_residual_pool_and_dense_against_numpy(pool):
   want_c[:2, :2] = np.count_nonzero(p["Dense_0"]["kernel"], axis=1)
   np.testing.assert_array_equal(fo[site_c], want_c)
   assert fo["input"][2, 2, 0] > fo["input"][0, 2, 0] > fo["input"][0, 0, 0]  # padding edges: fewer connections
+  # pooling="average" keeps the pool's 1/4: the pooled corner counts a quarter of the dense fan-out; nothing else
+  # changes (a max pool has no 1/k).
+  avg = analysis.fan_out(snn, pooling="average")
+  for name in [site_a, site_b, "input"]:
+    np.testing.assert_array_equal(avg[name], fo[name])
+  np.testing.assert_allclose(avg[site_c], want_c / 4 if pool == "avg" else want_c)
+  with pytest.raises(ValueError, match="jaxsnn.synops: pooling"):
+    analysis.synops(snn, None, pooling="sum")
   macs = analysis.ann_macs(snn)
   assert list(macs.per_layer) == ["Deep/Conv_0/conv_general_dilated", "Deep/Conv_1/conv_general_dilated",
                                   "Deep/Conv_2/conv_general_dilated", "Deep/Dense_0/dot_general"]

@@ -281,11 +281,17 @@ def _structural_max(op: ir.Op, args):
                                p["window_strides"], p["padding"], p["base_dilation"], p["window_dilation"])
 
 
-def _structural_op(program: ir.Program, op: ir.Op, args, caller: str):
+def _is_scalar_literal(program: ir.Program, atom) -> bool:
+  return isinstance(atom, ir.Lit) and np.ndim(atom.val) == 0
+
+
+def _structural_op(program: ir.Program, op: ir.Op, args, caller: str, keep_scalars: bool = False):
   """Runs ``op`` with every weight replaced by 1 where it is non-zero (0 elsewhere) and every bias by 0.
 
   Applied to the data-dependent ops (of the input and the spikes), this turns the network's affine map between two
-  layers of neurons into a non-negative linear map whose entries count the connections (paths) between them.
+  layers of neurons into a non-negative linear map whose entries count the connections (paths) between them. With
+  ``keep_scalars``, multiplications and divisions by a scalar literal (the 1/k of an average pool or a mean) keep
+  their magnitude instead.
   """
   data = [program.kind(a) != ir.CONST for a in op.ins]
   name = op.prim.name
@@ -301,6 +307,10 @@ def _structural_op(program: ir.Program, op: ir.Op, args, caller: str):
     raise ValueError(f"{caller}: primitive '{name}' at {op.where} {why}; the path from the input to the first "
                      "neurons must be affine to count its connections.")
   zero = lambda v: jnp.zeros_like(jnp.asarray(v))  # noqa: E731
+  if keep_scalars and name in ("mul", "div") and data[0] and not data[1] and _is_scalar_literal(program, op.ins[1]):
+    return op.bind(args[0], jnp.abs(jnp.asarray(args[1], jnp.result_type(args[0]))))
+  if keep_scalars and name == "mul" and data[1] and not data[0] and _is_scalar_literal(program, op.ins[0]):
+    return op.bind(jnp.abs(jnp.asarray(args[0], jnp.result_type(args[1]))), args[1])
   if name in ("mul", "dot_general", "conv_general_dilated"):
     args = [v if d else (jnp.asarray(v) != 0).astype(jnp.result_type(v)) for v, d in zip(args, data)]
     return op.bind(*args)
@@ -320,7 +330,15 @@ def _structural_op(program: ir.Program, op: ir.Op, args, caller: str):
   return op.bind(*args)
 
 
-def fan_out(snn: SpikingNetwork) -> dict:
+POOLING = ("fold", "average")
+
+
+def _check_pooling(pooling, caller):
+  if pooling not in POOLING:
+    raise ValueError(f"{caller}: pooling must be one of {POOLING}; got {pooling!r}.")
+
+
+def fan_out(snn: SpikingNetwork, pooling: str = "fold") -> dict:
   """The fan-out of every neuron: how many synaptic connections it has to the next layer(s) of neurons.
 
   Derived from the network's own ops: every data-dependent affine op is re-run with its weights replaced by their
@@ -334,18 +352,25 @@ def fan_out(snn: SpikingNetwork) -> dict:
 
   Args:
     snn: a converted network.
+    pooling: how average pooling (and means) between two layers count. ``"fold"``: the pool is folded into the next
+      layer's synapses, so each spike reaches every neuron its pooled value feeds (the event-driven count: no two
+      spikes are merged). ``"average"``: the pool's 1/k is kept (every product or quotient with a scalar literal
+      keeps its magnitude), so a spike through a 2x2 average pool counts a quarter of the next layer's fan-out;
+      summed over spikes this is "firing rate x the next layer's MACs on the pooled map", the usual estimate in the
+      literature (e.g. Rathi & Roy's FR_l x FLOPs_l).
 
   Returns:
     ``{site: float array [*site_shape]}`` and ``"input"``: the same for the network input (its analog values feed
     the first layer: these are the first layer's MACs), a pytree like the input without the batch axis.
 
   Raises:
-    ValueError: if the ops between the input and the first sites are not affine.
+    ValueError: if the ops between the input and the first sites are not affine, or for an unknown ``pooling``.
 
   Example:
     >>> fo = jaxsnn.analysis.fan_out(snn)     # {'input': [32, 32, 3], 'Conv_0/relu': [32, 32, 64], ...}
   """
-  return _fan_out(snn)
+  _check_pooling(pooling, "jaxsnn.fan_out")
+  return _fan_out(snn, pooling)
 
 
 def _unit_input(snn: SpikingNetwork):
@@ -355,8 +380,8 @@ def _unit_input(snn: SpikingNetwork):
       treedef, [jnp.zeros((1,) + s, d if jnp.issubdtype(d, jnp.floating) else jnp.float32) for s, d in spec])
 
 
-@jax.jit
-def _fan_out(snn: SpikingNetwork) -> dict:
+@functools.partial(jax.jit, static_argnums=(1,))
+def _fan_out(snn: SpikingNetwork, pooling: str) -> dict:
   caller = "jaxsnn.fan_out"
   treedef, _ = snn.input_spec
   x1 = _unit_input(snn)
@@ -374,7 +399,7 @@ def _fan_out(snn: SpikingNetwork) -> dict:
       ends.append(jnp.sum(z))  # the site's input current is an end point ...
       return sources[site.name]  # ... and its spikes a new source
 
-    ir.walk(program, env, op_rule=lambda op, args: _structural_op(program, op, args, caller),
+    ir.walk(program, env, op_rule=lambda op, args: _structural_op(program, op, args, caller, pooling == "average"),
             site_rule=site_rule, max_rule=lambda m, args: _structural_max(m.op, args))
     ends.append(jnp.sum(ir.read(env, program.out)))
     return sum(ends)
@@ -385,13 +410,14 @@ def _fan_out(snn: SpikingNetwork) -> dict:
   return out
 
 
-def synops(snn: SpikingNetwork, trace: Trace, per_step: bool = True) -> dict:
+def synops(snn: SpikingNetwork, trace: Trace, per_step: bool = True, pooling: str = "fold") -> dict:
   """Synaptic operations (accumulates) caused by each site's spikes: each spike x its neuron's fan-out.
 
   Args:
     snn: the simulated network.
     trace: its :class:`jaxsnn.Trace`.
     per_step: divide by the number of steps (SynOps per step); else the total over the run.
+    pooling: ``"fold"`` or ``"average"``, see :func:`fan_out`.
 
   Returns:
     ``{site: scalar}``: per sample (averaged over the batch). A spiking output layer has no fan-out and is left out.
@@ -399,7 +425,8 @@ def synops(snn: SpikingNetwork, trace: Trace, per_step: bool = True) -> dict:
   Example:
     >>> ops = jaxsnn.analysis.synops(snn, trace)   # {'Conv_0/relu': 1.2e5, ...} per sample per step
   """
-  fo = fan_out(snn)
+  _check_pooling(pooling, "jaxsnn.synops")
+  fo = fan_out(snn, pooling)
   out = {}
   for name in snn.site_names:
     spikes = (trace.pos_spikes[name] + trace.neg_spikes[name]).astype(jnp.float32)
@@ -498,13 +525,14 @@ class Energy(NamedTuple):
 
 
 def energy(snn: SpikingNetwork, trace: Trace, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
-           first_layer_every_step: bool = False) -> Energy:
+           first_layer_every_step: bool = False, pooling: str = "fold") -> Energy:
   """The paper's Eq. 15 energy estimate: SNN / ANN, first layer as MACs, every other layer as ACs (SynOps).
 
   ``E_SNN / E_ANN = (MACs_first * e_mac + SynOps * e_ac) / (MACs * e_mac)``, per sample: the ANN's MACs from
-  :func:`ann_macs`, the SNN's accumulates from :func:`synops` over the whole run. An average pool between two sites
-  is folded into the next layer's synapses on the SNN side (a spike reaches every neuron its pooled value feeds),
-  while the ANN pools first and then multiplies.
+  :func:`ann_macs`, the SNN's accumulates from :func:`synops` over the whole run. With ``pooling="fold"`` an
+  average pool between two sites is folded into the next layer's synapses on the SNN side (a spike reaches every
+  neuron its pooled value feeds) while the ANN pools first and then multiplies, so each pool costs the SNN up to k
+  times the ANN's connections; ``pooling="average"`` gives the literature's firing rate x MACs estimate.
 
   Args:
     snn: the simulated network.
@@ -513,6 +541,7 @@ def energy(snn: SpikingNetwork, trace: Trace, e_mac: float = E_MAC_PJ, e_ac: flo
     e_ac: pJ per accumulate (the paper's beta, 0.9 pJ).
     first_layer_every_step: count the first layer's MACs at every step. jaxsnn computes the constant input current
       once per input (direct coding), so by default they are counted once.
+    pooling: ``"fold"`` or ``"average"``, see :func:`fan_out`.
 
   Returns:
     :class:`Energy`.
@@ -521,8 +550,9 @@ def energy(snn: SpikingNetwork, trace: Trace, e_mac: float = E_MAC_PJ, e_ac: flo
     >>> e = jaxsnn.analysis.energy(snn, trace)
     >>> print(f"SNN uses {float(e.ratio):.1%} of the ANN's energy")
   """
+  _check_pooling(pooling, "jaxsnn.energy")
   macs = ann_macs(snn)
-  ops = sum(synops(snn, trace, per_step=False).values(), jnp.zeros(()))
+  ops = sum(synops(snn, trace, per_step=False, pooling=pooling).values(), jnp.zeros(()))
   snn_pj = macs.first_layer * e_mac * (trace.num_steps if first_layer_every_step else 1) + ops * e_ac
   ann_pj = macs.total * e_mac
   return Energy(ann_macs=macs.total, first_layer_macs=macs.first_layer, synops=ops, snn_pj=snn_pj, ann_pj=ann_pj,
