@@ -137,6 +137,7 @@ _HINTS = {
     "exp": "softmax/exp inside the network has no spiking form; apply softmax to the SNN's output instead",
     "log": "log inside the network has no spiking form",
     "erf": "GELU has no spiking form; train the ANN with relu",
+    "erfc": "GELU has no spiking form; train the ANN with relu",
     "reduce_min": "min pooling has no spiking form",
     "min": "min/clip of spiking values has no spiking form (relu6 and hard clips do not convert); use plain relu",
     "mul": "a product of two data-dependent values is not affine; only products with weights/constants convert",
@@ -144,7 +145,8 @@ _HINTS = {
     "conv_general_dilated": "a convolution of two data-dependent values is not affine",
     "div": "dividing by a data-dependent value is not affine",
     "select_n": "a data-dependent select (jnp.where on activations, leaky/parametric relu) is not affine",
-    "max": "max(x, c) with a non-zero or input-dependent c has no spiking form; use relu = max(x, 0)",
+    "max": ("max(x, c) with a non-zero or input-dependent c has no spiking form (use relu = max(x, 0)); softmax "
+            "inside the network has none either: apply it to the SNN output"),
     "integer_pow": "powers of data-dependent values are not affine",
     "pow": "powers of data-dependent values are not affine",
     "sqrt": "sqrt of data-dependent values is not affine (BatchNorm must be in eval mode: train=False)",

@@ -2,12 +2,18 @@
 
 Time convention: time-major, ``[num_steps, batch, ...]``, step ``t`` (1-based) is index ``t - 1``.
 
-Two schedules from the same program, giving identical spikes and readouts:
+Two schedules from the same program:
 
 * step-major (``block_size=None``): ``lax.scan`` over steps, each step runs the whole network once;
-* time-blocked layer-major (``block_size=K``): for each block of K steps, each affine op runs once on the K steps
-  (``vmap`` over the block axis, which XLA folds into the batch), each neuron site scans its K steps elementwise; the
-  state is carried across blocks. Memory grows with K; K = num_steps is the fastest.
+* time-blocked layer-major (``block_size=K``): for each block of K steps, each op runs once on the K steps (``vmap``
+  over the block axis, which XLA folds into the batch), each neuron site scans its K steps elementwise; the state is
+  carried across blocks. Memory grows with K.
+
+They give bit-identical spikes and readouts (``exact=True``, the default). XLA's matmul and convolution kernels pick
+their blocking, and so their summation order, from the operand shapes: the same rows can round differently in a batch
+of N and in a batch of K*N (measured on XLA:CPU: differences of 1e-7..1e-5). So with ``exact=True`` the layer-major
+schedule runs those contractions once per step of the block (``lax.map``, the step-major kernel) and batches everything
+else; ``exact=False`` batches the contractions too, for speed where that pays, equal only up to float rounding.
 
 Max of spiking values (max pooling, ``jnp.maximum(a, b)``) uses the **cumulative-max rule**: the site keeps the
 cumulative sum ``C_t`` of its inputs and emits ``g(C_t) - g(C_{t-1})`` where ``g`` is the ANN's max operation. The sum
@@ -56,7 +62,8 @@ def _positive_int(value, name, caller):
   return int(value)
 
 
-def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None = None) -> Trace:
+def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None = None, *,
+             exact: bool = True) -> Trace:
   """Simulates ``snn`` on input ``x`` (a constant analog current every step) for ``num_steps`` steps.
 
   Args:
@@ -64,7 +71,13 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
     x: an input batch with the converted per-sample shape and dtype (any batch size).
     num_steps: number of time steps T >= 1.
     block_size: None for the step-major schedule, or K >= 1 for the time-blocked layer-major schedule (any T; the
-      last block is shorter when K does not divide T). Both give identical results.
+      last block is shorter when K does not divide T).
+    exact: only for ``block_size``. True (default): the layer-major schedule is bit-identical to the step-major one
+      (same spikes, same readout): matmuls and convolutions run once per step of the block with the step-major
+      kernel, every other op runs once on the whole block. False: matmuls and convolutions also run once on the K
+      steps stacked into the batch, which is faster where batching pays (small batches, accelerators) but lets XLA
+      pick kernels whose summation order differs, so readouts agree only to float rounding and a neuron sitting
+      exactly at its threshold may fire one step apart.
 
   Returns:
     A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t.
@@ -83,11 +96,16 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   if block_size is not None:
     block_size = min(_positive_int(block_size, "block_size", caller), num_steps)
   check_input(snn, x, caller)
-  return _simulate(snn, x, num_steps, block_size)
+  return _simulate(snn, x, num_steps, block_size, bool(exact))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None) -> Trace:
+# Contractions: XLA's matmul and convolution kernels choose their blocking, hence their summation order, from the
+# shapes, so the same rows can round differently in a batch of N and in a batch of K*N.
+_CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: bool) -> Trace:
   program = ir.build_program(snn.apply_fn, snn.variables, x, caller="jaxsnn.simulate")
   env = ir.initial_env(program, snn.variables, x)
 
@@ -148,21 +166,19 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None) -> Trac
       return y
 
     def op_rule(op, args):
-      if op.prim.name == "dot_general":
-        args = list(args)
-        dot = lambda *a: (_dot_as_conv(op.params, a, [spiking(x) for x in op.ins]),)  # noqa: E731
-      else:
-        dot = op.bind
       if k is None:
-        return dot(*args)
+        return op.bind(*args)
       axes = [0 if spiking(a) else None for a in op.ins]
       fixed = [None if ax == 0 else v for v, ax in zip(args, axes)]
+      moving = tuple(v for v, ax in zip(args, axes) if ax == 0)
 
-      def one(*moving):
+      def one(moving):
         it = iter(moving)
-        return dot(*[next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
+        return op.bind(*[next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
 
-      return jax.vmap(one)(*[v for v, ax in zip(args, axes) if ax == 0])
+      if exact and op.prim.name in _CONTRACTIONS:
+        return jax.lax.map(one, moving)  # the step-major kernel, once per step of the block
+      return jax.vmap(one)(moving)
 
     ir.walk(program, env, kinds=frozenset({ir.SPIKE}), op_rule=op_rule, site_rule=site_rule, max_rule=max_rule)
     z = ir.read(env, program.out)
@@ -189,37 +205,6 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None) -> Trac
   t = jnp.arange(1, num_steps + 1, dtype=accs.dtype).reshape((num_steps,) + (1,) * (accs.ndim - 1))
   _, _, _, pos, neg = carry
   return Trace(outputs=accs / t, pos_spikes=pos, neg_spikes=neg)
-
-
-def _dot_as_conv(params, args, spiking):
-  """A dot_general with one spiking operand, computed as a 1x1 convolution.
-
-  XLA:CPU picks different matmul kernels (and summation orders) for different numbers of rows, so a dense layer run
-  on one step's batch and on K steps stacked into the batch can differ in the last bit; its convolution path is
-  batch-invariant. Running every spiking dot as a convolution in both schedules keeps them bit-identical.
-  """
-  (lc, rc), (lb, rb) = params["dimension_numbers"]
-  if lb or rb or sum(spiking) != 1:
-    return jax.lax.dot_general(*args, **params)
-  lhs, rhs = args
-  s_idx = 0 if spiking[0] else 1
-  s, w = args[s_idx], args[1 - s_idx]
-  sc, wc = (lc, rc) if s_idx == 0 else (rc, lc)
-  s_free = [d for d in range(s.ndim) if d not in sc]
-  w_free = [d for d in range(w.ndim) if d not in wc]
-  m_shape = [s.shape[d] for d in s_free]
-  n_shape = [w.shape[d] for d in w_free]
-  kc = int(np.prod([s.shape[d] for d in sc], dtype=np.int64))
-  s2 = jnp.transpose(s, s_free + list(sc)).reshape(-1, 1, 1, kc)
-  w2 = jnp.transpose(w, list(wc) + w_free).reshape(1, 1, kc, -1)
-  dtype = params.get("preferred_element_type") or jnp.result_type(lhs, rhs)
-  y = jax.lax.conv_general_dilated(s2.astype(dtype), w2.astype(dtype), (1, 1), "VALID",
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                   precision=params.get("precision"))
-  y = y.reshape(m_shape + n_shape)
-  if s_idx == 1:  # dot_general's output order is (lhs free, rhs free)
-    y = jnp.transpose(y, list(range(len(m_shape), y.ndim)) + list(range(len(m_shape))))
-  return y
 
 
 def _cummax_step(op: ir.Op, state, args):

@@ -1,0 +1,302 @@
+"""Conversion + simulation: convergence to the ANN, exact schedules, no recompilation, nice errors."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsnn
+from jaxsnn._src import simulate as simulate_module
+from random_nets import random_net, randomise_batch_stats
+
+STEPS = (64, 128, 256, 512, 1024)
+
+
+def rel_error(out, ann):
+  return float(jnp.abs(out - ann).max() / jnp.abs(ann).max())
+
+
+# ---- convergence on random architectures ---------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(20))
+def test_random_architectures_converge_to_the_ann(seed):
+  apply_fn, variables, x = random_net(seed, allow_max_pool=seed % 4 == 3)
+  stats = jaxsnn.calibrate(apply_fn, variables, [x[:4], x[4:]])  # calibrated on the simulated inputs
+  snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats))
+  ann = apply_fn(variables, x)
+  trace = jaxsnn.simulate(snn, x, STEPS[-1], block_size=256 if seed % 2 else None)
+  errors = np.array([rel_error(trace.outputs[t - 1], ann) for t in STEPS])
+  assert errors[-1] < 2e-2, errors
+  slope = np.polyfit(np.log(STEPS), np.log(errors), 1)[0]
+  assert -1.6 < slope < -0.7, (slope, errors)  # error ~ 1/T
+
+
+def test_spike_readout_converges_to_relu_of_logits():
+  apply_fn, variables, x = random_net(5)
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  snn = jaxsnn.convert(apply_fn, variables, x, th, readout="spike")
+  ann = apply_fn(variables, x)
+  trace = jaxsnn.simulate(snn, x, 1024)
+  assert rel_error(trace.outputs[-1], jnp.maximum(ann, 0)) < 2e-2
+  # The spike readout is the output layer's net spike count times its threshold, averaged over time.
+  net = trace.pos_spikes["output"] - trace.neg_spikes["output"]
+  np.testing.assert_allclose(trace.outputs[-1], net * th["output"] / 1024, rtol=1e-5, atol=1e-6)
+
+
+class PreprocessNet(nn.Module):
+  """Non-affine operations on the input alone are fine: the input is a constant current, computed once."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(x) * x ** 2
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    h = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(3)(jnp.concatenate([h, jnp.pad(h[:, :2], ((0, 0), (1, 1)))], axis=1))
+
+
+def test_input_only_nonlinearity_concat_pad_and_slices_convert():
+  model = PreprocessNet()
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 2))
+  variables = model.init(jax.random.PRNGKey(1), x)
+  apply_fn = model.apply
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  trace = jaxsnn.simulate(snn, x, 1024)
+  assert rel_error(trace.outputs[-1], apply_fn(variables, x)) < 2e-2
+
+
+def test_first_site_spike_counts_match_a_direct_neuron_run():
+  # Dyadic inputs, weights and thresholds: every current is exact in float32, inside or outside jit.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(-8, 9, (5, 4)) / 4, jnp.float32)
+  w1 = jnp.asarray(rng.integers(-8, 9, (4, 6)) / 8, jnp.float32)
+  b1 = jnp.asarray(rng.integers(-4, 5, (6,)) / 8, jnp.float32)
+  w2 = jnp.asarray(rng.integers(-8, 9, (6, 2)) / 8, jnp.float32)
+  variables = {"w1": w1, "b1": b1, "w2": w2}
+  apply_fn = lambda v, x: jax.nn.relu(x @ v["w1"] + v["b1"]) @ v["w2"]  # noqa: E731
+  th = {"relu": jnp.asarray(rng.integers(1, 9, (6,)) / 4, jnp.float32)}
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  assert snn.site_names == ("relu",)
+  trace = jaxsnn.simulate(snn, x, 50, block_size=8)
+  current = x @ w1 + b1
+  neuron = jaxsnn.SNM()
+  state = neuron.init(current.shape)
+  pos = np.zeros(current.shape, np.int32)
+  neg = np.zeros(current.shape, np.int32)
+  for _ in range(50):
+    state, s = neuron.step(th["relu"], state, current)
+    pos, neg = pos + np.asarray(s > 0), neg + np.asarray(s < 0)
+  assert pos.sum() > 0  # (a constant current never gives an SNM a reason to send a negative spike)
+  np.testing.assert_array_equal(trace.pos_spikes["relu"], pos)
+  np.testing.assert_array_equal(trace.neg_spikes["relu"], neg)
+  # membrane readout after 50 steps = the output layer applied to the mean spike amplitude
+  net = (pos - neg) * np.asarray(th["relu"])
+  np.testing.assert_allclose(trace.outputs[-1], net @ np.asarray(w2) / 50, rtol=1e-6, atol=1e-6)
+
+
+def test_accuracy_vs_time():
+  apply_fn, variables, x = random_net(2)
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  trace = jaxsnn.simulate(jaxsnn.convert(apply_fn, variables, x, th), x, 40)
+  labels = jnp.argmax(apply_fn(variables, x), -1)
+  acc = jaxsnn.accuracy_vs_time(trace, labels)
+  assert acc.shape == (40,)
+  want = np.array([(np.argmax(np.asarray(trace.outputs[t]), -1) == np.asarray(labels)).mean() for t in range(40)])
+  np.testing.assert_array_equal(np.asarray(acc), want)
+  onehot = jax.nn.one_hot(labels, trace.outputs.shape[-1])
+  np.testing.assert_array_equal(np.asarray(jaxsnn.accuracy_vs_time(trace, onehot)), want)
+  with pytest.raises(ValueError, match="do not match the batch size"):
+    jaxsnn.accuracy_vs_time(trace, labels[:3])
+
+
+# ---- the two schedules are bit-identical ----------------------------------------------------------------------------
+class ResidualConvNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(6, (3, 3))(x)))
+    y = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(6, (3, 3))(x)))
+    y = nn.BatchNorm(use_running_average=True)(nn.Conv(6, (3, 3))(y))
+    x = nn.relu(x + y)
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Dense(12)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(4)(x)
+
+
+@functools.cache
+def residual_setup():
+  model = ResidualConvNet()
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 3))
+  variables = randomise_batch_stats(model.init(jax.random.PRNGKey(1), x), np.random.default_rng(0))
+  th = jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [x]))
+  return model.apply, variables, x, th
+
+
+@pytest.mark.parametrize("neuron,readout", [(jaxsnn.SNM(), "membrane"), (jaxsnn.SNM(), "spike"),
+                                            (jaxsnn.IF(), "membrane"), (jaxsnn.SignedIF(), "spike")])
+def test_step_major_equals_layer_major_bit_for_bit(neuron, readout):
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th, neuron=neuron, readout=readout)
+  steps = 37
+  ref = jaxsnn.simulate(snn, x, steps)
+  assert sum(int(c.sum()) for c in ref.pos_spikes.values()) > 0
+  for block in (1, 4, 16, 37, 100):  # divides, does not divide, = T, > T
+    got = jaxsnn.simulate(snn, x, steps, block_size=block)
+    np.testing.assert_array_equal(np.asarray(got.outputs), np.asarray(ref.outputs), err_msg=f"block {block}")
+    for site in ref.pos_spikes:
+      np.testing.assert_array_equal(got.pos_spikes[site], ref.pos_spikes[site], err_msg=f"{site}, block {block}")
+      np.testing.assert_array_equal(got.neg_spikes[site], ref.neg_spikes[site], err_msg=f"{site}, block {block}")
+
+
+def test_inexact_layer_major_agrees_to_float_rounding():
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  ref = jaxsnn.simulate(snn, x, 37)
+  got = jaxsnn.simulate(snn, x, 37, block_size=8, exact=False)
+  np.testing.assert_allclose(np.asarray(got.outputs), np.asarray(ref.outputs), rtol=1e-4, atol=1e-5)
+  total = sum(int(c.sum()) for c in ref.pos_spikes.values())
+  differ = sum(int(jnp.abs(got.pos_spikes[k] - ref.pos_spikes[k]).sum()) for k in ref.pos_spikes)
+  assert differ <= total * 1e-3
+
+
+def test_max_pool_uses_the_cumulative_max_rule():
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  assert len(snn.max_sites) == 1
+  trace = jaxsnn.simulate(snn, x, 1024, block_size=128)
+  assert rel_error(trace.outputs[-1], apply_fn(variables, x)) < 2e-2
+
+
+# ---- no recompilation ---------------------------------------------------------------------------------------------
+def test_no_recompilation_when_only_values_change():
+  apply_fn, variables, x, th = residual_setup()
+  traces = []
+  real = simulate_module.ir.build_program
+
+  def counting(*args, **kwargs):
+    traces.append(1)
+    return real(*args, **kwargs)
+
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  jaxsnn.simulate(snn, x, 9)
+  new_th = {k: v * 1.5 for k, v in th.items()}
+  new_vars = jax.tree_util.tree_map(lambda a: a * 0.9, variables)
+  reconverted = jaxsnn.convert(apply_fn, new_vars, x, new_th)
+  simulate_module.ir.build_program = counting  # build_program runs exactly when simulate traces
+  try:
+    cache = simulate_module._simulate._cache_size()
+    a = jaxsnn.simulate(snn.replace(thresholds=new_th), x, 9)
+    b = jaxsnn.simulate(snn.replace(variables=new_vars), x, 9)
+    c = jaxsnn.simulate(reconverted, x + 1.0, 9)
+    assert not np.array_equal(a.outputs, b.outputs) and not np.array_equal(b.outputs, c.outputs)
+    assert simulate_module._simulate._cache_size() == cache
+    assert not traces  # nothing was traced again
+    jaxsnn.simulate(snn, x, 10)  # a new number of steps is a new program: compiles (the counter can see it)
+    assert traces
+  finally:
+    simulate_module.ir.build_program = real
+
+
+# ---- nice errors --------------------------------------------------------------------------------------------------
+class Act(nn.Module):
+  act: object
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(6)(x))
+    x = self.act(nn.Dense(6)(x))
+    return nn.Dense(2)(x)
+
+
+def product(x):
+  return x * jnp.roll(x, 1, axis=-1)
+
+
+def batchnorm_train(x):
+  mean = x.mean(0)
+  return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(0) + 1e-5)
+
+
+@pytest.mark.parametrize("act,primitive", [
+    (jnp.tanh, "tanh"), (jax.nn.sigmoid, "logistic"), (functools.partial(jax.nn.gelu, approximate=False), "erfc"),
+    (jax.nn.softmax, "max"), (product, "mul"), (jax.nn.relu6, "min"), (jax.nn.leaky_relu, "ge"),
+    (batchnorm_train, "integer_pow"), (lambda x: jnp.maximum(x, 0.5), "max"),
+])
+def test_unsupported_primitive_is_named_with_its_source_line(act, primitive):
+  model = Act(act)
+  x = jnp.ones((2, 4))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  with pytest.raises(jaxsnn.ConversionError) as info:
+    jaxsnn.convert(model.apply, variables, x, {})
+  msg = str(info.value)
+  assert msg.startswith("jaxsnn.convert:") and f"primitive '{primitive}'" in msg
+  assert ".py:" in msg and "in module: Act" in msg
+
+
+def test_multiple_outputs_rejected():
+  with pytest.raises(jaxsnn.ConversionError, match="must return one array"):
+    jaxsnn.convert(lambda v, x: (x @ v, x @ v), jnp.ones((3, 2)), jnp.ones((4, 3)), {})
+
+
+def small():
+  model = Act(nn.relu)
+  x = jnp.ones((3, 4))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  th = jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [x]))
+  return model.apply, variables, x, th
+
+
+def test_threshold_errors():
+  apply_fn, variables, x, th = small()
+  names = [k for k in th if k != "output"]
+  with pytest.raises(ValueError, match=r"missing: \['Act/relu_1'\]"):
+    jaxsnn.convert(apply_fn, variables, x, {names[0]: th[names[0]]})
+  with pytest.raises(ValueError, match=r"unexpected: \['bogus'\]"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, "bogus": jnp.ones(3)})
+  with pytest.raises(ValueError, match=r"has shape \(3,\), but the site has shape \(6,\)"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: jnp.ones(3)})
+  with pytest.raises(ValueError, match="negative or non-finite"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: -jnp.ones(6)})
+  with pytest.raises(ValueError, match="must be floating point"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: jnp.ones(6, jnp.int32)})
+  with pytest.raises(ValueError, match="must be a dict"):
+    jaxsnn.convert(apply_fn, variables, x, [th[n] for n in names])
+  with pytest.raises(ValueError, match="readout='spike' also needs 'output'"):
+    jaxsnn.convert(apply_fn, variables, x, {n: th[n] for n in names}, readout="spike")
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  with pytest.raises(ValueError, match="SpikingNetwork.replace: threshold"):
+    snn.replace(thresholds={**th, names[1]: jnp.ones((2, 6))})
+  with pytest.raises(ValueError, match="differ in structure, shape or dtype"):
+    snn.replace(variables={"params": {}})
+
+
+def test_argument_errors():
+  apply_fn, variables, x, th = small()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  for steps in (0, -3):
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+      jaxsnn.simulate(snn, x, steps)
+  for steps in (2.5, True, None):
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+      jaxsnn.simulate(snn, x, steps)
+  with pytest.raises(ValueError, match="block_size must be >= 1"):
+    jaxsnn.simulate(snn, x, 4, block_size=0)
+  with pytest.raises(ValueError, match=r"per-sample shape \(5,\).*per-sample shape \(4,\)"):
+    jaxsnn.simulate(snn, jnp.ones((3, 5)), 4)
+  with pytest.raises(ValueError, match="dtype int32"):
+    jaxsnn.simulate(snn, jnp.ones((3, 4), jnp.int32), 4)
+  with pytest.raises(ValueError, match="leading batch axis"):
+    jaxsnn.simulate(snn, jnp.float32(1.0), 4)
+  with pytest.raises(ValueError, match="snn must be a SpikingNetwork"):
+    jaxsnn.simulate(apply_fn, x, 4)
+  with pytest.raises(ValueError, match="readout must be one of"):
+    jaxsnn.convert(apply_fn, variables, x, th, readout="rate")
+  with pytest.raises(ValueError, match="neuron must be a jaxsnn.neurons.Neuron"):
+    jaxsnn.convert(apply_fn, variables, x, th, neuron="SNM")
+  with pytest.raises(ValueError, match="batches is empty"):
+    jaxsnn.calibrate(apply_fn, variables, [])
+  # a different batch size is fine
+  assert jaxsnn.simulate(snn, jnp.ones((7, 4)), 3).outputs.shape == (3, 7, 2)
