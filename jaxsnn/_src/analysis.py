@@ -10,7 +10,8 @@ Conventions:
 * firing rate: spikes per neuron per step, positive and negative spikes both counted (the paper's Fig. 5);
 * fan-out of a neuron: the number of synaptic connections from it to the neurons of the next sites (and the output
   layer), read off the network's own affine ops (see :func:`fan_out`);
-* SynOps: spikes x fan-out (accumulates, ACs); ANN MACs: the same connections, each used once per inference.
+* SynOps: spikes x fan-out (accumulates, ACs); ANN MACs: the connections of each convolution and dense layer, each
+  used once per inference (see :func:`ann_macs`).
 """
 
 from __future__ import annotations
@@ -257,7 +258,8 @@ def average_firing_rate(trace: Trace, include_output: bool = False) -> jax.Array
     A scalar.
   """
   names = [k for k in trace.pos_spikes if include_output or k != OUTPUT]
-  spikes = sum(jnp.sum(trace.pos_spikes[k] + trace.neg_spikes[k]).astype(jnp.float32) for k in names)
+  # Summed in float: a large network's total spike count overflows int32.
+  spikes = sum(jnp.sum((trace.pos_spikes[k] + trace.neg_spikes[k]).astype(jnp.float32)) for k in names)
   neurons = sum(int(np.prod(np.shape(trace.pos_spikes[k]))) for k in names)
   return spikes / (max(neurons, 1) * trace.num_steps)
 
