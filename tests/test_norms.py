@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxsnn
 from jaxsnn._src import calibrate as cal
@@ -107,6 +109,22 @@ def test_percentile_statistic_matches_numpy_within_the_stated_bound():
   th = jaxsnn.thresholds(stats, "layer", percentile=99.9, alpha=2.0)[site]
   np.testing.assert_allclose(th, 2.0 * jaxsnn.site_percentiles(stats, 99.9)[site], rtol=1e-6)
   assert np.shape(th) == vals.shape[2:]
+
+
+_HIST_PAD = 64
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(float(np.float32(1e-30)), float(np.float32(1e30)), width=32), min_size=1,
+                max_size=_HIST_PAD), st.floats(0, 100))
+def test_percentile_bound_holds_for_any_positive_data(values, q):
+  vals = np.zeros(_HIST_PAD, np.float32)  # fixed shape (one compilation); the zero padding is left out below
+  vals[:len(values)] = values
+  hist = np.bincount(np.asarray(cal.hist_bins(vals)), minlength=cal.HIST_BINS).astype(np.int64)
+  stats = jaxsnn.Stats(max={"s": jnp.asarray(vals.max())}, num_samples=1, hist={"s": hist})
+  want = np.percentile(np.asarray(values, np.float32).astype(np.float64), q)
+  got = jaxsnn.site_percentiles(stats, q)["s"]
+  assert abs(got - want) <= cal.PERCENTILE_RELATIVE_ERROR * want
 
 
 def test_percentile_of_a_network_site_matches_numpy(two_layer):
