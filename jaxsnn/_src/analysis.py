@@ -175,7 +175,7 @@ def information_loss_surface(activations, neuron_max, alphas, steps, norms: Sequ
 
 
 def plot_information_loss(surface: Mapping[str, Any], alphas, steps, path: str | os.PathLike,
-                          title: str | None = None) -> None:
+                          title: str | None = None, view: tuple[float, float] = (25.0, 45.0)) -> None:
   """Plots :func:`information_loss_surface` as the paper's Fig. 3 (log10 loss over alpha and T) to a PNG file.
 
   One 3-D surface per norm, side by side, on a shared z axis. Needs matplotlib (``pip install jaxsnn[plot]``).
@@ -186,6 +186,7 @@ def plot_information_loss(surface: Mapping[str, Any], alphas, steps, path: str |
     steps: the T grid.
     path: where to write the PNG.
     title: optional figure title.
+    view: ``(elevation, azimuth)`` of the 3-D view in degrees (the default looks into the low-loss valley).
 
   Raises:
     ImportError: if matplotlib is missing.
@@ -215,6 +216,7 @@ def plot_information_loss(surface: Mapping[str, Any], alphas, steps, path: str |
     ax.set_ylabel("T")
     ax.set_zlabel("log10 loss")
     ax.set_zlim(zmin, zmax)
+    ax.view_init(*view)
     ax.set_title(names.get(norm, norm))
   if title:
     fig.suptitle(title)
