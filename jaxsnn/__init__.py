@@ -16,13 +16,13 @@ from jaxsnn._src.calibrate import (authors_thresholds, load_stats, load_threshol
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.ir import ConversionError
 from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
-from jaxsnn._src.simulate import Trace, accuracy_vs_time, simulate
+from jaxsnn._src.simulate import Trace, accuracy_vs_time, evaluate, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConversionError", "IF", "Neuron", "SNM", "SignedIF", "SpikingNetwork", "Stats", "Trace", "accuracy_vs_time",
-    "calibrate", "convert", "neurons", "simulate", "thresholds",
+    "calibrate", "convert", "evaluate", "neurons", "simulate", "thresholds",
     "analysis", "authors_thresholds", "information_loss", "load_stats", "load_thresholds", "save_stats",
     "save_thresholds", "simulate_authors", "site_percentiles",
 ]

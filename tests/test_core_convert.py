@@ -300,3 +300,21 @@ def test_argument_errors():
     jaxsnn.calibrate(apply_fn, variables, [])
   # a different batch size is fine
   assert jaxsnn.simulate(snn, jnp.ones((7, 4)), 3).outputs.shape == (3, 7, 2)
+
+
+def test_evaluate_streams_batches_and_counts_only_masked_examples():
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  labels = jnp.argmax(apply_fn(variables, x), -1)
+  whole = jaxsnn.accuracy_vs_time(jaxsnn.simulate(snn, x, 12), labels)
+  padded_x = jnp.concatenate([x[3:], jnp.zeros_like(x[:1])])
+  padded_y = jnp.concatenate([labels[3:], jnp.array([-1])])
+  batches = [(x[:3], labels[:3]), (padded_x, padded_y, np.array([True, True, False]))]
+  res = jaxsnn.evaluate(snn, batches, 12)
+  assert res["count"] == 5
+  np.testing.assert_array_equal(res["correct"], np.round(np.asarray(whole, np.float64) * 5).astype(np.int64))
+  np.testing.assert_array_equal(res["accuracy"], res["correct"] / 5)
+  full = jaxsnn.simulate(snn, x, 12)
+  assert res["pos_spikes"] == {k: int(v.sum()) for k, v in full.pos_spikes.items()}
+  with pytest.raises(ValueError, match="batches is empty"):
+    jaxsnn.evaluate(snn, [], 12)

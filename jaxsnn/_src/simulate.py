@@ -240,3 +240,56 @@ def accuracy_vs_time(trace: Trace, labels: Any) -> jax.Array:
     raise ValueError(f"jaxsnn.accuracy_vs_time: labels of shape {labels.shape} do not match the batch size "
                      f"{out.shape[1]}.")
   return (out.argmax(-1) == labels[None]).mean(axis=1)
+
+
+def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int | None = None, *,
+             exact: bool = True, progress: bool = False) -> dict:
+  """Accuracy after every t = 1..T over a whole dataset, streamed batch by batch.
+
+  Args:
+    snn: a converted network.
+    batches: an iterable of ``(x, labels)`` or ``(x, labels, mask)`` (``mask`` marks real examples in a padded last
+      batch), labels as ints.
+    num_steps: time steps T.
+    block_size: schedule, as in :func:`simulate`.
+    exact: as in :func:`simulate`.
+    progress: show a tqdm progress bar (images per second) if tqdm is installed.
+
+  Returns:
+    ``{"accuracy": float64 [T], "correct": int64 [T], "count": int, "pos_spikes": {site: total},
+    "neg_spikes": {site: total}}``: the accuracy after t steps is ``accuracy[t - 1]``; spike totals are summed over
+    examples, neurons and steps (for firing rates: divide by count, neurons and T).
+
+  Raises:
+    ValueError: for an empty iterable or a bad batch (see :func:`simulate`).
+  """
+  bar = None
+  if progress:
+    try:
+      from tqdm.auto import tqdm
+      bar = tqdm(unit="img", desc=f"SNN T={num_steps}")
+    except ImportError:  # progress is a nicety, not a dependency
+      bar = None
+  correct = np.zeros(num_steps, np.int64)
+  count = 0
+  pos_total: dict = {}
+  neg_total: dict = {}
+  for batch in batches:
+    x, labels, *rest = batch
+    mask = np.asarray(rest[0], bool) if rest else np.ones(np.shape(labels)[0], bool)
+    trace = simulate(snn, x, num_steps, block_size, exact=exact)
+    hits = np.asarray(trace.outputs.argmax(-1) == jnp.asarray(labels)[None])  # [T, B]
+    correct += hits[:, mask].sum(axis=1)
+    count += int(mask.sum())
+    for totals, spikes in ((pos_total, trace.pos_spikes), (neg_total, trace.neg_spikes)):
+      for site, c in spikes.items():
+        totals[site] = totals.get(site, 0) + int(np.asarray(c)[mask].sum())
+    if bar is not None:
+      bar.update(int(mask.sum()))
+      bar.set_postfix(acc=f"{correct[-1] / max(count, 1):.4f}")
+  if bar is not None:
+    bar.close()
+  if count == 0:
+    raise ValueError("jaxsnn.evaluate: batches is empty.")
+  return {"accuracy": correct / count, "correct": correct, "count": count, "pos_spikes": pos_total,
+          "neg_spikes": neg_total}
