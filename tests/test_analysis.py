@@ -281,6 +281,30 @@ def test_fan_out_and_macs_of_convs_residual_pool_and_dense_against_numpy(pool):
   np.testing.assert_allclose(e.ratio, (macs_in * 4.6 + 8 * sum(want.values()) * 0.9) / (total_macs * 4.6), rtol=1e-5)
 
 
+class Plain(nn.Module):
+  """conv -> ReLU -> avg pool -> conv -> ReLU -> global mean -> dense: no residuals, so every connection is a MAC."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.avg_pool(nn.relu(nn.Conv(3, (3, 3))(x)), (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+    return nn.Dense(5)(x.mean(axis=(1, 2)))
+
+
+def test_average_pooling_fan_outs_add_up_to_the_ann_macs():
+  model = Plain()
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 2)), jnp.float32)
+  variables = init_params(model, x, 2)
+  apply_fn = lambda v, x: model.apply(v, x)  # noqa: E731
+  snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x])))
+  total = lambda fo: sum(float(jnp.sum(v)) for v in jax.tree_util.tree_leaves(fo))  # noqa: E731
+  macs = analysis.ann_macs(snn)
+  # With the pools' 1/k kept, a neuron's share of every MAC it takes part in is counted once: the sum is the MACs.
+  np.testing.assert_allclose(total(analysis.fan_out(snn, pooling="average")), float(macs.total), rtol=1e-6)
+  # Folded, each pool multiplies the next layer's connections by its window size (2x2 here, 4x4 for the mean).
+  assert total(analysis.fan_out(snn)) > float(macs.total)
+
+
 # ---- per-site conversion error -----------------------------------------------------------------------------------
 class MLP(nn.Module):
   @nn.compact
