@@ -134,6 +134,9 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
     if histogram:
       # Device counts are int32: move them to the host's int64 before any bin could overflow.
       grow = batch * max(per_sample.values(), default=0)
+      if grow > _INT32_MAX:
+        raise ValueError(f"jaxsnn.calibrate: a batch of {batch} has {grow} activations at one site, more than an "
+                         "int32 histogram count holds; use smaller batches with histogram=True.")
       if pending + grow > _INT32_MAX:
         for k in host_hist:
           host_hist[k] += np.asarray(dev_hist[k], np.int64)
