@@ -140,11 +140,14 @@ def test_percentile_of_a_network_site_matches_numpy(two_layer):
 def test_histogram_counts_are_exact_when_flushed_to_int64(two_layer, monkeypatch):
   apply_fn, variables, _, batches = two_layer
   whole = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
-  monkeypatch.setattr(cal, "_INT32_MAX", 400)  # force a device -> host flush before almost every batch
+  monkeypatch.setattr(cal, "_INT32_MAX", 1000)  # batches add 8 x 75 counts: a device -> host flush before each
   flushed = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
   for k in whole.hist:
     np.testing.assert_array_equal(whole.hist[k], flushed.hist[k])
     assert flushed.hist[k].dtype == np.int64
+  monkeypatch.setattr(cal, "_INT32_MAX", 500)
+  with pytest.raises(ValueError, match="jaxsnn.calibrate: a batch of 8 has 600 activations"):
+    jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
 
 
 def test_save_load_round_trip_is_exact_and_names_are_stable(two_layer, tmp_path):
