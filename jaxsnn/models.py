@@ -256,3 +256,8 @@ def conv_im2col_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
   if not isinstance(padding, str):
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   return _conv_nhwc(lhs, rhs, tuple(window_strides), padding, rhs_dilation)
+
+
+#: ``nn.Conv`` with the im2col weight gradient. One shared object, so that equal models compare (and hash) equal
+#: and jitted training steps are reused across runs.
+FastConv = functools.partial(nn.Conv, conv_general_dilated=conv_im2col_grad)

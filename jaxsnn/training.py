@@ -101,8 +101,18 @@ def build_model(config: TrainConfig, for_training: bool = False) -> nn.Module:
   kwargs = dict(config.model_kwargs)
   kwargs.setdefault("num_classes", data_lib.spec(config.dataset).num_classes)
   if for_training and config.fast_conv:
-    kwargs["conv"] = functools.partial(nn.Conv, conv_general_dilated=models.conv_im2col_grad)
+    kwargs["conv"] = models.FastConv
   return models.get_model(config.model, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelApply:
+  """``model.apply`` as a value that compares by the model's fields (bound methods compare by identity), so that
+  jitted steps that take it as a static argument compile once per model configuration, not once per run."""
+  model: nn.Module
+
+  def __call__(self, *args, **kwargs):
+    return self.model.apply(*args, **kwargs)
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -122,8 +132,24 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
                    "choose 'step', 'cosine' or 'onecycle'")
 
 
+_OPTIMIZER_FIELDS = ("epochs", "schedule", "learning_rate", "step_epochs", "step_factor", "warmup_epochs",
+                     "momentum", "nesterov", "weight_decay")
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD with momentum and coupled weight decay (L2 on the gradient, as in the authors' PyTorch code)."""
+  """SGD with momentum and coupled weight decay (L2 on the gradient, as in the authors' PyTorch code).
+
+  Equal hyper-parameters give the same (cached) object: the optimizer is static data of the train state, so
+  this lets a second run in the same process reuse the compiled training step.
+  """
+  key = tuple((f, tuple(v) if isinstance(v, list) else v) for f in _OPTIMIZER_FIELDS
+              for v in [getattr(config, f)])
+  return _make_optimizer(key, steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=32)
+def _make_optimizer(key: tuple, steps_per_epoch: int) -> optax.GradientTransformation:
+  config = TrainConfig(**dict(key))
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(learning_rate_schedule(config, steps_per_epoch), momentum=config.momentum,
@@ -134,8 +160,8 @@ def create_train_state(config: TrainConfig, rng: jax.Array, steps_per_epoch: int
   """Initializes parameters, BatchNorm statistics and the optimizer."""
   model = build_model(config, for_training=True)
   x = jnp.zeros((1,) + data_lib.spec(config.dataset).image_shape, jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+  variables = model.init(rng, x, train=False)  # eager: jitting init compiles for longer than it runs
+  return TrainState.create(apply_fn=ModelApply(model), params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
                            tx=make_optimizer(config, steps_per_epoch))
 
@@ -257,7 +283,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
   (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True))
 
   state = create_train_state(config, jax.random.key(config.seed), steps_per_epoch)
-  eval_apply = build_model(config).apply
+  eval_apply = ModelApply(build_model(config))
   last, best = workdir / "last.msgpack", workdir / "best.msgpack"
   epoch, start_batch = 0, 0
   if last.exists():

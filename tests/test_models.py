@@ -118,8 +118,7 @@ def test_conv_im2col_grad_matches_lax(kernel, strides, padding, dilation, spatia
 
 
 def test_fast_conv_model_has_same_variables_and_gradients():
-  fast_conv = functools.partial(nn.Conv, conv_general_dilated=models.conv_im2col_grad)
-  plain, fast = models.ResNet20(width=0.25), models.ResNet20(width=0.25, conv=fast_conv)
+  plain, fast = models.ResNet20(width=0.25), models.ResNet20(width=0.25, conv=models.FastConv)
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
   variables = plain.init(jax.random.key(0), x, train=False)
   assert jax.tree.structure(variables) == jax.tree.structure(fast.init(jax.random.key(0), x, train=False))

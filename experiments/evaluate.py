@@ -1,0 +1,32 @@
+"""Test accuracy of a checkpoint on the full test set: ``python experiments/evaluate.py CONFIG.py CHECKPOINT``.
+
+Prints one JSON line: loss, accuracy and the number of test images counted (every one of them).
+"""
+import argparse
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments.train import load_config  # noqa: E402
+from jaxsnn import data, training  # noqa: E402
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("config")
+  parser.add_argument("checkpoint")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--split", default=None, help="tfds split (default: the dataset's test split)")
+  args = parser.parse_args()
+  config = load_config(args.config)
+  spec = data.spec(config.dataset)
+  arrays = data.load(config.dataset, args.split or spec.test_split, args.data_dir or config.data_dir)
+  variables = training.load_variables(args.checkpoint)
+  result = training.evaluate(training.build_model(config).apply, variables, arrays, config.batch_size, spec.mean,
+                             spec.std)
+  print(json.dumps(dict(result, checkpoint=args.checkpoint, split=args.split or spec.test_split)))
+
+
+if __name__ == "__main__":
+  main()

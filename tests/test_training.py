@@ -1,0 +1,147 @@
+"""Tests for jaxsnn.training: schedules, optimizer, checkpoints, resumable runs, configs on mock data."""
+
+import dataclasses
+import importlib
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxsnn import data, training
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # experiments/ is not part of the package
+
+
+def tiny_config(**kwargs):
+  base = dict(dataset="fashion_mnist", model="small_cnn", model_kwargs={"width": 0.125}, batch_size=16,
+              epochs=3, schedule="onecycle", learning_rate=0.05, val_examples=40, augment="flip",
+              checkpoint_every=2, seed=0)
+  base.update(kwargs)
+  return training.TrainConfig(**base)
+
+
+def tiny_arrays(seed=0):
+  """A learnable 28×28 task: the class sets the brightness of one of ten horizontal bands."""
+  rng = np.random.default_rng(seed)
+
+  def make(n):
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    images = rng.integers(0, 60, (n, 28, 28, 1)).astype(np.uint8)
+    for i, c in enumerate(labels):
+      images[i, 2 + 2 * c:4 + 2 * c] += 190
+    return data.Arrays(images, labels)
+
+  return {"train": make(160), "validation": make(40), "test": make(37)}
+
+
+def test_step_schedule_is_the_papers():
+  config = training.TrainConfig(learning_rate=0.01, epochs=200, schedule="step")
+  lr = training.learning_rate_schedule(config, steps_per_epoch=10)
+  np.testing.assert_allclose([lr(0), lr(599), lr(600), lr(1199), lr(1200), lr(1600), lr(1999)],
+                             [0.01, 0.01, 0.002, 0.002, 0.0004, 0.00008, 0.00008], rtol=1e-5)
+
+
+def test_onecycle_and_cosine_schedules():
+  lr = training.learning_rate_schedule(training.TrainConfig(learning_rate=0.1, epochs=4, schedule="onecycle"), 25)
+  values = np.array([lr(s) for s in range(100)])
+  assert values.argmax() == 25 and np.isclose(values.max(), 0.1, rtol=1e-3)
+  assert values[0] < 0.01 and values[-1] < 1e-3
+  lr = training.learning_rate_schedule(
+      training.TrainConfig(learning_rate=0.2, epochs=5, schedule="cosine", warmup_epochs=1), 10)
+  assert np.isclose(lr(10), 0.2) and lr(5) < 0.2 and lr(50) < 1e-6
+  with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+    training.learning_rate_schedule(training.TrainConfig(schedule="linear"), 10)
+
+
+def test_optimizer_applies_coupled_weight_decay_and_momentum():
+  config = training.TrainConfig(learning_rate=0.1, schedule="step", weight_decay=5e-4, momentum=0.9)
+  tx = training.make_optimizer(config, 10)
+  params = {"w": jnp.array([2.0, -4.0])}
+  grads = {"w": jnp.array([1.0, 0.0])}
+  state = tx.init(params)
+  u1, state = tx.update(grads, state, params)
+  np.testing.assert_allclose(u1["w"], -0.1 * (grads["w"] + 5e-4 * params["w"]), rtol=1e-6)
+  u2, _ = tx.update(grads, state, params)
+  np.testing.assert_allclose(u2["w"], -0.1 * 1.9 * (grads["w"] + 5e-4 * params["w"]), rtol=1e-6)
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+  target = {"a": np.arange(5.0), "b": {"c": np.float32(3.0)}, "epoch": 4}
+  path = tmp_path / "ckpt" / "last.msgpack"
+  training.save_checkpoint(path, target)
+  (path.parent / ".last.msgpack.999.tmp").write_bytes(b"half-written garbage")  # a killed writer's leftover
+  restored = training.restore_checkpoint(path, jax.tree.map(np.zeros_like, target))
+  np.testing.assert_array_equal(restored["a"], target["a"])
+  assert restored["epoch"] == 4
+  training.save_checkpoint(path, {"a": np.ones(2)})
+  assert training.load_variables(path)["a"].tolist() == [1.0, 1.0]
+  assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".last.msgpack.999")) == [
+      "last.msgpack"]
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_and_evaluate_learns_and_counts_every_test_image(tmp_path):
+  arrays = tiny_arrays()
+  summary = training.train_and_evaluate(tiny_config(), tmp_path, arrays=arrays, progress=False)
+  records = _records(tmp_path)
+  epochs = [r for r in records if "val_accuracy" in r]
+  assert [r["epoch"] for r in epochs] == [0, 1, 2]
+  assert all(r["val_count"] == 40 and r["train_count"] == 160 for r in epochs)
+  assert summary["test_count"] == 37  # 37 = 2 full batches of 16 + 5, nothing dropped
+  assert summary["test_accuracy"] > 0.5, summary  # chance is 0.1
+  best = max(epochs, key=lambda r: r["val_accuracy"])
+  assert summary["best_epoch"] == best["epoch"] and summary["best_val_accuracy"] == best["val_accuracy"]
+  # The best checkpoint holds plain variables that the eval-mode model applies.
+  variables = training.load_variables(tmp_path / "best.msgpack")
+  model = training.build_model(tiny_config())
+  x = data.normalize(arrays["test"].images, data.spec("fashion_mnist").mean, data.spec("fashion_mnist").std)
+  acc = float(jnp.mean(jnp.argmax(model.apply(variables, x, train=False), -1) == arrays["test"].labels))
+  assert acc == pytest.approx(summary["test_accuracy"])
+  assert json.loads((tmp_path / "config.json").read_text())["model"] == "small_cnn"
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+  arrays = tiny_arrays()
+  config = tiny_config(epochs=2)
+  straight = training.train_and_evaluate(config, tmp_path / "straight", arrays=arrays, progress=False)
+  # Stop mid-epoch (after step 3 of 10 per epoch), then again after the first epoch, then finish.
+  first = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_steps=3)
+  assert first["stopped_early"] and first["step"] == 3 and "test_accuracy" not in first
+  training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_steps=10)
+  resumed = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False)
+  assert resumed["step"] == straight["step"] == 20
+  a = training.load_variables(tmp_path / "straight" / "best.msgpack")
+  b = training.load_variables(tmp_path / "resumed" / "best.msgpack")
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+
+def test_unknown_augment_is_rejected(tmp_path):
+  with pytest.raises(ValueError, match="unknown augment 'mixup'"):
+    training.train_and_evaluate(tiny_config(augment="mixup"), tmp_path, arrays=tiny_arrays(), progress=False)
+
+
+CONFIGS = ["fashion_mnist_small_cnn", "cifar10_resnet20", "cifar10_vgg16_w025", "cifar10_vgg16",
+           "cifar10_resnet18", "cifar100_vgg16", "cifar100_resnet18"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_runs_one_step_on_mock_data(name, tmp_path):
+  """Every experiment config (full-size paper configs included) loads data through tfds and takes a step."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  assert config.momentum == 0.9 and config.weight_decay == 5e-4 and config.val_examples > 0
+  # Small batches keep the full-size models cheap on CPU; everything else is the config as committed.
+  config = dataclasses.replace(config, batch_size=4)
+  with tfds.testing.mock_data(num_examples=8):
+    summary = training.train_and_evaluate(config, tmp_path, progress=False, max_steps=1)
+  assert summary["step"] == 1 and (tmp_path / "last.msgpack").exists()
