@@ -18,6 +18,26 @@ def count_params(model, shape):
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
 
 
+def random_variables(model, shape, seed=0):
+  """Random variables without running ``model.init`` (eager init compiles an RNG kernel per weight shape)."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros(shape))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      return rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape).astype(s.dtype)
+    if name.endswith("['scale']"):
+      return rng.uniform(0.5, 1.5, s.shape).astype(s.dtype)
+    if name.endswith("['var']"):
+      return np.ones(s.shape, s.dtype)
+    if name.endswith("['mean']"):
+      return np.zeros(s.shape, s.dtype)
+    return rng.normal(0, 0.1, s.shape).astype(s.dtype)  # biases
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 # Hand-computed counts. conv(ci, co, k) = ci*co*k*k (+ co bias) + 2*co (BN scale, bias); dense(i, o) = i*o + o.
 # VGG16 (config C, conv bias): 3→64, 64→64, 64→128, 128→128, 128→256, 256→256, 256→256 (1×1), 256→512,
 #   512→512, 512→512 (1×1), 512→512, 512→512, 512→512 (1×1); head dense(512,4096)+dense(4096,4096)+dense(4096,10).
@@ -54,18 +74,18 @@ def test_vgg16_layers_match_config_c():
 def test_forward_shapes_and_batchnorm_modes(name, shape):
   model = models.get_model(name, width=0.125, num_classes=7)
   x = jax.random.normal(jax.random.key(1), shape)
-  variables = model.init(jax.random.key(0), x, train=False)
-  assert model.apply(variables, x, train=False).shape == (shape[0], 7)
+  variables = random_variables(model, shape)
+  assert jax.jit(functools.partial(model.apply, train=False))(variables, x).shape == (shape[0], 7)
   # Training mode updates the running statistics; eval mode uses them and changes nothing.
-  _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(variables, x)
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"])
   assert all(jax.tree.leaves(changed))
 
 
 def test_eval_graph_has_no_max_pool_and_uses_the_activation():
   model = models.SmallCNN(width=0.25)
-  x = jnp.ones((1, 28, 28, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
+  x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+  variables = random_variables(model, x.shape)
   jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x))
   assert "reduce_window_max" not in jaxpr and "reduce_max" not in jaxpr
   calls = []
@@ -74,11 +94,10 @@ def test_eval_graph_has_no_max_pool_and_uses_the_activation():
     calls.append(z.shape)
     return nn.relu(z)
 
-  models.SmallCNN(width=0.25, act=act).apply(variables, x, train=False)
+  jax.eval_shape(functools.partial(models.SmallCNN(width=0.25, act=act).apply, train=False), variables, x)
   assert len(calls) == 5  # four conv layers and the hidden dense layer
-  out_relu = model.apply(variables, x, train=False)
-  out_gelu = models.SmallCNN(width=0.25, act=nn.gelu).apply(variables, x, train=False)
-  assert not np.allclose(out_relu, out_gelu)
+  run = lambda m: jax.jit(functools.partial(m.apply, train=False))(variables, x)
+  assert not np.allclose(run(model), run(models.SmallCNN(width=0.25, act=nn.gelu)))
 
 
 def test_width_rounding_and_unknown_model():
@@ -92,8 +111,7 @@ def test_width_rounding_and_unknown_model():
 
 @pytest.mark.parametrize("kernel, strides, padding, dilation, spatial", [
     ((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (9, 9)),
-    ((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), (9, 8)),
-    ((1, 1), (2, 2), "VALID", (1, 1), (8, 8)),
+    ((1, 1), (2, 2), "VALID", (1, 1), (9, 8)),
     ((3, 2), (1, 2), "SAME", (2, 1), (10, 7)),
     ((5, 5), (1, 1), ((2, 1), (0, 2)), (1, 1), (7, 7)),
 ])
@@ -109,7 +127,7 @@ def test_conv_im2col_grad_matches_lax(kernel, strides, padding, dilation, spatia
   def fast(x, w):
     return models.conv_im2col_grad(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
 
-  y_ref, vjp_ref = jax.vjp(ref, x, w)
+  y_ref, vjp_ref = jax.vjp(jax.jit(ref), x, w)
   y_fast, vjp_fast = jax.vjp(jax.jit(fast), x, w)
   np.testing.assert_allclose(y_fast, y_ref, rtol=1e-5, atol=1e-5)
   g = jax.random.normal(kg, y_ref.shape)
@@ -118,18 +136,18 @@ def test_conv_im2col_grad_matches_lax(kernel, strides, padding, dilation, spatia
 
 
 def test_fast_conv_model_has_same_variables_and_gradients():
-  plain, fast = models.ResNet20(width=0.25), models.ResNet20(width=0.25, conv=models.FastConv)
-  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
-  variables = plain.init(jax.random.key(0), x, train=False)
-  assert jax.tree.structure(variables) == jax.tree.structure(fast.init(jax.random.key(0), x, train=False))
+  plain, fast = models.SmallCNN(width=0.25), models.SmallCNN(width=0.25, conv=models.FastConv)
+  x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+  variables = random_variables(plain, x.shape)
+  assert jax.tree.structure(variables) == jax.tree.structure(random_variables(fast, x.shape))
 
   def loss(model, params):
     out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
                          mutable=["batch_stats"])
     return jnp.sum(out ** 2)
 
-  g_plain = jax.grad(functools.partial(loss, plain))(variables["params"])
-  g_fast = jax.grad(functools.partial(loss, fast))(variables["params"])
+  g_plain = jax.jit(jax.grad(functools.partial(loss, plain)))(variables["params"])
+  g_fast = jax.jit(jax.grad(functools.partial(loss, fast)))(variables["params"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_fast, g_plain)
 
 
@@ -140,11 +158,12 @@ def test_fast_conv_model_has_same_variables_and_gradients():
                                          ("resnet18", (4, 16, 16, 3))])
 def test_models_convert_and_converge(name, shape):
   model = models.get_model(name, width=0.0625, num_classes=10)
-  kx, kinit, kstats = jax.random.split(jax.random.key(2), 3)
+  kx, kstats = jax.random.split(jax.random.key(2))
   x = jax.random.normal(kx, shape)
-  variables = model.init(kinit, x, train=False)
+  variables = random_variables(model, shape)
   # Non-trivial BatchNorm statistics so that eval-mode BN is not the identity.
-  _, updates = model.apply(variables, jax.random.normal(kstats, shape), train=True, mutable=["batch_stats"])
+  _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
+      variables, jax.random.normal(kstats, shape))
   variables = {"params": variables["params"], "batch_stats": updates["batch_stats"]}
   apply_fn = lambda v, x: model.apply(v, x, train=False)
   ann = apply_fn(variables, x)
