@@ -30,9 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-import flax
 import flax.linen as nn
 from flax import serialization
 from flax.training import train_state
@@ -267,7 +265,8 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
     max_steps: stop after this many steps in total (for tests and time-boxed runs; resumable).
 
   Returns:
-    The final record: best validation accuracy and its epoch, test loss/accuracy/count, training seconds.
+    The final record: best validation accuracy and its epoch, test loss/accuracy/count, and the seconds spent
+    in completed training epochs over all sessions of the run.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -291,10 +290,10 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
     state, epoch, start_batch = restored["state"], int(restored["epoch"]), int(restored["batch"])
     print(f"resumed from {last}: epoch {epoch}, batch {start_batch}, step {int(state.step)}", flush=True)
   metrics = JsonlWriter(workdir / "metrics.jsonl")
-  best_val = -1.0
-  best_epoch = -1
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+  best_val, best_epoch, train_seconds = -1.0, -1, 0.0
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():  # earlier sessions of this run
     rec = json.loads(line)
+    train_seconds += rec.get("epoch_seconds", 0.0)
     if "val_accuracy" in rec and rec["val_accuracy"] > best_val:
       best_val, best_epoch = rec["val_accuracy"], rec["epoch"]
   schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -304,13 +303,11 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
     bar = tqdm(total=config.epochs * steps_per_epoch * config.batch_size, unit="img", unit_scale=True,
                initial=int(state.step) * config.batch_size, smoothing=0.1, dynamic_ncols=True)
   stopped = False
-  train_seconds = 0.0
   try:
     while epoch < config.epochs and not stopped:
       t0 = time.time()
       sums = {"loss": 0.0, "correct": 0, "count": 0}
       pending = []
-      b = start_batch
       for b, batch in enumerate(data_lib.batches(arrays["train"], config.batch_size, train=True,
                                                  mean=spec.mean, std=spec.std, seed=config.seed,
                                                  epoch=epoch, augment=augment, start=start_batch),
@@ -366,7 +363,8 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
     if bar is not None:
       bar.close()
   summary = {"epochs_done": epoch, "step": int(state.step), "best_epoch": best_epoch,
-             "best_val_accuracy": best_val if best_val >= 0 else None, "stopped_early": stopped}
+             "best_val_accuracy": best_val if best_val >= 0 else None, "stopped_early": stopped,
+             "train_seconds": round(train_seconds, 1)}
   if not stopped and best.exists() and "test" in arrays:
     variables = restore_checkpoint(best, {"params": state.params, "batch_stats": state.batch_stats})
     test = evaluate(eval_apply, variables, arrays["test"], config.batch_size, spec.mean, spec.std)

@@ -1,6 +1,5 @@
 """Tests for jaxsnn.data and the offline data setup script. Nothing here downloads anything."""
 
-import gzip
 import importlib.util
 import io
 import json

@@ -9,7 +9,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxsnn import data, training
@@ -97,6 +96,7 @@ def test_train_and_evaluate_learns_and_counts_every_test_image(tmp_path):
   assert [r["epoch"] for r in epochs] == [0, 1, 2]
   assert all(r["val_count"] == 40 and r["train_count"] == 160 for r in epochs)
   assert summary["test_count"] == 37  # 37 = 2 full batches of 16 + 5, nothing dropped
+  assert summary["train_seconds"] > 0
   assert summary["test_accuracy"] > 0.5, summary  # chance is 0.1
   best = max(epochs, key=lambda r: r["val_accuracy"])
   assert summary["best_epoch"] == best["epoch"] and summary["best_val_accuracy"] == best["val_accuracy"]
