@@ -318,3 +318,26 @@ def test_evaluate_streams_batches_and_counts_only_masked_examples():
   assert res["pos_spikes"] == {k: int(v.sum()) for k, v in full.pos_spikes.items()}
   with pytest.raises(ValueError, match="batches is empty"):
     jaxsnn.evaluate(snn, [], 12)
+
+
+def test_ops_with_constant_operands_convert_and_spiking_ones_do_not():
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  mask = jnp.asarray(rng.random(6) < 0.5)
+  idx = jnp.array([5, 0, 2])
+
+  def good(v, x):
+    h = jax.nn.relu(x @ v)
+    return jnp.where(mask, h, 0.0)[:, idx] / 2.0 + jnp.flip(h, 1)[:, :3]
+
+  x = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+  th = jaxsnn.thresholds(jaxsnn.calibrate(good, w, [x]))
+  trace = jaxsnn.simulate(jaxsnn.convert(good, w, x, th), x, 1024, block_size=100)
+  assert rel_error(trace.outputs[-1], good(w, x)) < 2e-2
+
+  def bad(v, x):
+    h = jax.nn.relu(x @ v)
+    return h[:, :3] / (1.0 + h[:, 3:])
+
+  with pytest.raises(jaxsnn.ConversionError, match="primitive 'div' operand 1 .* is spiking"):
+    jaxsnn.convert(bad, w, x, {})

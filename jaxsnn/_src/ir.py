@@ -117,14 +117,15 @@ _ANY_SPIKING = frozenset({
     "concatenate", "reduce_sum", "reduce_window_sum", "copy", "copy_p", "rev", "cumsum", "sharding_constraint",
     "reduce_precision", "real", "imag", "conj",
 })
-# Operand positions that must NOT be spiking (predicate of a select, indices, padding value, divisor).
+# Operand positions that must NOT be spiking (predicate of a select, indices, padding value, divisor), as a function of
+# the number of operands.
 _NON_SPIKING_ARGS = {
-    "pad": (1,),
-    "select_n": (0,),
-    "dynamic_slice": "tail",  # every operand after the first (start indices)
-    "dynamic_update_slice": "tail2",  # start indices after the operand and the update
-    "gather": (1,),
-    "div": (1,),
+    "pad": lambda n: (1,),
+    "select_n": lambda n: (0,),
+    "dynamic_slice": lambda n: range(1, n),  # start indices after the operand
+    "dynamic_update_slice": lambda n: range(2, n),  # start indices after the operand and the update
+    "gather": lambda n: (1,),
+    "div": lambda n: (1,),
 }
 # Bilinear: affine as long as at most one operand is spiking.
 _BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
@@ -170,8 +171,7 @@ def _check_affine(op: Op, kind_of) -> str | None:
   if name in _BILINEAR:
     return None if len(spiking) <= 1 else "multiplies two spiking operands"
   if name in _NON_SPIKING_ARGS:
-    rule = _NON_SPIKING_ARGS[name]
-    banned = (range(1, len(op.ins)) if rule == "tail" else range(2, len(op.ins)) if rule == "tail2" else rule)
+    banned = _NON_SPIKING_ARGS[name](len(op.ins))
     bad = [i for i in spiking if i in banned]
     return None if not bad else f"operand {bad[0]} (which must be constant in time) is spiking"
   return "is not affine in its data operands"
