@@ -28,7 +28,6 @@ from jax.extend import core as jcore
 from jax._src import source_info_util
 
 CONST, INPUT, SPIKE = 0, 1, 2
-KIND_NAMES = {CONST: "constant", INPUT: "input-only", SPIKE: "spiking"}
 
 
 class Lit(NamedTuple):
