@@ -1,6 +1,7 @@
 """Trains one config: ``python experiments/train.py CONFIG.py WORKDIR [--max_steps N]``.
 
 Resumable: run the same command again after a kill and it continues from ``WORKDIR/last.msgpack``.
+Runs under tcmalloc when it is installed (~1.4x faster on CPU, see ``experiments/cpu_allocator.py``).
 """
 import argparse
 import importlib.util
@@ -9,6 +10,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments.cpu_allocator import use_tcmalloc  # noqa: E402
 from jaxsnn import training  # noqa: E402
 
 
@@ -20,6 +22,7 @@ def load_config(path: str) -> training.TrainConfig:
 
 
 def main():
+  use_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("config")
   parser.add_argument("workdir")
