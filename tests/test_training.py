@@ -145,3 +145,22 @@ def test_config_runs_one_step_on_mock_data(name, tmp_path):
   with tfds.testing.mock_data(num_examples=8):
     summary = training.train_and_evaluate(config, tmp_path, progress=False, max_steps=1)
   assert summary["step"] == 1 and (tmp_path / "last.msgpack").exists()
+
+
+COMMITTED = sorted((ROOT / "experiments/checkpoints").glob("*.msgpack"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
+def test_committed_checkpoint_matches_its_model(path):
+  """Every committed reference checkpoint loads into the model its config builds, and gives sane logits."""
+  config = training.TrainConfig(**json.loads(path.with_suffix(".config.json").read_text()))
+  model = training.build_model(config)
+  shape = (2,) + tuple(data.spec(config.dataset).image_shape)
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  variables = training.load_variables(path)
+  assert jax.tree.structure(variables) == jax.tree.structure(expected)
+  for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+  logits = model.apply(variables, jax.random.normal(jax.random.key(1), shape), train=False)
+  assert logits.shape == (2, data.spec(config.dataset).num_classes)
+  assert np.all(np.isfinite(logits)) and np.ptp(np.asarray(logits)) > 0
