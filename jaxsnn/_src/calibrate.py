@@ -3,8 +3,9 @@
 Besides the per-neuron maxima (enough for NeuronNorm, channel- and layer-wise max norms), :func:`calibrate` can keep a
 per-site histogram of activations (``histogram=True``) from which layer-wise percentile thresholds (Rueckauer et al.
 2017) are read. The histogram bins are the float32 bit patterns with the low mantissa bits dropped, so every bin spans
-a relative width of at most ``2**-HIST_MANTISSA_BITS``, and a percentile read from it (at the bins' midpoints) is
-within a relative error of ``PERCENTILE_RELATIVE_ERROR = 2**-(HIST_MANTISSA_BITS + 1)`` (2**-8, about 0.4 %) of
+a relative width of at most ``w = 2**-HIST_MANTISSA_BITS``, and a percentile read from it (at the point of each bin
+with the smallest worst-case relative error, the harmonic mean of its edges) is within a relative error of
+``w / (2 + w)``, less than ``PERCENTILE_RELATIVE_ERROR = 2**-(HIST_MANTISSA_BITS + 1)`` (2**-8, about 0.4 %), of
 numpy's exact (linearly interpolated) percentile of the same data, for any data of normal float32 values, with no
 range to fix in advance. (Values below about 9e-41 share the zero bin.) Counts are exact: int32 on the device,
 moved to int64 on the host before they could overflow.
@@ -80,6 +81,18 @@ def hist_bin_edges() -> np.ndarray:
   """``[HIST_BINS + 1]`` float64 lower edges of the bins (the last is +inf)."""
   bits = (np.arange(HIST_BINS + 1, dtype=np.int64) << _HIST_SHIFT).clip(0, 0x7F800000).astype(np.int32)
   return bits.view(np.float32).astype(np.float64)
+
+
+def _hist_bin_points() -> np.ndarray:
+  """``[HIST_BINS]`` float64 point at which each bin is read: 0 for bin 0, +inf for the inf bin, and otherwise the
+  harmonic mean ``2 L U / (L + U)`` of the bin's edges, the point whose worst relative error over ``[L, U]`` is
+  smallest: ``(U - L) / (U + L) <= w / (2 + w)`` with ``w = 2**-HIST_MANTISSA_BITS``, strictly below ``PERCENTILE_RELATIVE_ERROR`` (the
+  arithmetic midpoint reaches that bound exactly at ``L``, and float64 rounding of the interpolation then crossed it).
+  """
+  edges = hist_bin_edges()
+  lo, hi = edges[1:-2], edges[2:-1].copy()
+  hi[-1] = 2.0 ** 128  # the last finite bin ends where float32 overflows, not at +inf
+  return np.concatenate([[0.0], 2 * lo * hi / (lo + hi), [np.inf]])
 
 
 def _batch_stats(apply_fn, variables, x, histogram: bool) -> tuple[dict, dict]:
@@ -177,8 +190,7 @@ def site_percentiles(stats: Stats, q: float, include_zeros: bool = False) -> dic
     raise ValueError(f"{caller}: these stats have no histogram; calibrate with jaxsnn.calibrate(..., histogram=True).")
   if not 0 <= q <= 100:
     raise ValueError(f"{caller}: q must be in [0, 100]; got {q!r}.")
-  edges = hist_bin_edges()
-  mids = np.concatenate([[0.0], (edges[1:-2] + edges[2:-1]) / 2, [np.inf]])  # bin 0 -> 0, inf bin -> inf
+  points = _hist_bin_points()
   out = {}
   for name, counts in stats.hist.items():
     counts = np.asarray(counts, np.int64).copy()
@@ -191,7 +203,7 @@ def site_percentiles(stats: Stats, q: float, include_zeros: bool = False) -> dic
     h = (total - 1) * q / 100.0
     lo, hi = int(np.floor(h)), int(np.ceil(h))
     cum = np.cumsum(counts)
-    a, b = mids[np.searchsorted(cum, [lo, hi], side="right")]
+    a, b = points[np.searchsorted(cum, [lo, hi], side="right")]
     value = a + (h - lo) * (b - a) if b != a else a
     out[name] = float(min(value, float(np.max(np.asarray(stats.max[name])))))
   return out
