@@ -142,6 +142,10 @@ def idx_from_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[bytes, byte
 
 def setup_mnist(data_dir: pathlib.Path, npz: str) -> None:
   """MNIST from an ``mnist.npz`` with uint8 ``x_train, y_train, x_test, y_test`` in the original order."""
+  if not pathlib.Path(npz).is_file():
+    raise SystemExit(f"setup_offline_data.py mnist: no MNIST file at {npz}; pass --mnist_npz (or MNIST_NPZ=... to "
+                     "scripts/setup_offline_data.sh) pointing to an mnist.npz with uint8 x_train, y_train, x_test, "
+                     "y_test (the Keras layout), e.g. the workplace's shared/data/mnist/mnist.npz.")
   arrays = np.load(npz)
   raw = {}
   raw["train-images-idx3-ubyte"], raw["train-labels-idx1-ubyte"] = idx_from_arrays(arrays["x_train"],

