@@ -173,3 +173,9 @@ def test_cifar10_bins_from_npm_layout(tmp_path):
   np.testing.assert_array_equal(second[1, 1:].reshape(3, 32, 32), images["data_batch_2"][1].transpose(2, 0, 1))
   test = np.frombuffer(bins["test_batch.bin"], np.uint8).reshape(per_batch, 3073)
   assert test[:, 0].tolist() == [7, 9]
+
+
+def test_setup_mnist_without_its_npz_says_what_to_pass(tmp_path):
+  with pytest.raises(SystemExit, match="no MNIST file at .*missing.npz; pass --mnist_npz"):
+    _script().setup_mnist(tmp_path / "tfds", str(tmp_path / "missing.npz"))
+  assert not (tmp_path / "tfds").exists()
