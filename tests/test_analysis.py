@@ -152,6 +152,17 @@ def test_firing_rates_count_positive_and_negative_spikes():
   np.testing.assert_allclose(analysis.average_firing_rate(trace), 13 / 24)
 
 
+def test_average_firing_rate_when_neurons_times_steps_passes_int32():
+  # 1024 neurons x 2**22 steps = 2**32 neuron-steps (a ResNet-20 batch of 256 at T=64 passes 2**31); each neuron
+  # fired 2**21 times.
+  steps = 2 ** 22
+  outputs = np.broadcast_to(np.float32(0), (steps, 1, 1))  # only its shape is read
+  pos = {"a": jnp.full((1, 1024), 2 ** 21, jnp.int32)}
+  trace = jaxsnn.Trace(outputs=outputs, pos_spikes=pos, neg_spikes={"a": jnp.zeros((1, 1024), jnp.int32)})
+  np.testing.assert_allclose(analysis.average_firing_rate(trace), 0.5)
+  np.testing.assert_allclose(analysis.firing_rates(trace)["a"], 0.5)
+
+
 # ---- fan-out, MACs, SynOps, energy -------------------------------------------------------------------------------
 class Tiny(nn.Module):
   """Input 3x3x1 -> conv 2x2 VALID (1 channel) -> ReLU [2x2x1] -> flatten -> Dense(1)."""

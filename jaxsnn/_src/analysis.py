@@ -263,7 +263,8 @@ def average_firing_rate(trace: Trace, include_output: bool = False) -> jax.Array
   # Summed in float: a large network's total spike count overflows int32.
   spikes = sum(jnp.sum((trace.pos_spikes[k] + trace.neg_spikes[k]).astype(jnp.float32)) for k in names)
   neurons = sum(int(np.prod(np.shape(trace.pos_spikes[k]))) for k in names)
-  return spikes / (max(neurons, 1) * trace.num_steps)
+  # A Python float: neurons x steps passes 2**31 for a ResNet-20 batch of 256 at T=64, and jax rejects such an int.
+  return spikes / float(max(neurons, 1) * trace.num_steps)
 
 
 # ----------------------------------------------------------------------------------------------------------------
