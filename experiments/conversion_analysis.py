@@ -1,7 +1,10 @@
 """Conversion analysis of a trained network: accuracy vs T, firing rates, SynOps / energy and per-site error, for
 each normalization (NeuronNorm, channel, LayerNorm, layer 99.99th percentile) and the authors' test-leaking protocol.
 
-    python experiments/conversion_analysis.py [--run data_cache/runs/fashion_mnist_small_cnn] [--examples 256]
+    python experiments/conversion_analysis.py [--run experiments/checkpoints/fashion_mnist_small_cnn] [--examples 256]
+
+``--run``: a committed reference checkpoint or a run directory of ``experiments/train.py`` (see
+``fig3_information_loss.py``).
 
 Thresholds are calibrated on training images only, except for the row ``authors (leaks test)``, which reproduces the
 authors' protocol (per neuron and per batch slot, maxima over the test and then the train batches) for comparison.
@@ -17,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jaxsnn  # noqa: E402
 from jaxsnn import analysis  # noqa: E402
-from experiments.fig3_information_loss import ROOT, best_epoch, load_run  # noqa: E402
+from experiments.fig3_information_loss import DEFAULT_RUN, ROOT, best_epoch, load_run  # noqa: E402
 
 
 def summarize(snn, x, y, trace, checkpoints):
@@ -37,7 +40,7 @@ def summarize(snn, x, y, trace, checkpoints):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--run", default=str(ROOT / "data_cache/runs/fashion_mnist_small_cnn"))
+  parser.add_argument("--run", default=str(DEFAULT_RUN))
   parser.add_argument("--examples", type=int, default=256, help="test images simulated (one batch)")
   parser.add_argument("--num_steps", type=int, default=64)
   parser.add_argument("--calib_examples", type=int, default=10000)

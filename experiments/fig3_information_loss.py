@@ -1,8 +1,10 @@
 """The paper's Fig. 3 on a trained network: information loss over (alpha, T), LayerNorm vs NeuronNorm.
 
-    python experiments/fig3_information_loss.py [--run data_cache/runs/fashion_mnist_small_cnn] [--site 1]
+    python experiments/fig3_information_loss.py [--run experiments/checkpoints/fashion_mnist_small_cnn] [--site 1]
 
-Reads the run's ``config.json`` and ``best.msgpack`` (written by ``experiments/train.py``), calibrates on training
+``--run`` is a committed reference checkpoint (``experiments/checkpoints/NAME``: ``NAME.msgpack`` with its
+``.config.json`` and ``.metrics.jsonl``) or a run directory of ``experiments/train.py`` (``config.json``,
+``best.msgpack``, ``metrics.jsonl``). Reads the config and checkpoint, calibrates on training
 images, takes the chosen site's activations on test images, and writes
 ``experiments/figures/fig3_information_loss.png`` and a JSON of the numbers beside it. All logic is library code
 (``jaxsnn.calibrate``, ``jaxsnn.analysis.information_loss_surface``, ``plot_information_loss``).
@@ -21,12 +23,31 @@ from jaxsnn import analysis, data, training  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_run(run):
-  """(config, apply_fn, variables, train Arrays, test Arrays, normalize) of a run directory of experiments/train.py."""
+DEFAULT_RUN = ROOT / "experiments" / "checkpoints" / "fashion_mnist_small_cnn"
+
+
+def run_files(run) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """(config, checkpoint, metrics) paths of a run directory or of a committed checkpoint ``.../NAME[.msgpack]``."""
   run = pathlib.Path(run)
-  config = training.TrainConfig(**json.loads((run / "config.json").read_text()))
+  if run.is_dir():
+    files = run / "config.json", run / "best.msgpack", run / "metrics.jsonl"
+  else:
+    stem = str(run)[:-len(".msgpack")] if run.name.endswith(".msgpack") else str(run)
+    files = tuple(pathlib.Path(stem + ext) for ext in (".config.json", ".msgpack", ".metrics.jsonl"))
+  missing = [str(f) for f in files if not f.is_file()]
+  if missing:
+    raise SystemExit(f"--run {run}: missing {', '.join(missing)}. Pass a run directory of experiments/train.py "
+                     "(config.json, best.msgpack, metrics.jsonl) or a committed checkpoint such as "
+                     "experiments/checkpoints/cifar10_resnet20 (.msgpack, .config.json, .metrics.jsonl).")
+  return files
+
+
+def load_run(run):
+  """(config, apply_fn, variables, train Arrays, test Arrays, normalize) of a run or committed checkpoint."""
+  config_file, checkpoint, _ = run_files(run)
+  config = training.TrainConfig(**json.loads(config_file.read_text()))
   model = training.build_model(config)
-  variables = training.load_variables(run / "best.msgpack")
+  variables = training.load_variables(checkpoint)
   variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
   apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
   spec = data.spec(config.dataset)
@@ -38,14 +59,14 @@ def load_run(run):
 
 def best_epoch(run) -> dict:
   """The metrics line of the run's best validation accuracy (the epoch best.msgpack holds)."""
-  lines = (pathlib.Path(run) / "metrics.jsonl").read_text().splitlines()
+  lines = run_files(run)[2].read_text().splitlines()
   metrics = [json.loads(line) for line in lines if line.strip()]
   return max((m for m in metrics if "val_accuracy" in m), key=lambda m: m["val_accuracy"], default={})
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--run", default=str(ROOT / "data_cache/runs/fashion_mnist_small_cnn"))
+  parser.add_argument("--run", default=str(DEFAULT_RUN))
   parser.add_argument("--site", type=int, default=1, help="index of the ReLU site, in network order")
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--eval_examples", type=int, default=1000)

@@ -164,3 +164,21 @@ def test_committed_checkpoint_matches_its_model(path):
   logits = model.apply(variables, jax.random.normal(jax.random.key(1), shape), train=False)
   assert logits.shape == (2, data.spec(config.dataset).num_classes)
   assert np.all(np.isfinite(logits)) and np.ptp(np.asarray(logits)) > 0
+
+
+def test_experiment_scripts_read_committed_checkpoints_and_run_dirs(tmp_path):
+  fig3 = importlib.import_module("experiments.fig3_information_loss")
+  assert fig3.DEFAULT_RUN.with_suffix(".msgpack").is_file()  # the default works on a fresh clone
+  for arg in (fig3.DEFAULT_RUN, fig3.DEFAULT_RUN.with_suffix(".msgpack")):
+    config, checkpoint, metrics = fig3.run_files(arg)
+    assert (config.name, checkpoint.name, metrics.name) == (
+        "fashion_mnist_small_cnn.config.json", "fashion_mnist_small_cnn.msgpack", "fashion_mnist_small_cnn.metrics.jsonl")
+  assert fig3.best_epoch(fig3.DEFAULT_RUN)["val_accuracy"] > 0.9
+  for name in ("config.json", "best.msgpack", "metrics.jsonl"):
+    (tmp_path / name).write_text("")
+  assert fig3.run_files(tmp_path)[1] == tmp_path / "best.msgpack"
+  (tmp_path / "metrics.jsonl").unlink()
+  with pytest.raises(SystemExit, match=r"missing .*metrics\.jsonl\. Pass a run directory"):
+    fig3.run_files(tmp_path)
+  with pytest.raises(SystemExit, match=r"missing .*nope\.config\.json"):
+    fig3.run_files(tmp_path / "nope")
