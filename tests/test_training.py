@@ -171,8 +171,9 @@ def test_experiment_scripts_read_committed_checkpoints_and_run_dirs(tmp_path):
   assert fig3.DEFAULT_RUN.with_suffix(".msgpack").is_file()  # the default works on a fresh clone
   for arg in (fig3.DEFAULT_RUN, fig3.DEFAULT_RUN.with_suffix(".msgpack")):
     config, checkpoint, metrics = fig3.run_files(arg)
+    stem = "fashion_mnist_small_cnn"
     assert (config.name, checkpoint.name, metrics.name) == (
-        "fashion_mnist_small_cnn.config.json", "fashion_mnist_small_cnn.msgpack", "fashion_mnist_small_cnn.metrics.jsonl")
+        f"{stem}.config.json", f"{stem}.msgpack", f"{stem}.metrics.jsonl")
   assert fig3.best_epoch(fig3.DEFAULT_RUN)["val_accuracy"] > 0.9
   for name in ("config.json", "best.msgpack", "metrics.jsonl"):
     (tmp_path / name).write_text("")

@@ -86,8 +86,9 @@ def hist_bin_edges() -> np.ndarray:
 def _hist_bin_points() -> np.ndarray:
   """``[HIST_BINS]`` float64 point at which each bin is read: 0 for bin 0, +inf for the inf bin, and otherwise the
   harmonic mean ``2 L U / (L + U)`` of the bin's edges, the point whose worst relative error over ``[L, U]`` is
-  smallest: ``(U - L) / (U + L) <= w / (2 + w)`` with ``w = 2**-HIST_MANTISSA_BITS``, strictly below ``PERCENTILE_RELATIVE_ERROR`` (the
-  arithmetic midpoint reaches that bound exactly at ``L``, and float64 rounding of the interpolation then crossed it).
+  smallest: ``(U - L) / (U + L) <= w / (2 + w)`` with ``w = 2**-HIST_MANTISSA_BITS``, strictly below
+  ``PERCENTILE_RELATIVE_ERROR`` (the arithmetic midpoint reaches that bound exactly at ``L``, and float64 rounding of
+  the interpolation then crossed it).
   """
   edges = hist_bin_edges()
   lo, hi = edges[1:-2], edges[2:-1].copy()
