@@ -11,16 +11,15 @@ authors' protocol (per neuron and per batch slot, maxima over the test and then 
 Writes ``experiments/figures/conversion_analysis.json`` and prints a table.
 """
 import argparse
-import json
 import pathlib
-import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import jaxsnn  # noqa: E402
-from jaxsnn import analysis  # noqa: E402
-from experiments.fig3_information_loss import DEFAULT_RUN, ROOT, best_epoch, load_run  # noqa: E402
+import common
+import jaxsnn
+from jaxsnn import analysis
+
+ROOT = common.ROOT
 
 
 def summarize(snn, x, y, trace, checkpoints):
@@ -40,15 +39,17 @@ def summarize(snn, x, y, trace, checkpoints):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--run", default=str(DEFAULT_RUN))
+  parser.add_argument("--run", default=str(common.DEFAULT_RUN))
   parser.add_argument("--examples", type=int, default=256, help="test images simulated (one batch)")
   parser.add_argument("--num_steps", type=int, default=64)
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--out", default=str(ROOT / "experiments/figures/conversion_analysis.json"))
   args = parser.parse_args()
 
-  best = best_epoch(args.run)
-  config, apply_fn, variables, train, test, norm = load_run(args.run)
+  best = common.best_epoch(args.run)
+  run = common.load_run(args.run)
+  config, apply_fn, variables, train, test, norm = (run.config, run.apply_fn, run.variables, run.train, run.test,
+                                                    run.normalize)
   x, y = norm(test.images[:args.examples]), test.labels[:args.examples]
   ann_acc = float((np.asarray(apply_fn(variables, x)).argmax(-1) == y).mean())
   calib = [norm(train.images[i:i + 500]) for i in range(0, args.calib_examples, 500)]
@@ -79,10 +80,9 @@ def main():
   net = (f"{config.model} on {config.dataset}, checkpoint of epoch {best.get('epoch', '?')} "
          f"(val acc {best.get('val_accuracy', float('nan')):.3f})")
   out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"network": net, "examples": args.examples, "num_steps": args.num_steps,
+  common.write_json(out, {"network": net, "examples": args.examples, "num_steps": args.num_steps,
                              "ann_accuracy": ann_acc, "calib_examples": stats.num_samples,
-                             "results": results}, indent=1))
+                             "results": results})
   print(f"{net}; ANN accuracy on these {args.examples} test images: {ann_acc:.4f}")
   header = "".join(f"T={t:<7}" for t in checkpoints)
   print(f"{'thresholds':22s}{header}avg rate  SynOps/step  E_SNN/E_ANN (fold / average pooling)")

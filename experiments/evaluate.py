@@ -4,12 +4,9 @@ Prints one JSON line: loss, accuracy and the number of test images counted (ever
 """
 import argparse
 import json
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments.train import load_config  # noqa: E402
-from jaxsnn import data, training  # noqa: E402
+import common
+from jaxsnn import data, training
 
 
 def main():
@@ -19,7 +16,7 @@ def main():
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--split", default=None, help="tfds split (default: the dataset's test split)")
   args = parser.parse_args()
-  config = load_config(args.config)
+  config = common.load_config(args.config)
   spec = data.spec(config.dataset)
   arrays = data.load(config.dataset, args.split or spec.test_split, args.data_dir or config.data_dir)
   variables = training.load_variables(args.checkpoint)

@@ -7,19 +7,16 @@ never the test set); SNM + NeuronNorm (the paper's method) against the usual IF 
 ``experiments/results/main.json`` and a PNG of accuracy vs T beside it.
 """
 import argparse
-import json
 import pathlib
-import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
+import common
+import jaxsnn
+from jaxsnn import data, training
 
-import jaxsnn  # noqa: E402
-from experiments.train import load_config  # noqa: E402
-from jaxsnn import data, training  # noqa: E402
+ROOT = common.ROOT
 
 DEFAULT_CONFIG = ROOT / "experiments/configs/fashion_mnist_small_cnn.py"
 DEFAULT_CHECKPOINT = ROOT / "experiments/checkpoints/fashion_mnist_small_cnn.msgpack"
@@ -45,7 +42,7 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "experiments/results/main.json"))
   args = parser.parse_args()
 
-  config = load_config(args.config)
+  config = common.load_config(args.config)
   spec = data.spec(config.dataset)
   model = training.build_model(config)
   apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731

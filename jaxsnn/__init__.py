@@ -8,21 +8,26 @@ Data flow::
     acc = jaxsnn.accuracy_vs_time(trace, y)                            # accuracy after every t
 """
 
-from jaxsnn import analysis, neurons
-from jaxsnn._src.analysis import information_loss
-from jaxsnn._src.calibrate import Stats, calibrate, thresholds
-from jaxsnn._src.calibrate import (authors_thresholds, load_stats, load_thresholds, save_stats, save_thresholds,
-                                   simulate_authors, site_percentiles)
+from jaxsnn import analysis, lowlatency, neurons
+from jaxsnn._src.authors import authors_thresholds, simulate_authors
+from jaxsnn._src.calibrate import Stats, calibrate, load_stats, save_stats
 from jaxsnn._src.convert import SpikingNetwork, convert
+from jaxsnn._src.information import information_loss
 from jaxsnn._src.ir import ConversionError
+from jaxsnn._src.lowlatency import (calibrate_snn, descend_thresholds, ratio_histograms, relaxed_quantization_error,
+                                    thresholds_for_steps)
 from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
+from jaxsnn._src.norms import load_thresholds, save_thresholds, site_percentiles, thresholds
+from jaxsnn._src.qcfs import qcfs
 from jaxsnn._src.simulate import Trace, accuracy_vs_time, evaluate, simulate
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConversionError", "IF", "Neuron", "SNM", "SignedIF", "SpikingNetwork", "Stats", "Trace", "accuracy_vs_time",
     "calibrate", "convert", "evaluate", "neurons", "simulate", "thresholds",
-    "analysis", "authors_thresholds", "information_loss", "load_stats", "load_thresholds", "save_stats",
+    "analysis", "authors_thresholds", "information_loss", "load_stats", "load_thresholds", "qcfs", "save_stats",
     "save_thresholds", "simulate_authors", "site_percentiles",
+    "lowlatency", "calibrate_snn", "descend_thresholds", "ratio_histograms", "relaxed_quantization_error",
+    "thresholds_for_steps",
 ]

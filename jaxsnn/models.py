@@ -14,12 +14,17 @@ Presets are ``functools.partial`` objects::
 ``width`` multiplies every hidden channel count (convolutions and hidden dense layers); counts are rounded
 and never fall below 1.
 
+``act`` is any function ``x -> y``, called inside the model's compact method, so it may create Flax modules:
+``act=qcfs_activation(levels=4)`` gives every activation site its own :class:`QCFS` module with its own trainable
+threshold (Bu et al., ICLR 2022), which the converter recognises as a neuron site with that threshold.
+
 ``conv`` is the convolution module; pass ``partial(nn.Conv, conv_general_dilated=conv_im2col_grad)`` to train
 with the faster weight gradient on CPU (same parameters, same outputs; convert with the plain model).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence, Union
 
@@ -27,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
+
+from jaxsnn._src.qcfs import qcfs
 
 ModuleDef = Any
 Activation = Callable[[jax.Array], jax.Array]
@@ -50,6 +57,50 @@ def scale_width(channels: int, width: float) -> int:
 def avg_pool(x: jax.Array) -> jax.Array:
   """2×2 average pooling with stride 2 (NHWC)."""
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class QCFS(nn.Module):
+  """The quantization-clip-floor-shift activation (Bu et al., ICLR 2022) with one trainable threshold per layer.
+
+  ``y = lambda * clip(floor(x * levels / lambda + 1/2) / levels, 0, 1)``, with the straight-through gradient for the
+  floor, so ``lambda`` (the parameter ``"threshold"``, a float32 scalar) trains with the weights. ``jaxsnn.convert``
+  turns it into a neuron site with threshold ``lambda`` and initial potential ``lambda / 2``; at ``T = levels`` steps
+  the SNN then reproduces the activation exactly.
+
+  Attributes:
+    levels: L, the number of quantisation levels above zero (the paper uses 4 on CIFAR-10 for the SNN at T = 4-8).
+    init_threshold: initial lambda (8.0 in the paper's code).
+  """
+  levels: int
+  init_threshold: float = 8.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    threshold = self.param("threshold", nn.initializers.constant(self.init_threshold), (), jnp.float32)
+    return qcfs(x, threshold.astype(x.dtype), self.levels)
+
+
+def qcfs_activation(levels: int, init_threshold: float = 8.0) -> Activation:
+  """An activation for the models' ``act=`` argument: a new :class:`QCFS` module (own threshold) at every use.
+
+  Example:
+    >>> model = ResNet20(num_classes=10, act=qcfs_activation(levels=4))
+  """
+  if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+    raise ValueError(f"qcfs_activation: levels must be a positive int; got {levels!r}.")
+  if not init_threshold > 0:
+    raise ValueError(f"qcfs_activation: init_threshold must be > 0; got {init_threshold!r}.")
+  return _QCFSActivation(levels, float(init_threshold))
+
+
+@dataclasses.dataclass(frozen=True)
+class _QCFSActivation:
+  """Callable that creates a :class:`QCFS` in the calling module's scope (see :func:`qcfs_activation`)."""
+  levels: int
+  init_threshold: float
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return QCFS(self.levels, self.init_threshold)(x)
 
 
 class VGG(nn.Module):

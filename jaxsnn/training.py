@@ -36,6 +36,7 @@ from flax import serialization
 from flax.training import train_state
 
 from jaxsnn import data as data_lib
+from jaxsnn._src.files import atomic_write
 from jaxsnn import models
 
 
@@ -63,6 +64,9 @@ class TrainConfig:
     fast_conv: train with ``models.conv_im2col_grad`` (faster weight gradients on CPU; same results).
     checkpoint_every: steps between mid-epoch checkpoints (0: only at epoch ends).
     seed: seeds initialization, data order and augmentation.
+    qcfs_levels: None for ReLU; L >= 1 to train with the QCFS activation (``models.qcfs_activation``) in place of
+      every ReLU, with one trainable threshold per layer starting at ``qcfs_init_threshold``.
+    qcfs_init_threshold: initial QCFS threshold (lambda).
     data_dir: tfds data dir (None: tfds's default).
   """
   dataset: str = "cifar10"
@@ -83,6 +87,8 @@ class TrainConfig:
   fast_conv: bool = False
   checkpoint_every: int = 100
   seed: int = 0
+  qcfs_levels: Optional[int] = None
+  qcfs_init_threshold: float = 8.0
   data_dir: Optional[str] = None
 
 
@@ -98,6 +104,8 @@ def build_model(config: TrainConfig, for_training: bool = False) -> nn.Module:
   """
   kwargs = dict(config.model_kwargs)
   kwargs.setdefault("num_classes", data_lib.spec(config.dataset).num_classes)
+  if config.qcfs_levels is not None:
+    kwargs["act"] = models.qcfs_activation(config.qcfs_levels, config.qcfs_init_threshold)
   if for_training and config.fast_conv:
     kwargs["conv"] = models.FastConv
   return models.get_model(config.model, **kwargs)
@@ -212,15 +220,12 @@ def evaluate(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, batch_
 
 
 def save_checkpoint(path: os.PathLike | str, target: Any) -> None:
-  """Writes a pytree as msgpack atomically: a temporary file in the same dir, then ``os.replace``."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "wb") as f:
-    f.write(serialization.to_bytes(jax.device_get(target)))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes a pytree as msgpack atomically: a temporary file in the same dir, then ``os.replace``.
+
+  A write that fails midway (an exception, a full disk) leaves the previous checkpoint intact.
+  """
+  data = serialization.to_bytes(jax.device_get(target))
+  atomic_write(path, lambda f: f.write(data))
 
 
 def restore_checkpoint(path: os.PathLike | str, target: Any) -> Any:

@@ -355,3 +355,13 @@ def test_conversion_error_against_numpy_and_it_shrinks_with_T():
     assert errors[128][name].relative < errors[8][name].relative
   with pytest.raises(ValueError, match="jaxsnn.conversion_error"):
     analysis.conversion_error(snn, x[:4], trace)
+
+
+def test_relaxed_loss_gradient_is_finite_with_dead_neurons():
+  a = jnp.array([0.0, 0.5, 1.0])
+  lam = jnp.array([0.0, 1.0, 1.0])  # NeuronNorm gives dead neurons a threshold of 0
+  exact = jaxsnn.information_loss(a, lam, 4, 0.5)
+  relaxed = jaxsnn.information_loss(a, lam, 4, 0.5, temperature=1e-4)
+  np.testing.assert_allclose(relaxed, exact, rtol=1e-4)
+  g = jax.grad(lambda al: jaxsnn.information_loss(a, lam, 4, al, temperature=0.1))(0.5)
+  assert np.isfinite(g)

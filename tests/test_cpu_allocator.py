@@ -1,4 +1,4 @@
-"""experiments/cpu_allocator.py: when and how training re-executes itself under tcmalloc."""
+"""experiments/common.py (the CPU allocator): when and how training re-executes itself under tcmalloc."""
 
 import os
 import pathlib
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments import cpu_allocator
+from experiments import common as cpu_allocator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_use_tcmalloc_reexecs_the_script_with_the_library_loaded(tmp_path):
   script.write_text(
       "import sys\n"
       f"sys.path.insert(0, {str(ROOT)!r})\n"
-      "from experiments.cpu_allocator import use_tcmalloc\n"
+      "from experiments.common import use_tcmalloc\n"
       "print('start', flush=True)\n"
       "use_tcmalloc()\n"
       "print('tcmalloc' in open('/proc/self/maps').read(), sys.argv[1:])\n")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import jaxsnn
 from jaxsnn._src import calibrate as cal
+from jaxsnn._src import norms
 from random_nets import random_net
 
 
@@ -81,7 +82,7 @@ def test_thresholds_of_every_norm_have_the_sites_shapes(seed):
   stats = jaxsnn.calibrate(apply_fn, variables, [x[:4], x[4:]], histogram=True)
   snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats))
   shapes = dict(snn.site_shapes)
-  variants = [jaxsnn.thresholds(stats, n) for n in cal.NORMS]
+  variants = [jaxsnn.thresholds(stats, n) for n in norms.NORMS]
   variants += [jaxsnn.thresholds(stats, "layer", percentile=p) for p in (99.9, 99.99)]
   for th in variants:
     assert {k: tuple(np.shape(v)) for k, v in th.items() if k != "output"} == shapes
@@ -112,7 +113,7 @@ def test_percentile_statistic_matches_numpy_within_the_stated_bound():
 
 
 def test_every_normal_bin_is_read_within_the_documented_bound():
-  points = cal._hist_bin_points()
+  points = cal.hist_bin_points()
   edges = cal.hist_bin_edges()
   first_normal = int(np.searchsorted(edges, np.finfo(np.float32).tiny))
   lo = edges[first_normal:-2]

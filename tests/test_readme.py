@@ -21,11 +21,11 @@ class Tiny(nn.Module):
 def test_quick_start_runs_as_written():
   text = README.read_text()
   block = re.search(r"## Quick start\s+```python\n(.*?)```", text, re.S).group(1)
-  assert len(block.strip().splitlines()) == 6
+  assert len(block.strip().splitlines()) == 7
   model = Tiny()
   x = jax.random.normal(jax.random.PRNGKey(0), (12, 6, 6, 1))
   variables = model.init(jax.random.PRNGKey(1), x)
-  namespace = {"model": model, "variables": variables, "train_images": [x[:6]], "x_test": x[6:],
+  namespace = {"model": model, "variables": variables, "x_train": x[:6], "x_test": x[6:],
                "y_test": np.arange(6) % 3}
   exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
   acc = namespace["acc"]

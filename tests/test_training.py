@@ -84,6 +84,37 @@ def test_checkpoints_are_written_atomically(tmp_path):
       "last.msgpack"]
 
 
+def test_a_checkpoint_write_that_fails_midway_leaves_the_old_one_intact(tmp_path, monkeypatch):
+  path = tmp_path / "last.msgpack"
+  training.save_checkpoint(path, {"a": np.arange(5.0)})
+  before = path.read_bytes()
+  real_open = open
+
+  class Failing:  # writes the first bytes, then the disk is full
+    def __init__(self, f):
+      self.f = f
+
+    def write(self, data):
+      self.f.write(data[:7])
+      raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name):
+      return getattr(self.f, name)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return self.f.__exit__(*exc)
+
+  monkeypatch.setattr("builtins.open", lambda *a, **k: Failing(real_open(*a, **k)))
+  with pytest.raises(OSError, match="No space left"):
+    training.save_checkpoint(path, {"a": np.ones(1000)})
+  monkeypatch.undo()
+  assert path.read_bytes() == before  # the old checkpoint survives, byte for byte
+  assert [p.name for p in tmp_path.iterdir()] == ["last.msgpack"]  # and no temporary file is left behind
+
+
 def _records(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -167,8 +198,9 @@ def test_committed_checkpoint_matches_its_model(path):
 
 
 def test_experiment_scripts_read_committed_checkpoints_and_run_dirs(tmp_path):
-  fig3 = importlib.import_module("experiments.fig3_information_loss")
+  fig3 = importlib.import_module("experiments.common")
   assert fig3.DEFAULT_RUN.with_suffix(".msgpack").is_file()  # the default works on a fresh clone
+  assert fig3.resolve_run("cifar10_resnet20") == ROOT / "experiments/checkpoints/cifar10_resnet20"
   for arg in (fig3.DEFAULT_RUN, fig3.DEFAULT_RUN.with_suffix(".msgpack")):
     config, checkpoint, metrics = fig3.run_files(arg)
     stem = "fashion_mnist_small_cnn"

@@ -1,16 +1,26 @@
 """Flat programs from jaxprs, and the one walker that runs them.
 
-This is the only module of jaxsnn that touches JAX internals (``jax.extend.core`` and the source-info helpers).
+This is the only module of jaxsnn that touches JAX's jaxpr internals (``jax.extend.core`` and the source-info
+helpers of ``jax.extend``).
 
 ``build_program(fn, variables, x)`` traces ``fn(variables, x)`` to a jaxpr and flattens it into a :class:`Program`:
-call-like sub-jaxprs (``jit``/``pjit``, ``custom_jvp_call``, ``custom_vjp_call``, ``checkpoint``, ``closed_call``) are
-inlined, every ReLU (``max(x, 0)``, which is what ``jax.nn.relu`` and flax's ``nn.relu`` reduce to) becomes a
-:class:`Site`, and every value gets a *kind*:
+call-like sub-jaxprs (``jit``, ``custom_jvp_call``, ``custom_vjp_call``, ``checkpoint``, ``closed_call``) are inlined,
+``lax.scan`` (``nn.scan``, ``nn.remat_scan``) is unrolled, ``lax.cond`` with a predicate known at trace time is
+replaced by its branch, and every activation becomes a :class:`Site`: a ReLU (``max(x, 0)``, which is what
+``jax.nn.relu`` and flax's ``nn.relu`` reduce to, or ``jnp.where(x > 0, x, 0)``) or jaxsnn's QCFS primitive. Every
+value gets a *kind*:
 
 * ``CONST``: depends on neither the input nor the spikes (weights, BatchNorm's ``rsqrt(var + eps) * scale``);
 * ``INPUT``: depends on the input but on no spike (the first layer's current: constant over time);
 * ``SPIKE``: depends on spikes; must be computed every step, so the operation producing it must be affine in its
-  spiking operands (a table of rules below decides), or be a max of spiking values (:class:`MaxSite`).
+  spiking operands (the registry of :mod:`jaxsnn._src.rules` decides), or be a max of spiking values
+  (:class:`MaxSite`).
+
+Which activations become neurons: every activation of a spike-dependent value, and every activation of an input-only
+value (the first layer of neurons), except an input-only activation whose result reaches an operation that cannot take
+spikes through unweighted ops alone (reshapes, sums, casts: no matmul or convolution in between), such as the
+``max(var, 0)`` inside a ``LayerNorm`` on the input, or the ``max`` of a ``jnp.clip`` of the raw input: those are
+preprocessing, an ordinary operation computed once per input.
 
 ``walk`` interprets the program with pluggable rules for ordinary ops, sites and max sites: the calibration pass, the
 ANN reference and both simulation schedules are the same walk with different rules.
@@ -19,15 +29,23 @@ ANN reference and both simulation schedules are the same walk with different rul
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import extend as jex
 from jax.extend import core as jcore
-from jax._src import source_info_util
+from jax.extend.core import primitives as P
+
+from jaxsnn._src import rules
+from jaxsnn._src.qcfs import qcfs_p
 
 CONST, INPUT, SPIKE = 0, 1, 2
+OUTPUT = "output"  # key of the output layer in thresholds, stats and spike counts
+RELU, QCFS = "relu", "qcfs"
+MAX_UNROLL = 256  # longest lax.scan that is unrolled
 
 
 class Lit(NamedTuple):
@@ -52,13 +70,33 @@ class Op(NamedTuple):
 
 
 class Site(NamedTuple):
-  """A ReLU that becomes a spiking neuron site."""
+  """An activation that becomes a spiking neuron site.
+
+  Attributes:
+    name: unique site name (``"<module path>/relu"`` or ``"<module path>/qcfs"``).
+    kind: ``"relu"`` or ``"qcfs"``.
+    ins: ``(x,)`` for a ReLU, ``(x, threshold)`` for QCFS (its trained lambda, constant in time).
+    out: id of the activation.
+    levels: QCFS levels L (None for a ReLU).
+    where: source line.
+    scope: flax module path.
+  """
 
   name: str
-  x: Any  # id of the pre-activation
+  kind: str
+  ins: tuple
   out: int
+  levels: int | None
   where: str
   scope: str
+
+  @property
+  def x(self):
+    return self.ins[0]
+
+  @property
+  def outs(self) -> tuple:
+    return (self.out,)
 
 
 class MaxSite(NamedTuple):
@@ -80,6 +118,9 @@ class Program:
     out: the id (or :class:`Lit`) of the single output.
     kinds: id -> CONST / INPUT / SPIKE.
     avals: id -> ``jax.ShapeDtypeStruct``.
+    key: a digest of everything that decides what the program computes (structure, parameters, literals, site
+      names, shapes, dtypes and the values of closed-over constants), and of nothing else (not the Python function
+      object, not source lines): equal keys mean equal programs.
   """
 
   var_ids: tuple
@@ -89,6 +130,7 @@ class Program:
   out: Any
   kinds: dict
   avals: dict
+  key: str
 
   @property
   def sites(self) -> tuple:
@@ -101,115 +143,80 @@ class Program:
   def kind(self, atom) -> int:
     return CONST if isinstance(atom, Lit) else self.kinds[atom]
 
+  def aval(self, atom):
+    if isinstance(atom, Lit):
+      return jax.ShapeDtypeStruct(np.shape(atom.val), jnp.result_type(atom.val))
+    return self.avals[atom]
+
 
 class ConversionError(ValueError):
   """Raised when a network contains an operation that has no spiking equivalent."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Rules: which primitives may act on spiking values, and how.
-# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Traced:
+  """A network function identified by what it computes: compares and hashes by :attr:`Program.key` only.
 
-# Linear (or affine with constant operands) in every spiking operand, whatever mix of operands is spiking.
-_ANY_SPIKING = frozenset({
-    "add", "add_any", "sub", "neg", "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
-    "concatenate", "reduce_sum", "reduce_window_sum", "copy", "copy_p", "rev", "cumsum", "sharding_constraint",
-    "reduce_precision", "real", "imag", "conj",
-})
-# Operand positions that must NOT be spiking (predicate of a select, indices, padding value, divisor), as a function of
-# the number of operands.
-_NON_SPIKING_ARGS = {
-    "pad": lambda n: (1,),
-    "select_n": lambda n: (0,),
-    "dynamic_slice": lambda n: range(1, n),  # start indices after the operand
-    "dynamic_update_slice": lambda n: range(2, n),  # start indices after the operand and the update
-    "gather": lambda n: (1,),
-    "div": lambda n: (1,),
-}
-# Bilinear: affine as long as at most one operand is spiking.
-_BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
-# Max-like: simulated by the cumulative-max rule when every data operand is spiking.
-_MAX_LIKE = frozenset({"max", "reduce_max", "reduce_window_max"})
+  Compiled functions take it as a static argument, so re-creating an equal ``apply_fn`` (a fresh ``lambda``, a
+  notebook cell run again) hits the compilation cache instead of compiling again.
+  """
 
-_HINTS = {
-    "tanh": "only ReLU activations convert; replace tanh by relu",
-    "logistic": "only ReLU activations convert; replace sigmoid by relu",
-    "exp": "softmax/exp inside the network has no spiking form; apply softmax to the SNN's output instead",
-    "log": "log inside the network has no spiking form",
-    "erf": "GELU has no spiking form; train the ANN with relu",
-    "erfc": "GELU has no spiking form; train the ANN with relu",
-    "reduce_min": "min pooling has no spiking form",
-    "min": "min/clip of spiking values has no spiking form (relu6 and hard clips do not convert); use plain relu",
-    "mul": "a product of two data-dependent values is not affine; only products with weights/constants convert",
-    "dot_general": "a product of two data-dependent values is not affine (attention-like layers do not convert)",
-    "conv_general_dilated": "a convolution of two data-dependent values is not affine",
-    "div": "dividing by a data-dependent value is not affine",
-    "select_n": "a data-dependent select (jnp.where on activations, leaky/parametric relu) is not affine",
-    "max": ("max(x, c) with a non-zero or input-dependent c has no spiking form (use relu = max(x, 0)); softmax "
-            "inside the network has none either: apply it to the SNN output"),
-    "integer_pow": "powers of data-dependent values are not affine",
-    "pow": "powers of data-dependent values are not affine",
-    "sqrt": "sqrt of data-dependent values is not affine (BatchNorm must be in eval mode: train=False)",
-    "rsqrt": "rsqrt of data-dependent values is not affine (BatchNorm must be in eval mode: train=False)",
-    "convert_element_type": "casting spiking values to a non-float dtype loses them",
-}
+  fn: Callable = dataclasses.field(compare=False)
+  key: str
+
+  def __repr__(self):
+    return f"Traced({getattr(self.fn, '__name__', type(self.fn).__name__)}, key={self.key[:12]})"
 
 
-def _spiking_positions(op: Op, kind_of) -> list[int]:
-  return [i for i, a in enumerate(op.ins) if kind_of(a) == SPIKE]
-
-
-def _check_affine(op: Op, kind_of) -> str | None:
-  """Returns why ``op`` cannot act on its spiking operands, or None if it can."""
-  name = op.prim.name
-  spiking = _spiking_positions(op, kind_of)
-  if name in _ANY_SPIKING:
-    return None
-  if name == "convert_element_type":
-    return None if jnp.issubdtype(op.params["new_dtype"], jnp.floating) else "casts to a non-float dtype"
-  if name in _BILINEAR:
-    return None if len(spiking) <= 1 else "multiplies two spiking operands"
-  if name in _NON_SPIKING_ARGS:
-    banned = _NON_SPIKING_ARGS[name](len(op.ins))
-    bad = [i for i in spiking if i in banned]
-    return None if not bad else f"operand {bad[0]} (which must be constant in time) is spiking"
-  return "is not affine in its data operands"
+def trace(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> tuple["Program", Traced]:
+  """Builds the program of ``fn(variables, x)`` and the :class:`Traced` handle that identifies it."""
+  program = build_program(fn, variables, x, caller=caller)
+  return program, Traced(fn, program.key)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tracing and flattening.
 # ----------------------------------------------------------------------------------------------------------------
 
-_INLINE = frozenset({"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-                     "custom_vjp_call_jaxpr", "checkpoint", "remat", "named_call"})
+# Call-like primitives whose sub-jaxpr is inlined, and the parameter that holds it.
+_INLINE = {P.jit_p: "jaxpr", P.closed_call_p: "call_jaxpr", P.call_p: "call_jaxpr",
+           P.custom_jvp_call_p: "call_jaxpr", P.custom_vjp_call_p: "call_jaxpr", P.remat_p: "jaxpr"}
+_PASS_ZERO = (P.broadcast_in_dim_p, P.reshape_p, P.convert_element_type_p, P.copy_p)
+# Comparisons that make jnp.where(x > 0, x, 0) a ReLU: (primitive, position of x, position of the zero).
+_POSITIVE_TESTS = {P.gt_p: (0, 1), P.ge_p: (0, 1), P.lt_p: (1, 0), P.le_p: (1, 0)}
+_SMALL = 64  # largest constant (in elements) evaluated at trace time to resolve a lax.cond predicate
 
 
-def _sub_jaxpr(eqn) -> tuple[Any, Sequence[Any]] | None:
-  if eqn.primitive.name not in _INLINE:
-    return None
-  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-    j = eqn.params.get(key)
-    if isinstance(j, jcore.ClosedJaxpr):
-      return j.jaxpr, j.consts
-    if isinstance(j, jcore.Jaxpr):
-      return j, ()
+def _as_jaxpr(j):
+  if isinstance(j, jcore.ClosedJaxpr):
+    return j.jaxpr, j.consts
+  if isinstance(j, jcore.Jaxpr):
+    return j, ()
   return None
 
 
-def _is_zero(val) -> bool:
+def _value(val) -> np.ndarray | None:
   try:
-    arr = np.asarray(val)
-  except Exception:  # a tracer: not a known zero  # noqa: BLE001
-    return False
-  return arr.size > 0 and not np.any(arr)
+    return np.asarray(val)
+  except Exception:  # a tracer: not a known value  # noqa: BLE001
+    return None
+
+
+def _all_equal(val, target: float) -> bool:
+  arr = _value(val)
+  return arr is not None and arr.size > 0 and bool(np.all(arr == target))
 
 
 class _Builder:
-  def __init__(self):
+  def __init__(self, caller: str):
+    self.caller = caller
     self.ops: list = []
     self.consts: list = []
     self.avals: dict = {}
     self.zeros: set = set()  # ids known to hold zeros (broadcasts of a literal 0)
+    self.positive_tests: dict = {}  # id of a boolean x > 0 -> x
+    self.producer: dict = {}  # id -> the Op that made it
+    self.const_values: dict = {}  # id -> value of a closed-over constant
     self.next_id = 0
 
   def fresh(self, aval) -> int:
@@ -218,20 +225,72 @@ class _Builder:
     self.avals[i] = jax.ShapeDtypeStruct(aval.shape, aval.dtype)
     return i
 
+  def aval(self, atom):
+    if isinstance(atom, Lit):
+      return jax.ShapeDtypeStruct(np.shape(atom.val), jnp.result_type(atom.val))
+    return self.avals[atom]
+
   def is_zero(self, atom) -> bool:
-    return _is_zero(atom.val) if isinstance(atom, Lit) else atom in self.zeros
+    return _all_equal(atom.val, 0) if isinstance(atom, Lit) else atom in self.zeros
+
+  def is_minus_inf(self, atom) -> bool:
+    if isinstance(atom, Lit):
+      return _all_equal(atom.val, -np.inf)
+    return atom in self.const_values and _all_equal(self.const_values[atom], -np.inf)
+
+  def known(self, atom, depth: int = 0):
+    """The value of ``atom`` if it is known when the network is traced (literals and small constants), else None."""
+    if isinstance(atom, Lit):
+      return _value(atom.val)
+    if atom in self.const_values:
+      value = self.const_values[atom]
+      return _value(value) if np.size(value) <= _SMALL else None
+    op = self.producer.get(atom)
+    if op is None or depth > 32 or any(np.prod(self.avals[o].shape, dtype=np.int64) > _SMALL for o in op.outs):
+      return None
+    args = [self.known(a, depth + 1) for a in op.ins]
+    if any(a is None for a in args):
+      return None
+    try:
+      with jax.ensure_compile_time_eval():
+        outs = op.bind(*args)
+    except Exception:  # noqa: BLE001  (an op that cannot run eagerly: simply not known)
+      return None
+    return _value(outs[op.outs.index(atom)])
+
+  def traced(self, f, atoms, scope, where) -> list:
+    """Inlines the jaxpr of ``f`` applied to ``atoms`` (used to slice and stack the iterations of a scan)."""
+    closed = jax.make_jaxpr(f)(*[self.aval(a) for a in atoms])
+    return self.inline(closed.jaxpr, closed.consts, list(atoms), scope, where)
 
   def emit(self, eqn, ins, where, scope) -> list:
+    prim = eqn.primitive
+    if prim is P.max_p and len(ins) == 2:
+      for keep, other in ((0, 1), (1, 0)):
+        if self.is_minus_inf(ins[other]) and self.aval(ins[keep]).shape == tuple(eqn.outvars[0].aval.shape):
+          return [ins[keep]]  # max(x, -inf) = x (softmax's stabiliser): no operation
     outs = [self.fresh(v.aval) for v in eqn.outvars]
-    op = Op(eqn.primitive, dict(eqn.params), tuple(ins), tuple(outs), where, scope)
-    name = eqn.primitive.name
-    if name in ("broadcast_in_dim", "reshape", "convert_element_type", "copy", "copy_p") and self.is_zero(ins[0]):
+    op = Op(prim, dict(eqn.params), tuple(ins), tuple(outs), where, scope)
+    if prim in _PASS_ZERO and self.is_zero(ins[0]):
       self.zeros.add(outs[0])
-    if name == "max" and len(ins) == 2:
+    if prim in _POSITIVE_TESTS:
+      x_pos, zero_pos = _POSITIVE_TESTS[prim]
+      if self.is_zero(ins[zero_pos]) and not self.is_zero(ins[x_pos]):
+        self.positive_tests[outs[0]] = ins[x_pos]
+    site = None
+    if prim is P.max_p and len(ins) == 2:
       data = [a for a in ins if not self.is_zero(a)]
-      if len(data) == 1:  # max(x, 0): a ReLU
-        op = Site(name="", x=data[0], out=outs[0], where=where, scope=scope)
-    self.ops.append(op)
+      if len(data) == 1 and self.aval(data[0]).shape == self.avals[outs[0]].shape:  # max(x, 0): a ReLU
+        site = Site("", RELU, (data[0],), outs[0], None, where, scope)
+    elif prim is P.select_n_p and len(ins) == 3 and not isinstance(ins[0], Lit):
+      x = self.positive_tests.get(ins[0])  # jnp.where(x > 0, x, 0): a ReLU
+      if x is not None and self.is_zero(ins[1]) and ins[2] == x:
+        site = Site("", RELU, (x,), outs[0], None, where, scope)
+    elif prim is qcfs_p:
+      site = Site("", QCFS, tuple(ins), outs[0], int(eqn.params["levels"]), where, scope)
+    self.ops.append(site if site is not None else op)
+    for o in outs:
+      self.producer[o] = op
     return outs
 
   def inline(self, jaxpr, consts, in_atoms, scope: str, where: str) -> list:
@@ -248,31 +307,156 @@ class _Builder:
       ins = [read(v) for v in eqn.invars]
       inner = str(eqn.source_info.name_stack)
       eqn_scope = "/".join(s for s in (scope, inner) if s)
-      eqn_where = source_info_util.summarize(eqn.source_info) or where
-      sub = _sub_jaxpr(eqn)
-      if sub is not None:
-        sub_jaxpr, sub_consts = sub
-        n_extra = len(sub_jaxpr.invars) - len(ins)
-        if n_extra != 0:  # defensive: call-like primitives pass their operands straight through
-          raise ConversionError(f"jaxsnn: cannot inline {eqn.primitive.name} at {eqn_where}: operand mismatch")
-        outs = self.inline(sub_jaxpr, sub_consts, ins, eqn_scope, eqn_where)
-      else:
-        outs = self.emit(eqn, ins, eqn_where, eqn_scope)
+      eqn_where = jex.source_info_util.summarize(eqn.source_info) or where
+      outs = self.expand(eqn, ins, eqn_scope, eqn_where)
       for v, o in zip(eqn.outvars, outs):
         if not isinstance(v, jcore.DropVar):
           env[v] = o
     return [read(v) for v in jaxpr.outvars]
 
+  def expand(self, eqn, ins, scope, where) -> list:
+    """Inlines call-like equations, unrolls scans, picks known cond branches; emits everything else."""
+    prim = eqn.primitive
+    if prim in _INLINE:
+      sub = _as_jaxpr(eqn.params.get(_INLINE[prim]))
+      if sub is not None and len(sub[0].invars) == len(ins):
+        return self.inline(sub[0], sub[1], ins, scope, where)
+    if prim is P.cond_p:
+      index = self.known(ins[0])
+      if index is not None:
+        branches = eqn.params["branches"]
+        chosen = branches[int(np.clip(int(index), 0, len(branches) - 1))]
+        return self.inline(chosen.jaxpr, chosen.consts, ins[1:], scope, where)
+    if prim is P.scan_p and 0 < eqn.params["length"] <= MAX_UNROLL:
+      return self.unroll_scan(eqn, ins, scope, where)
+    return self.emit(eqn, ins, where, scope)
+
+  def unroll_scan(self, eqn, ins, scope, where) -> list:
+    p = eqn.params
+    n_consts, n_carry, length = p["num_consts"], p["num_carry"], p["length"]
+    consts, carry, xs = ins[:n_consts], list(ins[n_consts:n_consts + n_carry]), ins[n_consts + n_carry:]
+    body, body_consts = _as_jaxpr(p["jaxpr"])
+    ys = {}
+    for i in (reversed(range(length)) if p["reverse"] else range(length)):
+      x_i = [self.traced(lambda a, i=i: a[i], [x], scope, where)[0] for x in xs]
+      outs = self.inline(body, body_consts, list(consts) + carry + x_i, f"{scope}/iteration_{i}".lstrip("/"), where)
+      carry, ys[i] = outs[:n_carry], outs[n_carry:]
+    stacked = [self.traced(lambda *a: jnp.stack(a), [ys[i][k] for i in range(length)], scope, where)[0]
+               for k in range(len(eqn.outvars) - n_carry)]
+    return carry + stacked
+
   def const(self, aval, value) -> int:
     i = self.fresh(aval)
     self.consts.append((i, value))
-    if _is_zero(value):
+    self.const_values[i] = value
+    if _all_equal(value, 0):
       self.zeros.add(i)
     return i
 
 
 def _spec(a):
   return jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
+
+
+def _dead_code_free(ops: list, out) -> list:
+  live = {out} if not isinstance(out, Lit) else set()
+  kept = []
+  for op in reversed(ops):
+    if any(o in live for o in op.outs):
+      kept.append(op)
+      live.update(a for a in op.ins if not isinstance(a, Lit))
+  kept.reverse()
+  return kept
+
+
+def _as_op(site: Site, dtype) -> Op:
+  """An activation that stays an ordinary operation (on constants, or on the input only)."""
+  if site.kind == QCFS:
+    return Op(qcfs_p, {"levels": site.levels}, site.ins, site.outs, site.where, site.scope)
+  return Op(P.max_p, {}, (site.x, Lit(np.zeros((), dtype))), site.outs, site.where, site.scope)
+
+
+def _error(caller, op, why, hint) -> ConversionError:
+  return ConversionError(
+      f"{caller}: primitive '{op.prim.name}' {why}, so it has no spiking equivalent.\n"
+      f"  at: {op.where or 'unknown source line'}\n  in module: {op.scope or '(top level)'}\n  hint: {hint}.")
+
+
+def _classify(kept: list, base_kinds: dict, avals: dict, caller: str) -> tuple[list, dict]:
+  """Kinds of every value, which activations are neurons, and validation of every op on spiking values.
+
+  Activations of input-only values are neurons unless their result feeds (through unweighted ops only) an operation
+  that cannot take spikes; those are demoted to ordinary ops and the classification runs again (a fixpoint: each
+  round demotes at least one).
+  """
+  demoted: set = set()
+  first_error = None  # what the first demotion got round: raised if, in the end, no neuron is left
+  while True:
+    kinds = dict(base_kinds)
+    kind_of = lambda a: CONST if isinstance(a, Lit) else kinds[a]  # noqa: E731
+    direct: dict = {}  # id -> positions in `kept` of input-only sites whose spikes reach it through unweighted ops
+    restart = False
+    for pos, op in enumerate(kept):
+      if isinstance(op, Site) and pos not in demoted:
+        x_kind = kind_of(op.x)
+        if op.kind == QCFS and kind_of(op.ins[1]) != CONST:
+          raise ConversionError(f"{caller}: the QCFS activation at {op.where} has a threshold that depends on the "
+                                "data; it must be a parameter (constant in time).")
+        if x_kind != CONST:
+          kinds[op.out] = SPIKE
+          direct[op.out] = frozenset({pos}) if x_kind == INPUT else frozenset()
+          continue
+      ins = op.ins
+      in_kind = max((kind_of(a) for a in ins), default=CONST)
+      spiking_ins = [a for a in ins if kind_of(a) == SPIKE]
+      if in_kind == SPIKE:
+        why = rules.why_not_spiking(op.prim, op.params, [kind_of(a) == SPIKE for a in ins])
+        if why is not None:
+          culprits = frozenset().union(*(direct.get(a, frozenset()) for a in spiking_ins))
+          if culprits:
+            demoted |= culprits
+            first_error = first_error or _error(caller, op, why, rules.hint(op.prim))
+            restart = True
+            break
+          raise _error(caller, op, why, rules.hint(op.prim))
+      reach = frozenset()
+      if isinstance(op, Op) and rules.is_reshaping(op.prim):
+        reach = reach.union(*(direct.get(a, frozenset()) for a in spiking_ins))
+      for o in op.outs:
+        kinds[o] = in_kind
+        if reach:
+          direct[o] = reach
+    if not restart:
+      break
+  if first_error is not None and not any(isinstance(op, Site) and pos not in demoted and kinds[op.out] == SPIKE
+                                         for pos, op in enumerate(kept)):
+    raise first_error  # demoting left nothing to spike: the network itself does not convert
+
+  # Final op list: neurons and max sites named, everything else an ordinary op.
+  ops, used = [], set()
+
+  def unique(base: str) -> str:
+    name, k = base, 1
+    while name in used:
+      name, k = f"{base}_{k}", k + 1
+    used.add(name)
+    return name
+
+  for pos, op in enumerate(kept):
+    if isinstance(op, Site):
+      if kinds[op.out] == SPIKE and pos not in demoted:
+        shape = avals[op.x].shape
+        if len(shape) < 1:
+          raise ConversionError(f"{caller}: the activation at {op.where} acts on a scalar; sites need a batch axis.")
+        ops.append(op._replace(name=unique("/".join(s for s in (op.scope, op.kind) if s))))
+      else:
+        ops.append(_as_op(op, avals[op.out].dtype))
+      continue
+    if kinds[op.outs[0]] == SPIKE and rules.is_max(op.prim):
+      ops.append(MaxSite(unique("/".join(s for s in (op.scope, op.prim.name) if s)), op))
+      continue
+    ops.append(op)
+  return ops, kinds
 
 
 def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> Program:
@@ -297,75 +481,103 @@ def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> Prog
         f"{caller}: the network must return one array (the logits); it returned {len(out_leaves)} arrays "
         f"with structure {jax.tree_util.tree_structure(out_shape)}. Wrap apply_fn to select the logits.")
 
-  b = _Builder()
+  b = _Builder(caller)
   jaxpr = closed.jaxpr
   var_ids = tuple(b.fresh(v.aval) for v in jaxpr.invars[: len(var_leaves)])
   input_ids = tuple(b.fresh(v.aval) for v in jaxpr.invars[len(var_leaves):])
   assert len(input_ids) == len(x_leaves)
   (out,) = b.inline(jaxpr, closed.consts, list(var_ids) + list(input_ids), "", "")
+  kept = _dead_code_free(b.ops, out)
+  live_consts = {a for op in kept for a in op.ins if not isinstance(a, Lit)} | {out}
+  consts = tuple((i, v) for i, v in b.consts if i in live_consts)
+  base = {i: CONST for i in var_ids}
+  base.update({i: INPUT for i in input_ids})
+  base.update({i: CONST for i, _ in consts})
+  ops, kinds = _classify(kept, base, b.avals, caller)
+  key = _program_key(ops, out, var_ids, input_ids, consts, kinds, b.avals)
+  return Program(var_ids=var_ids, input_ids=input_ids, consts=consts, ops=tuple(ops), out=out, kinds=kinds,
+                 avals=b.avals, key=key)
 
-  # Dead-code elimination, backwards from the output.
-  live = {out} if not isinstance(out, Lit) else set()
-  kept = []
-  for op in reversed(b.ops):
-    outs = (op.out,) if isinstance(op, Site) else op.outs
-    if any(o in live for o in outs):
-      kept.append(op)
-      ins = (op.x,) if isinstance(op, Site) else op.ins
-      live.update(a for a in ins if not isinstance(a, Lit))
-  kept.reverse()
 
-  # Classification, validation, naming.
-  kinds = {i: CONST for i in var_ids}
-  kinds.update({i: INPUT for i in input_ids})
-  kinds.update({i: CONST for i, _ in b.consts})
-  kind_of = lambda a: CONST if isinstance(a, Lit) else kinds[a]  # noqa: E731
-  ops, used_names = [], set()
+# ----------------------------------------------------------------------------------------------------------------
+# Program identity.
+# ----------------------------------------------------------------------------------------------------------------
 
-  def unique(base: str) -> str:
-    name, k = base, 1
-    while name in used_names:
-      name, k = f"{base}_{k}", k + 1
-    used_names.add(name)
-    return name
+def _digest(value) -> str:
+  arr = np.asarray(value)
+  return hashlib.sha256(arr.tobytes()).hexdigest()[:16] + f"{arr.dtype}{arr.shape}"
 
-  for op in kept:
+
+def _param_key(value):
+  """A description of an equation parameter that is equal exactly when the parameters act the same."""
+  if isinstance(value, jcore.ClosedJaxpr):
+    return ("closed_jaxpr", str(value.jaxpr), tuple(_digest(c) for c in value.consts))
+  if isinstance(value, jcore.Jaxpr):
+    return ("jaxpr", str(value))
+  if isinstance(value, (np.ndarray, jax.Array)):
+    return ("array", _digest(value))
+  if isinstance(value, (tuple, list)):
+    return (type(value).__name__,) + tuple(_param_key(v) for v in value)
+  if isinstance(value, dict):
+    return ("dict",) + tuple((k, _param_key(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
+  if callable(value) and not isinstance(value, type):
+    return ("callable", id(value))  # functions compare by identity: equal names never merge two behaviours
+  return ("value", type(value).__name__, repr(value))
+
+
+def _atom_key(atom):
+  return ("lit", _digest(atom.val)) if isinstance(atom, Lit) else atom
+
+
+def _program_key(ops, out, var_ids, input_ids, consts, kinds, avals) -> str:
+  parts = [("vars", var_ids), ("inputs", input_ids), ("out", _atom_key(out))]
+  parts.append(("consts", tuple((i, _digest(v)) for i, v in consts)))
+  for op in ops:
     if isinstance(op, Site):
-      if kind_of(op.x) == CONST:  # relu of weights: an ordinary constant computation
-        zero = Lit(np.zeros((), b.avals[op.x].dtype))
-        op = Op(jax.lax.max_p, {}, (op.x, zero), (op.out,), op.where, op.scope)
-        kinds[op.outs[0]] = CONST
-      else:
-        shape = b.avals[op.x].shape
-        if len(shape) < 1:
-          raise ConversionError(f"{caller}: the ReLU at {op.where} acts on a scalar; sites need a batch axis.")
-        op = op._replace(name=unique("/".join(s for s in (op.scope, "relu") if s)))
-        kinds[op.out] = SPIKE
-      ops.append(op)
+      parts.append(("site", op.name, op.kind, op.levels, tuple(_atom_key(a) for a in op.ins), op.out))
       continue
-    in_kind = max((kind_of(a) for a in op.ins), default=CONST)
-    for o in op.outs:
-      kinds[o] = in_kind
-    if in_kind == SPIKE:
-      name = op.prim.name
-      if name in _MAX_LIKE:
-        if all(kind_of(a) == SPIKE for a in op.ins):
-          ops.append(MaxSite(unique("/".join(s for s in (op.scope, name) if s)), op))
-          continue
-        why = "mixes spiking and non-spiking operands (only max(x, 0), a ReLU, or a max of spiking values converts)"
-      else:
-        why = _check_affine(op, kind_of)
-      if why is not None:
-        hint = _HINTS.get(name, "only affine operations (conv, dense, BatchNorm in eval mode, average pooling, "
-                                "residual additions, reshapes...) and ReLU convert")
-        raise ConversionError(
-            f"{caller}: primitive '{name}' {why}, so it has no spiking equivalent.\n"
-            f"  at: {op.where or 'unknown source line'}\n  in module: {op.scope or '(top level)'}\n"
-            f"  hint: {hint}.")
-    ops.append(op)
+    name = None
+    if isinstance(op, MaxSite):
+      name, op = op.name, op.op
+    parts.append(("op", name, op.prim.name, id(op.prim), tuple(_param_key(v) for v in sorted(op.params.items())),
+                  tuple(_atom_key(a) for a in op.ins), op.outs))
+  parts.append(("kinds", tuple(sorted(kinds.items()))))
+  parts.append(("avals", tuple((i, tuple(map(str, a.shape)), str(a.dtype)) for i, a in sorted(avals.items()))))
+  return hashlib.sha256(repr(parts).encode()).hexdigest()
 
-  return Program(var_ids=var_ids, input_ids=input_ids, consts=tuple(b.consts), ops=tuple(ops), out=out,
-                 kinds=kinds, avals=b.avals)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks that need their own trace.
+# ----------------------------------------------------------------------------------------------------------------
+
+def check_batch_axis(fn: Callable, variables, x, *, caller: str) -> None:
+  """Checks that every site and the output keep the input's leading axis as their batch axis.
+
+  Traces once more with a symbolic batch size (``jax.export.symbolic_shape``): a site whose leading axis is not that
+  symbol mixes or drops batch entries.
+
+  Raises:
+    ConversionError: naming the first site (or the output) whose leading axis is not the batch axis.
+  """
+  (batch,) = jax.export.symbolic_shape("batch")
+  spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch,) + np.shape(a)[1:], jnp.result_type(a)), x)
+  try:
+    program = build_program(fn, jax.tree_util.tree_map(_spec, variables), spec, caller=caller)
+  except ConversionError:
+    raise
+  except Exception:  # noqa: BLE001  (some ops do not trace with symbolic shapes; the check is then skipped)
+    return
+  for site in program.sites:
+    shape = program.avals[site.x].shape
+    if not shape or str(shape[0]) != "batch":
+      raise ConversionError(
+          f"{caller}: the activation at {site.where} (module {site.scope or '(top level)'}) acts on values of "
+          f"shape {tuple(map(str, shape))} whose leading axis is not the batch axis; a network must treat batch "
+          "entries independently (no batch statistics, no reductions over the batch).")
+  shape = program.aval(program.out).shape
+  if not shape or str(shape[0]) != "batch":
+    raise ConversionError(f"{caller}: the network output has shape {tuple(map(str, shape))}; its leading axis must be "
+                          "the batch axis.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -383,9 +595,16 @@ def initial_env(program: Program, variables, x) -> dict:
   return env
 
 
+def ann_activation(site: Site, args: Sequence[Any]):
+  """The ANN's value of an activation site (ReLU or QCFS) given its operands."""
+  if site.kind == QCFS:
+    return qcfs_p.bind(args[0], args[1], levels=site.levels)
+  return jnp.maximum(args[0], jnp.zeros((), args[0].dtype))
+
+
 def walk(program: Program, env: dict, *, kinds: frozenset | None = None,
          op_rule: Callable[[Op, list], tuple] | None = None,
-         site_rule: Callable[[Site, Any], Any],
+         site_rule: Callable[[Site, list], Any] | None = None,
          max_rule: Callable[[MaxSite, list], Any] | None = None) -> dict:
   """Runs the ops of ``program`` (those whose outputs are of ``kinds``, all if None), updating ``env`` in place.
 
@@ -394,17 +613,19 @@ def walk(program: Program, env: dict, *, kinds: frozenset | None = None,
     env: id -> value for every value already known.
     kinds: run only ops producing values of these kinds.
     op_rule: ``(op, args) -> outs`` for ordinary ops; default binds the primitive.
-    site_rule: ``(site, x) -> y`` for ReLU sites.
+    site_rule: ``(site, args) -> y`` for activation sites (``args``: the pre-activation, and for QCFS its
+      threshold); default: the ANN's activation.
     max_rule: ``(max_site, args) -> y`` for max sites; default binds the primitive (the ANN's max).
 
   Returns:
     ``env``.
   """
   op_rule = op_rule or (lambda op, args: op.bind(*args))
+  site_rule = site_rule or ann_activation
   for op in program.ops:
     if isinstance(op, Site):
       if kinds is None or SPIKE in kinds:
-        env[op.out] = site_rule(op, env[op.x])
+        env[op.out] = site_rule(op, [read(env, a) for a in op.ins])
       continue
     inner = op.op if isinstance(op, MaxSite) else op
     if kinds is not None and program.kinds[inner.outs[0]] not in kinds:
@@ -416,3 +637,16 @@ def walk(program: Program, env: dict, *, kinds: frozenset | None = None,
       outs = op_rule(inner, args)
     env.update(zip(inner.outs, outs))
   return env
+
+
+def site_values(program: Program, variables, x) -> tuple[dict, Any]:
+  """The ANN's activation at every site ``{site: [batch, *shape]}`` and its output (the ANN reference walk)."""
+  env = initial_env(program, variables, x)
+  rec = {}
+
+  def record(site, args):
+    rec[site.name] = y = ann_activation(site, args)
+    return y
+
+  walk(program, env, site_rule=record)
+  return rec, jnp.asarray(read(env, program.out))

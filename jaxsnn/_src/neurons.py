@@ -2,12 +2,15 @@
 
 A neuron is a :class:`Neuron` NamedTuple ``(init, step)``:
 
-* ``init(shape, dtype=jnp.float32) -> State`` builds the resting state;
+* ``init(shape, dtype=jnp.float32, v0=None) -> State`` builds the initial state: membrane potential ``v0``
+  (broadcast to ``shape``; 0 when None), everything else at rest;
 * ``step(threshold, state, current) -> (state, spikes)`` advances one time step.
 
 ``spikes`` are in activation units: ``+threshold``, ``-threshold`` or ``0`` per neuron, so that the affine operations of
 the ANN can be applied to them unchanged (see DESIGN.md, "Why spikes carry θ"). Hyper-parameters (the reset rule) are
-closed over by the factory; per-neuron thresholds are data, so changing them never recompiles anything.
+closed over by the factory; per-neuron thresholds and initial potentials are data, so changing them never recompiles
+anything. Factories return one object per configuration (``IF() is IF("subtract")``), so a jitted simulator that takes
+the neuron as static data compiles once per configuration.
 
 All neurons share these conventions:
 
@@ -53,7 +56,8 @@ class Neuron(NamedTuple):
   """A spiking neuron model: a pair of pure functions.
 
   Attributes:
-    init: ``init(shape, dtype=jnp.float32) -> State``.
+    init: ``init(shape, dtype=jnp.float32, v0=None) -> State``; ``v0`` is the initial membrane potential
+      (broadcastable to ``shape``, in the units of the current; None for 0).
     step: ``step(threshold, state, current) -> (state, spikes)``; ``spikes`` are ``+threshold``, ``-threshold`` or 0.
     name: a short human-readable name (used in reports).
   """
@@ -63,6 +67,12 @@ class Neuron(NamedTuple):
   name: str
 
 
+def _potential(shape, dtype, v0):
+  if v0 is None:
+    return jnp.zeros(shape, dtype)
+  return jnp.broadcast_to(jnp.asarray(v0, dtype), shape)
+
+
 def _amplitude(threshold: Array, pos: Array, neg: Array) -> Array:
   # A select rather than ``threshold * (pos - neg)``: no multiply, so no fused multiply-add can round differently
   # in different XLA fusions, which keeps the two simulation schedules bit-identical.
@@ -70,7 +80,6 @@ def _amplitude(threshold: Array, pos: Array, neg: Array) -> Array:
   return jnp.where(pos, threshold, jnp.where(neg, -threshold, zero))
 
 
-@functools.cache  # one object per configuration: jit sees the same static neuron, no recompilation
 def SNM() -> Neuron:
   """The signed neuron with memory of Wang et al. (IJCAI 2022), Eq. 7–11.
 
@@ -88,23 +97,26 @@ def SNM() -> Neuron:
     >>> spikes.tolist()
     [1.0, 0.0, 0.0]
   """
-
-  def init(shape, dtype=jnp.float32) -> SNMState:
-    return SNMState(v=jnp.zeros(shape, dtype), m=jnp.zeros(shape, jnp.int32))
-
-  def step(threshold, state: SNMState, current):
-    v = state.v + current
-    live = threshold > 0
-    pos = live & (v >= threshold)
-    neg = live & (v <= -threshold) & (state.m > 0)
-    s = _amplitude(threshold, pos, neg)
-    m = state.m + pos.astype(jnp.int32) - neg.astype(jnp.int32)
-    return SNMState(v=v - s, m=m), s
-
-  return Neuron(init=init, step=step, name="SNM")
+  return _SNM
 
 
-@functools.cache  # one object per configuration: jit sees the same static neuron, no recompilation
+def _snm_init(shape, dtype=jnp.float32, v0=None) -> SNMState:
+  return SNMState(v=_potential(shape, dtype, v0), m=jnp.zeros(shape, jnp.int32))
+
+
+def _snm_step(threshold, state: SNMState, current):
+  v = state.v + current
+  live = threshold > 0
+  pos = live & (v >= threshold)
+  neg = live & (v <= -threshold) & (state.m > 0)
+  s = _amplitude(threshold, pos, neg)
+  m = state.m + pos.astype(jnp.int32) - neg.astype(jnp.int32)
+  return SNMState(v=v - s, m=m), s
+
+
+_SNM = Neuron(init=_snm_init, step=_snm_step, name="SNM")
+
+
 def IF(reset: str = "subtract") -> Neuron:
   """Integrate-and-fire neuron with positive spikes only.
 
@@ -118,23 +130,28 @@ def IF(reset: str = "subtract") -> Neuron:
   Raises:
     ValueError: if ``reset`` is not one of the two rules.
   """
-  if reset not in ("subtract", "zero"):
+  if not isinstance(reset, str) or reset not in _IF:
     raise ValueError(f"IF: reset must be 'subtract' or 'zero', got {reset!r}.")
-
-  def init(shape, dtype=jnp.float32) -> IFState:
-    return IFState(v=jnp.zeros(shape, dtype))
-
-  def step(threshold, state: IFState, current):
-    v = state.v + current
-    pos = (threshold > 0) & (v >= threshold)
-    s = _amplitude(threshold, pos, jnp.zeros_like(pos))
-    v = v - s if reset == "subtract" else jnp.where(pos, jnp.zeros_like(v), v)
-    return IFState(v=v), s
-
-  return Neuron(init=init, step=step, name=f"IF({reset})")
+  return _IF[reset]
 
 
-@functools.cache  # one object per configuration: jit sees the same static neuron, no recompilation
+def _if_init(shape, dtype=jnp.float32, v0=None) -> IFState:
+  return IFState(v=_potential(shape, dtype, v0))
+
+
+def _if_step(reset: str, threshold, state: IFState, current):
+  v = state.v + current
+  pos = (threshold > 0) & (v >= threshold)
+  s = _amplitude(threshold, pos, jnp.zeros_like(pos))
+  v = v - s if reset == "subtract" else jnp.where(pos, jnp.zeros_like(v), v)
+  return IFState(v=v), s
+
+
+# One object per reset rule: IF() is IF("subtract") is IF(reset="subtract").
+_IF = {reset: Neuron(init=_if_init, step=functools.partial(_if_step, reset), name=f"IF({reset})")
+       for reset in ("subtract", "zero")}
+
+
 def SignedIF() -> Neuron:
   """Integrate-and-fire neuron with negative spikes but no memory (an ablation of :func:`SNM`).
 
@@ -144,16 +161,16 @@ def SignedIF() -> Neuron:
   Returns:
     A :class:`Neuron` with :class:`IFState` state.
   """
+  return _SIGNED_IF
 
-  def init(shape, dtype=jnp.float32) -> IFState:
-    return IFState(v=jnp.zeros(shape, dtype))
 
-  def step(threshold, state: IFState, current):
-    v = state.v + current
-    live = threshold > 0
-    pos = live & (v >= threshold)
-    neg = live & (v <= -threshold)
-    s = _amplitude(threshold, pos, neg)
-    return IFState(v=v - s), s
+def _signed_if_step(threshold, state: IFState, current):
+  v = state.v + current
+  live = threshold > 0
+  pos = live & (v >= threshold)
+  neg = live & (v <= -threshold)
+  s = _amplitude(threshold, pos, neg)
+  return IFState(v=v - s), s
 
-  return Neuron(init=init, step=step, name="SignedIF")
+
+_SIGNED_IF = Neuron(init=_if_init, step=_signed_if_step, name="SignedIF")

@@ -15,6 +15,10 @@ of N and in a batch of K*N (measured on XLA:CPU: differences of 1e-7..1e-5). So 
 schedule runs those contractions once per step of the block (``lax.map``, the step-major kernel) and batches everything
 else; ``exact=False`` batches the contractions too, for speed where that pays, equal only up to float rounding.
 
+Per-site data of the network (thresholds, initial potentials, current offsets) are leaves of the
+:class:`SpikingNetwork` pytree: changing them never recompiles. A sample whose input holds a NaN or an infinity reads
+out NaN at every step (as its ANN would), never a confident answer.
+
 Max of spiking values (max pooling, ``jnp.maximum(a, b)``) uses the **cumulative-max rule**: the site keeps the
 cumulative sum ``C_t`` of its inputs and emits ``g(C_t) - g(C_{t-1})`` where ``g`` is the ANN's max operation. The sum
 of its outputs up to t is ``g(C_t) = t * g(mean input)`` (max is positively homogeneous), so its average equals the max
@@ -24,14 +28,16 @@ of the average inputs exactly, at every t.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir
-from jaxsnn._src.convert import OUTPUT, SpikingNetwork, check_input
+from jaxsnn._src import ir, rules
+from jaxsnn._src.convert import SpikingNetwork, check_input
+from jaxsnn._src.ir import OUTPUT
 
 
 class Trace(NamedTuple):
@@ -80,7 +86,8 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
       exactly at its threshold may fire one step apart.
 
   Returns:
-    A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t.
+    A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t (NaN for a sample whose
+    input is not finite).
 
   Raises:
     ValueError: for num_steps or block_size that are not positive ints, or an input that does not match the network.
@@ -99,35 +106,30 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   return _simulate(snn, x, num_steps, block_size, bool(exact))
 
 
-# Contractions: XLA's matmul and convolution kernels choose their blocking, hence their summation order, from the
-# shapes, so the same rows can round differently in a batch of N and in a batch of K*N.
-_CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
-
-
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: bool) -> Trace:
   program = ir.build_program(snn.apply_fn, snn.variables, x, caller="jaxsnn.simulate")
   env = ir.initial_env(program, snn.variables, x)
-
-  def no_site(site, _):  # sites are spiking by construction: never reached in the constant/input phase
-    raise AssertionError(site.name)
-
-  ir.walk(program, env, kinds=frozenset({ir.CONST, ir.INPUT}), site_rule=no_site)
+  ir.walk(program, env, kinds=frozenset({ir.CONST, ir.INPUT}))  # sites are spiking: never run here
   static_env = env
-  neuron, th = snn.neuron, snn.thresholds
+  neuron, th, state_dtype = snn.neuron, snn.thresholds, snn.state_dtype
   spiking = lambda a: program.kind(a) == ir.SPIKE  # noqa: E731
 
+  def initial_state(name, aval):
+    v0 = snn.initial_potential[name].astype(state_dtype) * th[name].astype(state_dtype)
+    return neuron.init(aval.shape, state_dtype, jnp.broadcast_to(v0, aval.shape))
+
   # Initial state.
-  neurons = {s.name: neuron.init(program.avals[s.x].shape, program.avals[s.x].dtype) for s in program.sites}
+  neurons = {s.name: initial_state(s.name, program.avals[s.x]) for s in program.sites}
   maxes = {}
   for m in program.max_sites:
     cum = [jnp.zeros(program.avals[a].shape, program.avals[a].dtype) for a in m.op.ins]
     maxes[m.name] = (cum, m.op.bind(*cum)[0])
-  out_aval = program.avals[program.out]
-  acc = jnp.zeros(out_aval.shape, out_aval.dtype)
+  out_aval = program.aval(program.out)
+  acc = jnp.zeros(out_aval.shape, state_dtype)
   zeros = {s.name: jnp.zeros(program.avals[s.x].shape, jnp.int32) for s in program.sites}
   if snn.readout == "spike":
-    neurons[OUTPUT] = neuron.init(out_aval.shape, out_aval.dtype)
+    neurons[OUTPUT] = initial_state(OUTPUT, out_aval)
     zeros[OUTPUT] = jnp.zeros(out_aval.shape, jnp.int32)
   carry = (neurons, maxes, acc, zeros, zeros)
 
@@ -151,7 +153,8 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: 
       pos[name], neg[name] = pos[name] + p, neg[name] + n
       return state, s
 
-    def site_rule(site, z):
+    def site_rule(site, args):
+      z = args[0] + snn.offsets[site.name]
       if k is not None and not spiking(site.x):  # the first layer's current: constant, same for every step
         z = jnp.broadcast_to(z, (k,) + z.shape)
       neurons[site.name], s = neuron_steps(th[site.name], neurons[site.name], z, site.name)
@@ -176,7 +179,7 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: 
         it = iter(moving)
         return op.bind(*[next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
 
-      if exact and op.prim.name in _CONTRACTIONS:
+      if exact and rules.is_contraction(op.prim):
         return jax.lax.map(one, moving)  # the step-major kernel, once per step of the block
       return jax.vmap(one)(moving)
 
@@ -186,6 +189,7 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: 
       z = jnp.broadcast_to(z, (k,) + z.shape)
     if snn.readout == "spike":
       neurons[OUTPUT], z = neuron_steps(th[OUTPUT], neurons[OUTPUT], z, OUTPUT)
+    z = z.astype(state_dtype)
     if k is None:
       acc = acc + z
       accs = acc
@@ -203,8 +207,26 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: 
       carry, tail = run(carry, rest)
       accs = jnp.concatenate([accs, tail], axis=0)
   t = jnp.arange(1, num_steps + 1, dtype=accs.dtype).reshape((num_steps,) + (1,) * (accs.ndim - 1))
+  outputs = accs / t
+  # A sample whose input holds a NaN or an infinity reads out NaN at every step, as its ANN would: no neuron can
+  # fire on a NaN current, and the readout would otherwise be a confident answer made of the biases alone.
+  finite = _finite_samples(x)
+  outputs = jnp.where(finite.reshape((1, -1) + (1,) * (outputs.ndim - 2)), outputs, jnp.nan)
   _, _, _, pos, neg = carry
-  return Trace(outputs=accs / t, pos_spikes=pos, neg_spikes=neg)
+  return Trace(outputs=outputs, pos_spikes=pos, neg_spikes=neg)
+
+
+def _finite_samples(x) -> jax.Array:
+  """``[batch]`` bool: every value of the sample's input is finite."""
+  ok = None
+  for leaf in jax.tree_util.tree_leaves(x):
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    f = jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
+    ok = f if ok is None else ok & f
+  if ok is None:
+    ok = jnp.ones(jax.tree_util.tree_leaves(x)[0].shape[0], bool)
+  return ok
 
 
 def _cummax_step(op: ir.Op, state, args):
@@ -257,8 +279,10 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
 
   Returns:
     ``{"accuracy": float64 [T], "correct": int64 [T], "count": int, "pos_spikes": {site: total},
-    "neg_spikes": {site: total}}``: the accuracy after t steps is ``accuracy[t - 1]``; spike totals are summed over
-    examples, neurons and steps (for firing rates: divide by count, neurons and T).
+    "neg_spikes": {site: total}, "non_finite": int}``: the accuracy after t steps is ``accuracy[t - 1]``; spike
+    totals are summed over examples, neurons and steps (for firing rates: divide by count, neurons and T).
+    ``non_finite`` counts the examples whose input held a NaN or an infinity: their readout is NaN (see
+    :func:`simulate`), they count as wrong, and a warning says how many there were.
 
   Raises:
     ValueError: for an empty iterable or a bad batch (see :func:`simulate`).
@@ -274,11 +298,14 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
   count = 0
   pos_total: dict = {}
   neg_total: dict = {}
+  non_finite = 0
   for batch in batches:
     x, labels, *rest = batch
     mask = np.asarray(rest[0], bool) if rest else np.ones(np.shape(labels)[0], bool)
     trace = simulate(snn, x, num_steps, block_size, exact=exact)
-    hits = np.asarray(trace.outputs.argmax(-1) == jnp.asarray(labels)[None])  # [T, B]
+    finite = np.asarray(_finite_samples(x))
+    hits = np.asarray(trace.outputs.argmax(-1) == jnp.asarray(labels)[None]) & finite[None]  # [T, B]
+    non_finite += int((~finite & mask).sum())
     correct += hits[:, mask].sum(axis=1)
     count += int(mask.sum())
     for totals, spikes in ((pos_total, trace.pos_spikes), (neg_total, trace.neg_spikes)):
@@ -291,5 +318,8 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
     bar.close()
   if count == 0:
     raise ValueError("jaxsnn.evaluate: batches is empty.")
+  if non_finite:
+    warnings.warn(f"jaxsnn.evaluate: {non_finite} of {count} examples had a NaN or infinite input; their readout is "
+                  "NaN and they count as wrong.", stacklevel=2)
   return {"accuracy": correct / count, "correct": correct, "count": count, "pos_spikes": pos_total,
-          "neg_spikes": neg_total}
+          "neg_spikes": neg_total, "non_finite": non_finite}

@@ -1,0 +1,15 @@
+"""Low-latency conversion tools: thresholds for a target number of steps and layer-wise SNN calibration.
+
+    stats = jaxsnn.calibrate(apply_fn, variables, train_batches)
+    hist = jaxsnn.ratio_histograms(apply_fn, variables, train_batches, stats)
+    th = jaxsnn.thresholds_for_steps(hist, num_steps=16, initial_potential=0.5)
+    snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
+    snn = jaxsnn.calibrate_snn(snn, few_train_batches, num_steps=16)
+"""
+
+from jaxsnn._src.lowlatency import (DEFAULT_SCALES, RATIO_BINS, RatioHistograms, calibrate_snn, descend_thresholds,
+                                    expected_error, ratio_histograms, relaxed_quantization_error,
+                                    thresholds_for_steps)
+
+__all__ = ["DEFAULT_SCALES", "RATIO_BINS", "RatioHistograms", "calibrate_snn", "descend_thresholds",
+           "expected_error", "ratio_histograms", "relaxed_quantization_error", "thresholds_for_steps"]
