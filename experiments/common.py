@@ -30,6 +30,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -176,3 +177,237 @@ def use_tcmalloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conversion methods and their evaluation (shared by main.py, paper.py and qcfs.py).
+# ----------------------------------------------------------------------------------------------------------------
+
+NORM_NAMES = {"neuron": "NeuronNorm", "layer": "LayerNorm", "channel": "ChannelNorm", "qcfs": "QCFS λ"}
+RECORD = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """How a trained network becomes an SNN: neuron, thresholds, initial potential, and the low-latency tools.
+
+  Attributes:
+    neuron: ``"SNM"`` or ``"IF"``.
+    norm: thresholds from the calibration maxima (``"neuron"``, ``"layer"``, ``"channel"``), or ``"qcfs"`` (the
+      network's own QCFS thresholds; ReLU sites, if any, take NeuronNorm).
+    potential: initial membrane potential, a fraction of the threshold (None: jaxsnn's default, 0 for ReLU sites
+      and 0.5 for QCFS sites).
+    tuned: thresholds chosen for the target T (``jaxsnn.thresholds_for_steps``, per channel).
+    calibrated: ``jaxsnn.calibrate_snn`` at the target T (current offsets, per channel).
+    target: the T that ``tuned`` / ``calibrated`` aim at; the run stops there.
+    authors: the authors' test-leaking threshold protocol (comparison only).
+  """
+  neuron: str = "SNM"
+  norm: str = "neuron"
+  potential: Optional[float] = 0.0
+  tuned: bool = False
+  calibrated: bool = False
+  target: Optional[int] = None
+  authors: bool = False
+
+  @property
+  def name(self) -> str:
+    parts = [self.neuron, NORM_NAMES[self.norm]]
+    if self.potential:
+      parts.append("θ/2" if self.potential == 0.5 else f"v0={self.potential}θ")
+    if self.tuned:
+      parts.append("T-aware θ")
+    if self.calibrated:
+      parts.append("calibration")
+    if self.authors:
+      parts.append("authors' protocol (leaks test)")
+    return " + ".join(parts) + (f" (T={self.target})" if self.target else "")
+
+  def steps(self, num_steps: int) -> int:
+    return self.target if self.target else num_steps
+
+
+def paper_methods() -> list:
+  """The four arms of the paper's Fig. 4 (v0 = 0)."""
+  return [Method(n, norm) for norm in ("layer", "neuron") for n in ("IF", "SNM")]
+
+
+def lowlatency_methods(targets=(4, 8, 16, 32)) -> list:
+  """The paper's method, each low-latency tool alone and stacked (SNM), and the paper / θ/2 / stacked for IF."""
+  out = []
+  for neuron in ("SNM", "IF"):
+    out += [Method(neuron), Method(neuron, potential=0.5)]
+    for t in targets:
+      if neuron == "SNM":
+        out += [Method(neuron, tuned=True, target=t), Method(neuron, calibrated=True, target=t),
+                Method(neuron, potential=0.5, tuned=True, target=t)]
+      out.append(Method(neuron, potential=0.5, tuned=True, calibrated=True, target=t))
+  return out
+
+
+def qcfs_methods(targets=(4, 8, 16)) -> list:
+  """A QCFS network: its own thresholds with v0 = θ/2, IF and SNM, with and without calibration."""
+  out = []
+  for neuron in ("IF", "SNM"):
+    out.append(Method(neuron, norm="qcfs", potential=None))
+    out += [Method(neuron, norm="qcfs", potential=None, calibrated=True, target=t) for t in targets]
+  return out
+
+
+def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[], Any] | None = None,
+             calib_snn_batches: Sequence[Any] = (), progress: bool = True):
+  """The SNN of ``method`` for ``run``: thresholds from ``stats`` (or ``hist()`` for the tuned methods), the
+  initial potential, and ``jaxsnn.calibrate_snn`` on ``calib_snn_batches`` for the calibrated ones."""
+  import jaxsnn
+  neuron = jaxsnn.SNM() if method.neuron == "SNM" else jaxsnn.IF()
+  example = run.normalize(run.test.images[:1])
+  if method.norm == "qcfs":
+    # QCFS sites take their own lambda (convert's default); ReLU sites, if any, NeuronNorm.
+    kinds = {n: k for n, k, _ in jaxsnn.convert(run.apply_fn, run.variables, example, jaxsnn.thresholds(stats),
+                                                 neuron=neuron).site_kinds}
+    th = {k: v for k, v in jaxsnn.thresholds(stats, "neuron").items() if kinds.get(k) == "relu"}
+  elif method.tuned:
+    th = jaxsnn.thresholds_for_steps(hist(), num_steps, method.potential or 0.0)
+  else:
+    th = jaxsnn.thresholds(stats, method.norm)
+  snn = jaxsnn.convert(run.apply_fn, run.variables, example, th, neuron=neuron, initial_potential=method.potential)
+  if method.calibrated:
+    snn = jaxsnn.calibrate_snn(snn, list(calib_snn_batches), num_steps, progress=progress)
+  return snn
+
+
+class Job:
+  """One network, its calibration statistics (training data only), and cached method results in a work dir.
+
+  Every method's result is written atomically to ``work/<method>.json`` as soon as it is done, and its evaluation
+  checkpoints every few batches (``jaxsnn.evaluate(checkpoint=...)``): the same command run again after a kill skips
+  what is done and resumes the rest. A result for a larger T or the same settings is reused for a smaller T.
+  """
+
+  def __init__(self, run: Run, work, num_test: Optional[int], calib_examples: int, batch_size: int,
+               calib_snn_examples: int = 256, block_size: Optional[int] = None, progress: bool = True):
+    import jaxsnn
+    self.run, self.work = run, pathlib.Path(work)
+    self.test = first(run.test, num_test)
+    self.batch_size, self.block_size, self.progress = batch_size, block_size, progress
+    self.settings = {"test_images": int(len(self.test.labels)), "calibration_images": calib_examples,
+                     "calibrate_snn_images": calib_snn_examples, "batch_size": batch_size}
+    self.work.mkdir(parents=True, exist_ok=True)
+    stats_file = self.work / f"stats_{calib_examples}.npz"
+    if stats_file.exists():
+      self.stats = jaxsnn.load_stats(stats_file)
+    else:
+      self.stats = jaxsnn.calibrate(run.apply_fn, run.variables, calibration_batches(run, calib_examples, batch_size))
+      jaxsnn.save_stats(stats_file, self.stats)
+    self._hist = None
+    self.calib_examples = calib_examples
+    self.calib_snn_batches = list(calibration_batches(run, calib_snn_examples, 128))
+
+  @property
+  def hist(self):
+    import jaxsnn
+    if self._hist is None:
+      self._hist = jaxsnn.ratio_histograms(self.run.apply_fn, self.run.variables,
+                                           calibration_batches(self.run, self.calib_examples, self.batch_size),
+                                           self.stats)
+    return self._hist
+
+  def snn(self, method: Method, num_steps: int):
+    """The converted (and, per the method, tuned and calibrated) network."""
+    return make_snn(self.run, method, self.stats, num_steps, lambda: self.hist, self.calib_snn_batches,
+                    progress=self.progress)
+
+  def _file(self, method: Method) -> pathlib.Path:
+    slug = "".join(c if c.isalnum() else "_" for c in method.name.replace("θ/2", "half").replace("λ", "lambda"))
+    return self.work / f"{slug}.json"
+
+  def result(self, method: Method, num_steps: int) -> dict:
+    """The method's accuracy after every t <= its T, rates and energy at the recorded steps (cached)."""
+    import jaxsnn
+    steps = method.steps(num_steps)
+    path = self._file(method)
+    if path.exists():
+      cached = json.loads(path.read_text())
+      if cached["settings"] == self.settings and cached["steps"] >= steps:
+        return _truncate(cached, steps)
+    t0 = time.time()
+    snn = self.snn(method, steps)
+    prepare_seconds = time.time() - t0
+    t0 = time.time()
+    if method.authors:
+      res = self._authors(snn, steps)
+    else:
+      res = jaxsnn.evaluate(snn, eval_batches(self.run, self.test, self.batch_size), steps, self.block_size,
+                            progress=self.progress, record_steps=[t for t in RECORD if t <= steps],
+                            checkpoint=path.with_suffix(".progress.npz"))
+    seconds = time.time() - t0
+    out = {"name": method.name, "method": dataclasses.asdict(method), "settings": self.settings, "steps": steps,
+           "accuracy": res["accuracy"].tolist(), "seconds": round(seconds, 1),
+           "prepare_seconds": round(prepare_seconds, 1), "non_finite": res["non_finite"]}
+    if res.get("recorded"):
+      out["at"] = {}
+      for t in res["recorded"]["steps"]:
+        counts = jaxsnn.analysis.recorded_counts(res, t)
+        e = jaxsnn.analysis.energy(snn, counts)
+        e_avg = jaxsnn.analysis.energy(snn, counts, pooling="average")
+        out["at"][str(t)] = {
+            "average_firing_rate": jaxsnn.analysis.average_firing_rate(counts),
+            "firing_rates": jaxsnn.analysis.firing_rates(counts),
+            "positive_rates": jaxsnn.analysis.firing_rates(counts, sign="pos"),
+            "negative_rates": jaxsnn.analysis.firing_rates(counts, sign="neg"),
+            "energy_ratio": float(e.ratio), "energy_ratio_average_pooling": float(e_avg.ratio)}
+    write_json(path, out)
+    progress_file = path.with_suffix(".progress.npz")
+    if progress_file.exists():
+      progress_file.unlink()
+    return out
+
+  def _authors(self, snn, steps: int) -> dict:
+    """The authors' protocol over the whole test set: slots of 256 from the test batches, then the train batches."""
+    import jaxsnn
+    import numpy as np
+    slot = 256
+    test_x = [x for x, _, m in eval_batches(self.run, self.test, slot) if np.asarray(m).all()]
+    train_x = [x for x, _ in calibration_batches(self.run, self.calib_examples, slot) if len(x) == slot]
+    slots = jaxsnn.authors_thresholds(self.run.apply_fn, self.run.variables, test_x + train_x)
+    return jaxsnn.evaluate_authors(snn, eval_batches(self.run, self.test, slot), slots, steps, self.block_size,
+                                   progress=self.progress)
+
+
+def _truncate(result: dict, steps: int) -> dict:
+  out = dict(result, steps=steps, accuracy=result["accuracy"][:steps])
+  if "at" in result:
+    out["at"] = {t: v for t, v in result["at"].items() if int(t) <= steps}
+  return out
+
+
+def report(job: Job, results: dict, ann_accuracy: float) -> dict:
+  """The results JSON (the schema of experiments/main.py)."""
+  return {"checkpoint": job.run.name, "dataset": job.run.config.dataset, "model": job.run.config.model,
+          "test_images": job.settings["test_images"], "calibration_images": job.settings["calibration_images"],
+          "ann_accuracy": ann_accuracy, "methods": results}
+
+
+def ann_accuracy(run: Run, arrays, batch_size: int) -> float:
+  from jaxsnn import training
+  res = training.evaluate(run.model.apply, run.variables, arrays, batch_size, run.spec.mean, run.spec.std)
+  return float(res["accuracy"])
+
+
+def table(report_: dict, steps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), with_cost: bool = True) -> str:
+  """A markdown table: accuracy (%) after T steps, and (per method, at its largest shown T) rate and energy."""
+  shown = [t for t in steps if any(len(r["accuracy"]) >= t for r in report_["methods"].values())]
+  head = "| method | " + " | ".join(f"T={t}" for t in shown) + (" | avg rate | E_SNN/E_ANN |" if with_cost else " |")
+  lines = [f"ANN {100 * report_['ann_accuracy']:.2f} % on {report_['test_images']} test images", "", head,
+           "|" + "---|" * (len(shown) + 1 + 2 * with_cost)]
+  for name, r in report_["methods"].items():
+    acc = r["accuracy"]
+    cells = [f"{100 * acc[t - 1]:.2f}" if t <= len(acc) else "" for t in shown]
+    row = f"| {name} | " + " | ".join(cells)
+    if with_cost:
+      last = str(max((int(t) for t in r.get("at", {})), default=0))
+      at = r.get("at", {}).get(last)
+      row += (f" | {at['average_firing_rate']:.4f} (T={last}) | {at['energy_ratio']:.3f} (T={last})" if at
+              else " | | ")
+    lines.append(row + " |")
+  return "\n".join(lines)

@@ -1,123 +1,92 @@
-"""The main job: convert a trained CNN to an SNN, simulate it on the test set and report accuracy vs time steps.
+"""The main job: convert a trained network to SNNs by several methods, simulate the test set, report accuracy vs T.
 
-    python experiments/main.py [--steps 128] [--num_test 1000] [--full]
+    python experiments/main.py [--run fashion_mnist_small_cnn] [--methods readme] [--steps 128] [--num_test 1000]
 
-Default: the committed Fashion-MNIST SmallCNN checkpoint; thresholds from training images only (the training split,
-never the test set); SNM + NeuronNorm (the paper's method) against the usual IF + LayerNorm baseline. Writes
-``experiments/results/main.json`` and a PNG of accuracy vs T beside it.
+``--run``: a committed checkpoint name (``experiments/checkpoints/NAME``) or a run directory of ``train.py``.
+``--methods``: ``readme`` (the paper's method, the usual IF + LayerNorm baseline, and jaxsnn's low-latency recipe),
+``paper`` (the four arms of the paper's Fig. 4), ``lowlatency`` (the paper's method, each low-latency tool alone and
+stacked, for the ``--targets``), ``qcfs`` (a QCFS network with its own thresholds), ``all``, or method names
+separated by ``;``. Thresholds, tuning and calibration use training images only, never the test set.
+
+Writes ``experiments/runs/<run>/main.json`` (``{"test_images", "ann_accuracy", "methods": {name: {"accuracy":
+[after t = 1..T], ...}}}``) and a PNG beside it, and prints a table; the committed reference results are written
+only when ``--out`` says so (see experiments/RESULTS.md). Each method's result is kept in the work dir as soon as it
+is done (and its evaluation checkpoints every few batches): run the same command again to resume.
 """
 import argparse
 import pathlib
-import time
-
-import numpy as np
 
 import common
-import jaxsnn
-from jaxsnn import data, training
+from jaxsnn import plotting
 
-ROOT = common.ROOT
-
-DEFAULT_CONFIG = ROOT / "experiments/configs/fashion_mnist_small_cnn.py"
-DEFAULT_CHECKPOINT = ROOT / "experiments/checkpoints/fashion_mnist_small_cnn.msgpack"
-METHODS = {  # name: (neuron, norm)
-    "SNM + NeuronNorm": (jaxsnn.SNM(), "neuron"),
-    "IF + LayerNorm": (jaxsnn.IF(), "layer"),
-    "IF + NeuronNorm": (jaxsnn.IF(), "neuron"),
+SETS = {
+    "paper": common.paper_methods,
+    "lowlatency": common.lowlatency_methods,
+    "qcfs": common.qcfs_methods,
 }
+
+
+def readme_methods(targets):
+  return [common.Method("SNM"), common.Method("IF", "layer"), common.Method("SNM", potential=0.5)] + [
+      common.Method("SNM", potential=0.5, tuned=True, calibrated=True, target=t) for t in targets]
+
+
+def methods_from(spec: str, targets) -> list:
+  if spec == "readme":
+    return readme_methods(targets)
+  if spec == "all":
+    seen, out = set(), []
+    for make in SETS.values():
+      for m in (make(targets) if make is not common.paper_methods else make()):
+        if m.name not in seen:
+          seen.add(m.name)
+          out.append(m)
+    return out
+  if spec in SETS:
+    return SETS[spec]() if spec == "paper" else SETS[spec](targets)
+  known = {m.name: m for m in methods_from("all", targets) + readme_methods(targets)}
+  missing = [n for n in spec.split(";") if n.strip() not in known]
+  if missing:
+    raise SystemExit(f"--methods: unknown {missing}; choose a set ({', '.join(['readme', *SETS, 'all'])}) or names "
+                     f"separated by ';' among:\n  " + "\n  ".join(known))
+  return [known[n.strip()] for n in spec.split(";")]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-  parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-  parser.add_argument("--data_dir", default=None, help="tfds data dir (default: tfds's own)")
-  parser.add_argument("--steps", type=int, default=128, help="time steps T")
+  parser.add_argument("--run", default="fashion_mnist_small_cnn")
+  parser.add_argument("--methods", default="readme")
+  parser.add_argument("--targets", default="8,16", help="target T of the tuned / calibrated methods")
+  parser.add_argument("--steps", type=int, default=128, help="time steps T of the methods without a target")
   parser.add_argument("--num_test", type=int, default=1000, help="first N test images (--full: all)")
   parser.add_argument("--full", action="store_true", help="the whole test set")
   parser.add_argument("--calib_examples", type=int, default=10000, help="training images for the thresholds")
   parser.add_argument("--batch_size", type=int, default=200)
   parser.add_argument("--block_size", type=int, default=None, help="layer-major block K (default step-major)")
-  parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
-  parser.add_argument("--out", default=str(ROOT / "experiments/results/main.json"))
+  parser.add_argument("--data_dir", default=None, help="tfds data dir (default: tfds's own)")
+  parser.add_argument("--work", default=None, help="where method results are kept (default experiments/runs/<run>)")
+  parser.add_argument("--out", default=None, help="results JSON (default <work>/main.json)")
   args = parser.parse_args()
 
-  config = common.load_config(args.config)
-  spec = data.spec(config.dataset)
-  model = training.build_model(config)
-  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
-  variables = training.load_variables(args.checkpoint)
-  split = data.splits(config.dataset, config.val_examples)
-  train = data.load(config.dataset, split["train"], args.data_dir)
-  test = data.load(config.dataset, spec.test_split, args.data_dir)
-  if not args.full:
-    test = data.Arrays(test.images[:args.num_test], test.labels[:args.num_test])
-  calib = data.Arrays(train.images[:args.calib_examples], train.labels[:args.calib_examples])
-
-  def test_batches():
-    for b in data.batches(test, args.batch_size, train=False, mean=spec.mean, std=spec.std):
-      yield b["image"], b["label"], b["mask"]
-
-  ann = training.evaluate(model.apply, variables, test, args.batch_size, spec.mean, spec.std)
-  print(f"ANN test accuracy on {ann.get('count', len(test.labels))} images: {ann['accuracy']:.4f}")
-  t0 = time.time()
-  stats = jaxsnn.calibrate(apply_fn, variables, (b["image"] for b in data.batches(
-      calib, args.batch_size, train=False, mean=spec.mean, std=spec.std)))
-  print(f"calibrated on {stats.num_samples} training images in {time.time() - t0:.1f}s")
-
-  report = {"config": args.config, "checkpoint": args.checkpoint, "steps": args.steps, "test_images":
-            int(len(test.labels)), "calibration_images": stats.num_samples, "ann_accuracy": ann["accuracy"],
-            "methods": {}}
-  example = next(test_batches())[0]
-  for name in args.methods.split(","):
-    neuron, norm = METHODS[name]
-    snn = jaxsnn.convert(apply_fn, variables, example, jaxsnn.thresholds(stats, norm=norm), neuron=neuron)
-    t0 = time.time()
-    res = jaxsnn.evaluate(snn, test_batches(), args.steps, args.block_size, progress=True)
-    seconds = time.time() - t0
-    report["methods"][name] = {"accuracy": res["accuracy"].tolist(), "seconds": seconds}
-  _print_table(report)
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(report, indent=1))
-  tmp.replace(out)  # atomic: a killed run never leaves half a report
-  _plot(report, out.with_suffix(".png"))
+  run = common.load_run(common.resolve_run(args.run), args.data_dir)
+  targets = [int(t) for t in args.targets.split(",") if t]
+  methods = methods_from(args.methods, targets)
+  num_test = None if args.full else args.num_test
+  work = pathlib.Path(args.work) if args.work else common.RUNS / run.name
+  job = common.Job(run, work, num_test, args.calib_examples, args.batch_size, block_size=args.block_size)
+  ann = common.ann_accuracy(run, job.test, args.batch_size)
+  print(f"{run.name}: ANN accuracy on {job.settings['test_images']} test images {100 * ann:.2f} %", flush=True)
+  results = {}
+  for method in methods:
+    print(f"-- {method.name}", flush=True)
+    results[method.name] = job.result(method, args.steps)
+  report = common.report(job, results, ann)
+  out = pathlib.Path(args.out) if args.out else work / "main.json"
+  common.write_json(out, report)
+  plotting.plot_accuracy_vs_time({k: v["accuracy"] for k, v in results.items()}, out.with_suffix(".png"), ann,
+                                 title=f"{run.name}: {report['test_images']} test images")
+  print(common.table(report))
   print(f"wrote {out} and {out.with_suffix('.png')}")
-
-
-def _print_table(report):
-  steps = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if t <= report["steps"]]
-  print(f"\nSNN test accuracy (%) after T steps; ANN {100 * report['ann_accuracy']:.2f}%, "
-        f"{report['test_images']} test images")
-  print(f"{'method':<20}" + "".join(f"{t:>8}" for t in steps) + f"{'time':>9}")
-  for name, r in report["methods"].items():
-    acc = np.asarray(r["accuracy"])
-    print(f"{name:<20}" + "".join(f"{100 * acc[t - 1]:8.2f}" for t in steps) + f"{r['seconds']:8.0f}s")
-
-
-def _plot(report, path):
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("matplotlib not installed: no plot")
-    return
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for name, r in report["methods"].items():
-    acc = np.asarray(r["accuracy"])
-    ax.plot(np.arange(1, len(acc) + 1), 100 * acc, label=name)
-  ax.axhline(100 * report["ann_accuracy"], color="k", ls="--", lw=1, label="ANN")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("time steps T")
-  ax.set_ylabel("test accuracy (%)")
-  ax.set_ylim(0, 100)
-  ax.set_title(f"{pathlib.Path(report['config']).stem}: {report['test_images']} test images")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Data flow::
 """
 
 from jaxsnn import analysis, lowlatency, neurons
-from jaxsnn._src.authors import authors_thresholds, simulate_authors
+from jaxsnn._src.authors import authors_thresholds, evaluate_authors, simulate_authors
 from jaxsnn._src.calibrate import Stats, calibrate, load_stats, save_stats
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.information import information_loss
@@ -26,7 +26,7 @@ __version__ = "0.2.0"
 __all__ = [
     "ConversionError", "IF", "Neuron", "SNM", "SignedIF", "SpikingNetwork", "Stats", "Trace", "accuracy_vs_time",
     "calibrate", "convert", "evaluate", "neurons", "simulate", "thresholds",
-    "analysis", "authors_thresholds", "information_loss", "load_stats", "load_thresholds", "qcfs", "save_stats",
+    "analysis", "authors_thresholds", "evaluate_authors", "information_loss", "load_stats", "load_thresholds", "qcfs", "save_stats",
     "save_thresholds", "simulate_authors", "site_percentiles",
     "lowlatency", "calibrate_snn", "descend_thresholds", "ratio_histograms", "relaxed_quantization_error",
     "thresholds_for_steps",

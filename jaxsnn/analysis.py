@@ -8,8 +8,8 @@ SynOps and energy (Eq. 15), and per-site conversion error.
     err = jaxsnn.analysis.conversion_error(snn, x, trace)
 """
 
-from jaxsnn._src.activity import (SiteError, average_firing_rate, conversion_error, firing_rates,
-                                  site_activations)
+from jaxsnn._src.activity import (SiteError, SpikeCounts, average_firing_rate, conversion_error, firing_rates,
+                                  recorded_counts, site_activations, spike_counts)
 from jaxsnn._src.cost import E_AC_PJ, E_MAC_PJ, Energy, MACs, ann_macs, energy, fan_out, synops
 from jaxsnn._src.information import information_loss, information_loss_surface
 from jaxsnn.plotting import plot_information_loss
@@ -17,5 +17,5 @@ from jaxsnn.plotting import plot_information_loss
 __all__ = [
     "E_AC_PJ", "E_MAC_PJ", "Energy", "MACs", "SiteError", "ann_macs", "average_firing_rate", "conversion_error",
     "energy", "fan_out", "firing_rates", "information_loss", "information_loss_surface", "plot_information_loss",
-    "site_activations", "synops",
+    "site_activations", "synops", "SpikeCounts", "recorded_counts", "spike_counts",
 ]

@@ -370,3 +370,62 @@ def test_ops_with_constant_operands_convert_and_spiking_ones_do_not():
 
   with pytest.raises(jaxsnn.ConversionError, match="primitive 'div' operand 1 .* is spiking"):
     jaxsnn.convert(bad, w, x, {})
+
+
+# ---- recorded spike counts and resumable evaluation ---------------------------------------------------------------
+@pytest.mark.parametrize("block", [None, 4])
+def test_recorded_counts_equal_shorter_runs(block):
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
+  weights = np.array([1, 0, 1, 1, 0])
+  trace = jaxsnn.simulate(snn, x, 13, block_size=block, record_steps=(3, 7, 13), sample_weights=weights)
+  assert trace.recorded["steps"] == (3, 7, 13)
+  for k, t in enumerate((3, 7, 13)):
+    short = jaxsnn.simulate(snn, x, t)
+    for site in snn.site_names:
+      want = np.tensordot(weights, np.asarray(short.pos_spikes[site]), axes=1)  # summed over the weighted batch
+      np.testing.assert_array_equal(trace.recorded["pos"][site][k], want)
+  with pytest.raises(ValueError, match="go beyond num_steps"):
+    jaxsnn.simulate(snn, x, 5, record_steps=(8,))
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path):
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  labels = np.asarray(apply_fn(variables, x)).argmax(-1)
+  batches = [(x[i:i + 1], labels[i:i + 1]) for i in range(5)]
+  whole = jaxsnn.evaluate(snn, batches, 11, record_steps=(4, 11))
+  path = tmp_path / "progress.npz"
+
+  def killed_after(n):
+    for i, b in enumerate(batches):
+      if i == n:
+        raise Interrupted
+      yield b
+
+  with pytest.raises(Interrupted):
+    jaxsnn.evaluate(snn, killed_after(3), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2)
+  simulated = []
+
+  def watching():
+    for b in batches:
+      simulated.append(1)
+      yield b
+
+  resumed = jaxsnn.evaluate(snn, watching(), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2)
+  np.testing.assert_array_equal(resumed["correct"], whole["correct"])
+  assert resumed["count"] == whole["count"] == 5 and resumed["pos_spikes"] == whole["pos_spikes"]
+  for site in snn.site_names:
+    np.testing.assert_array_equal(resumed["recorded"]["pos"][site], whole["recorded"]["pos"][site])
+  with pytest.raises(ValueError, match="belongs to another job"):
+    jaxsnn.evaluate(snn.replace(initial_potential=0.5), batches, 11, record_steps=(4, 11), checkpoint=path)
+  counts = jaxsnn.analysis.recorded_counts(whole, 4)
+  direct = jaxsnn.analysis.spike_counts(jaxsnn.simulate(snn, x, 4))
+  for site in snn.site_names:
+    np.testing.assert_array_equal(counts.pos[site], direct.pos[site])
+  e1, e2 = jaxsnn.analysis.energy(snn, counts), jaxsnn.analysis.energy(snn, jaxsnn.simulate(snn, x, 4))
+  np.testing.assert_allclose(float(e1.ratio), float(e2.ratio), rtol=1e-6)

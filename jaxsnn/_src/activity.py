@@ -45,12 +45,56 @@ def site_activations(apply_fn: Callable, variables: Any, x: Any) -> dict:
   return _activations(traced, variables, x)
 
 
-def firing_rates(trace: Trace, per_neuron: bool = False) -> dict:
+class SpikeCounts(NamedTuple):
+  """Spike counts of a run, summed over samples: what rates, SynOps and energy are made of.
+
+  Attributes:
+    pos: ``{site: float64 [*site_shape]}``: each neuron's positive spikes over steps 1..num_steps, summed over the
+      samples.
+    neg: same for negative spikes.
+    num_samples: how many samples the sums cover.
+    num_steps: the steps they cover.
+  """
+
+  pos: dict
+  neg: dict
+  num_samples: int
+  num_steps: int
+
+
+def spike_counts(trace: Trace | SpikeCounts) -> SpikeCounts:
+  """The :class:`SpikeCounts` of a :class:`jaxsnn.Trace` (its batch summed); a ``SpikeCounts`` as it is."""
+  if isinstance(trace, SpikeCounts):
+    return trace
+  batch = int(trace.outputs.shape[1])
+  total = lambda c: np.asarray(c, np.float64).sum(axis=0)  # noqa: E731
+  return SpikeCounts({k: total(v) for k, v in trace.pos_spikes.items()},
+                     {k: total(v) for k, v in trace.neg_spikes.items()}, batch, trace.num_steps)
+
+
+def recorded_counts(evaluation: dict, num_steps: int) -> SpikeCounts:
+  """The :class:`SpikeCounts` at step ``num_steps`` of ``jaxsnn.evaluate(..., record_steps=...)``'s result.
+
+  Raises:
+    ValueError: if that step was not recorded.
+  """
+  rec = evaluation.get("recorded")
+  if not rec or num_steps not in rec["steps"]:
+    raise ValueError(f"jaxsnn.analysis.recorded_counts: step {num_steps} was not recorded; pass it in "
+                     f"jaxsnn.evaluate(..., record_steps=...) (recorded: {rec['steps'] if rec else []}).")
+  k = list(rec["steps"]).index(num_steps)
+  return SpikeCounts({s: np.asarray(v[k], np.float64) for s, v in rec["pos"].items()},
+                     {s: np.asarray(v[k], np.float64) for s, v in rec["neg"].items()}, int(evaluation["count"]),
+                     int(num_steps))
+
+
+def firing_rates(trace: Trace | SpikeCounts, per_neuron: bool = False, sign: str = "both") -> dict:
   """Firing rate of every site: spikes per neuron per step, positive and negative both counted (paper Fig. 5).
 
   Args:
-    trace: from :func:`jaxsnn.simulate`.
-    per_neuron: return each neuron's rate (averaged over the batch) instead of the site's mean.
+    trace: from :func:`jaxsnn.simulate`, or :class:`SpikeCounts` (e.g. :func:`recorded_counts`).
+    per_neuron: return each neuron's rate (averaged over the samples) instead of the site's mean.
+    sign: ``"both"`` (the paper's count), ``"pos"`` or ``"neg"`` (positive or negative spikes alone).
 
   Returns:
     ``{site: scalar}`` (or ``{site: [*site_shape]}``), including ``"output"`` if the output layer spikes.
@@ -58,29 +102,32 @@ def firing_rates(trace: Trace, per_neuron: bool = False) -> dict:
   Example:
     >>> rates = jaxsnn.analysis.firing_rates(trace)    # {'Conv_0/relu': 0.21, ...}
   """
+  if sign not in ("both", "pos", "neg"):
+    raise ValueError(f"jaxsnn.firing_rates: sign must be 'both', 'pos' or 'neg'; got {sign!r}.")
+  c = spike_counts(trace)
   out = {}
-  for name, pos in trace.pos_spikes.items():
-    spikes = (pos + trace.neg_spikes[name]).astype(jnp.float32) / trace.num_steps
-    out[name] = spikes.mean(axis=0) if per_neuron else spikes.mean()
+  for name in c.pos:
+    spikes = (c.pos[name] if sign != "neg" else 0) + (c.neg[name] if sign != "pos" else 0)
+    rate = np.asarray(spikes, np.float64) / (c.num_samples * c.num_steps)
+    out[name] = rate if per_neuron else float(np.mean(rate))
   return out
 
 
-def average_firing_rate(trace: Trace, include_output: bool = False) -> jax.Array:
+def average_firing_rate(trace: Trace | SpikeCounts, include_output: bool = False) -> float:
   """Spikes per neuron per step over all hidden neurons of the network (each neuron weighted equally).
 
   Args:
-    trace: from :func:`jaxsnn.simulate`.
+    trace: from :func:`jaxsnn.simulate`, or :class:`SpikeCounts`.
     include_output: also count a spiking output layer's neurons.
 
   Returns:
-    A scalar.
+    A float.
   """
-  names = [k for k in trace.pos_spikes if include_output or k != OUTPUT]
-  # Summed in float: a large network's total spike count overflows int32.
-  spikes = sum(jnp.sum((trace.pos_spikes[k] + trace.neg_spikes[k]).astype(jnp.float32)) for k in names)
-  neurons = sum(int(np.prod(np.shape(trace.pos_spikes[k]))) for k in names)
-  # A Python float: neurons x steps passes 2**31 for a ResNet-20 batch of 256 at T=64, and jax rejects such an int.
-  return spikes / float(max(neurons, 1) * trace.num_steps)
+  c = spike_counts(trace)
+  names = [k for k in c.pos if include_output or k != OUTPUT]
+  spikes = sum(float(np.sum(c.pos[k]) + np.sum(c.neg[k])) for k in names)  # float64: no int32 overflow
+  neurons = sum(int(np.prod(np.shape(c.pos[k]))) for k in names)
+  return spikes / float(max(neurons, 1) * c.num_samples * c.num_steps)
 
 
 class SiteError(NamedTuple):

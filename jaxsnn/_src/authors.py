@@ -20,7 +20,7 @@ from jaxsnn._src import ir
 from jaxsnn._src.calibrate import check_batches
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.ir import OUTPUT
-from jaxsnn._src.simulate import Trace, simulate
+from jaxsnn._src.simulate import Trace, simulate, stream
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -117,3 +117,19 @@ def simulate_authors(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, 
   return Trace(outputs=jnp.moveaxis(tr.outputs[:, :, 0], 0, 1),
                pos_spikes={k: v[:, 0] for k, v in tr.pos_spikes.items()},
                neg_spikes={k: v[:, 0] for k, v in tr.neg_spikes.items()})
+
+
+def evaluate_authors(snn: SpikingNetwork, batches: Iterable[Any], slot_thresholds: Mapping[str, Any], num_steps: int,
+                     block_size: int | None = None, *, progress: bool = False) -> dict:
+  """:func:`jaxsnn.evaluate` under the authors' protocol (comparison only: it leaks the test set).
+
+  Each batch of ``(x, labels[, mask])`` (at most as many samples as there are slots; a shorter last batch uses the
+  first slots) runs with :func:`simulate_authors`.
+
+  Returns:
+    As :func:`jaxsnn.evaluate` (without recorded steps).
+  """
+  def run(x, mask):
+    return simulate_authors(snn, x, slot_thresholds, num_steps, block_size)
+
+  return stream(run, batches, num_steps, progress=progress, caller="jaxsnn.evaluate_authors")

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir
+from jaxsnn._src import ir, parallel
 from jaxsnn._src.files import atomic_write
 from jaxsnn._src.ir import OUTPUT
 
@@ -132,7 +132,8 @@ def _calibration_step(traced: ir.Traced, variables, x, mask, state, histogram: b
   return new, hist, bad
 
 
-def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histogram: bool = False) -> Stats:
+def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histogram: bool = False, *,
+              mesh=None) -> Stats:
   """Runs the ANN over ``batches`` once and records the per-neuron max activation of every site and the output.
 
   The pass is jit-compiled (once per network program and batch shape, at module level, so calling ``calibrate``
@@ -147,6 +148,8 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
     histogram: also keep a per-site histogram of activations (``Stats.hist``), needed for percentile thresholds
       (``jaxsnn.thresholds(stats, "layer", percentile=99.99)``). It costs one scatter-add over every activation per
       batch, so it is off by default.
+    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices (see
+      :mod:`jaxsnn._src.parallel`: padded and masked, results equal to one device's).
 
   Returns:
     :class:`Stats`.
@@ -160,6 +163,8 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
   """
   caller = "jaxsnn.calibrate"
   check_batches(batches, caller)
+  mesh = parallel.batch_mesh(mesh, caller)
+  variables = parallel.replicate(mesh, variables)
   traced, state, n = None, None, 0
   host_hist, pending, per_sample = {}, 0, {}
   for batch in batches:
@@ -188,8 +193,9 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
         pending = 0
       pending += grow
     rows = _rows(mask, size)
-    state = _calibration_step(traced, variables, x, rows, state, bool(histogram))
     n += int(np.sum(np.asarray(rows)))
+    x, rows = parallel.shard_batch(mesh, x, parallel.pad(rows, parallel.padded_size(mesh, size), False))
+    state = _calibration_step(traced, variables, x, rows, state, bool(histogram))
   if state is None:
     raise ValueError(f"{caller}: batches is empty; pass at least one batch of training inputs.")
   running, hist, bad = state
@@ -204,6 +210,9 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
   out_hist = None
   if histogram:
     out_hist = {k: host_hist[k] + np.asarray(hist[k], np.int64) for k in host_hist}
+  # Plain arrays on the default device, not tied to the mesh the pass ran on (a threshold used under another mesh
+  # would otherwise clash with it).
+  running = {k: jnp.asarray(np.asarray(v)) for k, v in running.items()}
   return Stats(max=running, num_samples=n, hist=out_hist)
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsnn._src import ir, rules
+from jaxsnn._src.activity import SpikeCounts, spike_counts
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.simulate import Trace
 
@@ -117,12 +118,12 @@ def _fan_out(snn: SpikingNetwork, pooling: str) -> dict:
   return out
 
 
-def synops(snn: SpikingNetwork, trace: Trace, per_step: bool = True, pooling: str = "fold") -> dict:
+def synops(snn: SpikingNetwork, trace: Trace | SpikeCounts, per_step: bool = True, pooling: str = "fold") -> dict:
   """Synaptic operations (accumulates) caused by each site's spikes: each spike x its neuron's fan-out.
 
   Args:
     snn: the simulated network.
-    trace: its :class:`jaxsnn.Trace`.
+    trace: its :class:`jaxsnn.Trace`, or :class:`jaxsnn.analysis.SpikeCounts` (e.g. of a whole test set).
     per_step: divide by the number of steps (SynOps per step); else the total over the run.
     pooling: ``"fold"`` or ``"average"``, see :func:`fan_out`.
 
@@ -134,11 +135,11 @@ def synops(snn: SpikingNetwork, trace: Trace, per_step: bool = True, pooling: st
   """
   _check_pooling(pooling, "jaxsnn.synops")
   fo = fan_out(snn, pooling)
+  c = spike_counts(trace)
   out = {}
   for name in snn.site_names:
-    spikes = (trace.pos_spikes[name] + trace.neg_spikes[name]).astype(jnp.float32)
-    total = jnp.sum(spikes * fo[name]) / spikes.shape[0]
-    out[name] = total / trace.num_steps if per_step else total
+    total = float(np.sum((c.pos[name] + c.neg[name]) * np.asarray(fo[name], np.float64))) / c.num_samples
+    out[name] = total / c.num_steps if per_step else total
   return out
 
 
@@ -228,7 +229,7 @@ class Energy(NamedTuple):
   ratio: Any
 
 
-def energy(snn: SpikingNetwork, trace: Trace, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
+def energy(snn: SpikingNetwork, trace: Trace | SpikeCounts, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ,
            first_layer_every_step: bool = False, pooling: str = "fold") -> Energy:
   """The paper's Eq. 15 energy estimate: SNN / ANN, first layer as MACs, every other layer as ACs (SynOps).
 
@@ -240,7 +241,8 @@ def energy(snn: SpikingNetwork, trace: Trace, e_mac: float = E_MAC_PJ, e_ac: flo
 
   Args:
     snn: the simulated network.
-    trace: its :class:`jaxsnn.Trace` (the SynOps are averaged over its batch).
+    trace: its :class:`jaxsnn.Trace` (the SynOps are averaged over its batch) or
+      :class:`jaxsnn.analysis.SpikeCounts` (averaged over their samples).
     e_mac: pJ per multiply-accumulate (the paper's alpha, 4.6 pJ).
     e_ac: pJ per accumulate (the paper's beta, 0.9 pJ).
     first_layer_every_step: count the first layer's MACs at every step. jaxsnn computes the constant input current
@@ -256,8 +258,9 @@ def energy(snn: SpikingNetwork, trace: Trace, e_mac: float = E_MAC_PJ, e_ac: flo
   """
   _check_pooling(pooling, "jaxsnn.energy")
   macs = ann_macs(snn)
-  ops = sum(synops(snn, trace, per_step=False, pooling=pooling).values(), jnp.zeros(()))
-  snn_pj = macs.first_layer * e_mac * (trace.num_steps if first_layer_every_step else 1) + ops * e_ac
+  counts = spike_counts(trace)
+  ops = sum(synops(snn, counts, per_step=False, pooling=pooling).values())
+  snn_pj = macs.first_layer * e_mac * (counts.num_steps if first_layer_every_step else 1) + ops * e_ac
   ann_pj = macs.total * e_mac
   return Energy(ann_macs=macs.total, first_layer_macs=macs.first_layer, synops=ops, snn_pj=snn_pj, ann_pj=ann_pj,
                 ratio=snn_pj / ann_pj)

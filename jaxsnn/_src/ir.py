@@ -120,7 +120,8 @@ class Program:
     avals: id -> ``jax.ShapeDtypeStruct``.
     key: a digest of everything that decides what the program computes (structure, parameters, literals, site
       names, shapes, dtypes and the values of closed-over constants), and of nothing else (not the Python function
-      object, not source lines): equal keys mean equal programs.
+      object, not source lines): equal keys mean equal programs, in this process and (for programs whose
+      parameters hold no Python functions) in any other.
   """
 
   var_ids: tuple
@@ -521,7 +522,9 @@ def _param_key(value):
   if isinstance(value, dict):
     return ("dict",) + tuple((k, _param_key(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
   if callable(value) and not isinstance(value, type):
-    return ("callable", id(value))  # functions compare by identity: equal names never merge two behaviours
+    # Functions compare by identity (equal names must never merge two behaviours); such a key does not carry over
+    # to another process, where the program then simply counts as new.
+    return ("callable", getattr(value, "__qualname__", ""), id(value))
   return ("value", type(value).__name__, repr(value))
 
 
@@ -539,7 +542,8 @@ def _program_key(ops, out, var_ids, input_ids, consts, kinds, avals) -> str:
     name = None
     if isinstance(op, MaxSite):
       name, op = op.name, op.op
-    parts.append(("op", name, op.prim.name, id(op.prim), tuple(_param_key(v) for v in sorted(op.params.items())),
+    parts.append(("op", name, op.prim.name, type(op.prim).__name__,
+                  tuple(_param_key(v) for v in sorted(op.params.items())),
                   tuple(_atom_key(a) for a in op.ins), op.outs))
   parts.append(("kinds", tuple(sorted(kinds.items()))))
   parts.append(("avals", tuple((i, tuple(map(str, a.shape)), str(a.dtype)) for i, a in sorted(avals.items()))))

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsnn._src import ir
+from jaxsnn._src import ir, parallel
 from jaxsnn._src.calibrate import Stats, check_batches, split_batch
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.ir import OUTPUT
@@ -93,7 +93,7 @@ def _ratio_step(traced: ir.Traced, variables, x, mask, base):
 
 
 def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any], stats: Stats,
-                     norm: str = "neuron") -> RatioHistograms:
+                     norm: str = "neuron", *, mesh=None) -> RatioHistograms:
   """One pass over training batches: the statistic :func:`thresholds_for_steps` needs.
 
   Args:
@@ -103,6 +103,7 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
       training data than the calibration pass. Never the test set.
     stats: from :func:`jaxsnn.calibrate`: the per-neuron maxima that make the base thresholds.
     norm: the base thresholds' norm (``"neuron"``, ``"channel"`` or ``"layer"``).
+    mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
 
   Returns:
     :class:`RatioHistograms`.
@@ -115,6 +116,9 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     raise ValueError(f"{caller}: norm must be one of {NORMS}; got {norm!r}.")
   check_batches(batches, caller)
   base = {k: normalize(v, norm) for k, v in stats.max.items()}
+  mesh = parallel.batch_mesh(mesh, caller)
+  variables = parallel.replicate(mesh, variables)
+  site_base = parallel.replicate(mesh, {k: v for k, v in base.items() if k != OUTPUT})
   counts, traced, n = None, None, 0
   for batch in batches:
     x, mask = split_batch(batch, caller)
@@ -122,12 +126,13 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     mask = jnp.ones(size, bool) if mask is None else mask
     if traced is None:
       _, traced = ir.trace(apply_fn, variables, x, caller=caller)
-    got = _ratio_step(traced, variables, x, mask, {k: v for k, v in base.items() if k != OUTPUT})
+    n += int(np.sum(np.asarray(mask)))
+    x, mask = parallel.shard_batch(mesh, x, parallel.pad(mask, parallel.padded_size(mesh, size), False))
+    got = _ratio_step(traced, variables, x, mask, site_base)
     if counts is None:
       counts = {k: np.zeros(v.shape, np.float64) for k, v in got.items()}
     for k, v in got.items():
       counts[k] += np.asarray(v, np.float64)
-    n += int(np.sum(np.asarray(mask)))
   if counts is None:
     raise ValueError(f"{caller}: batches is empty.")
   return RatioHistograms(counts=counts, base=base, norm=norm, num_samples=n)
@@ -355,8 +360,8 @@ TARGETS = ("offset", "potential")
 
 
 def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, target: str = "offset",
-                  granularity: str = "channel", block_size: int | None = None,
-                  progress: bool = False) -> SpikingNetwork:
+                  granularity: str = "channel", block_size: int | None = None, progress: bool = False,
+                  mesh=None) -> SpikingNetwork:
   """Layer-wise SNN calibration (Li et al., ICML 2021): remove each site's mean error against the ANN at T steps.
 
   Site by site from the input side, simulates the SNN (with the corrections of the sites before) for ``num_steps``
@@ -380,6 +385,7 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
     granularity: ``"channel"`` (one correction per channel: robust with few samples) or ``"neuron"``.
     block_size: the simulation schedule (see :func:`jaxsnn.simulate`).
     progress: a tqdm bar over the sites.
+    mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
 
   Returns:
     The calibrated :class:`SpikingNetwork`.
@@ -397,17 +403,22 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
     raise ValueError(f"{caller}: granularity must be 'channel' or 'neuron'; got {granularity!r}.")
   _check_steps_and_potential(num_steps, 0.0, caller)
   check_batches(batches, caller)
+  mesh = parallel.batch_mesh(mesh, caller)
   data = []
   for batch in batches:
     x, mask = split_batch(batch, caller)
     size = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
-    data.append((x, np.ones(size, bool) if mask is None else np.asarray(mask)))
+    mask = np.asarray(parallel.pad(np.ones(size, bool) if mask is None else np.asarray(mask),
+                                   parallel.padded_size(mesh, size), False))
+    (x,) = parallel.shard_batch(mesh, x)
+    data.append((x, mask))
   if not data:
     raise ValueError(f"{caller}: batches is empty; pass a few batches of training inputs.")
   count = sum(int(m.sum()) for _, m in data)
   ann = {}
+  variables = parallel.replicate(mesh, snn.variables)
   for x, mask in data:
-    acts = _activations(snn.traced, snn.variables, x)
+    acts = _activations(snn.traced, variables, x)
     for name in snn.site_names:
       ann[name] = ann.get(name, 0.0) + np.asarray(acts[name], np.float64)[mask].sum(axis=0)
   sites = snn.site_names
@@ -421,8 +432,9 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
       pass
   for name in sites:
     total = 0.0
+    replicated = parallel.replicate(mesh, snn)
     for x, mask in data:
-      trace = simulate(snn, x, num_steps, block_size)
+      trace = simulate(replicated, x, num_steps, block_size)
       net = np.asarray(trace.pos_spikes[name] - trace.neg_spikes[name], np.float64)[mask].sum(axis=0)
       total = total + net * np.asarray(snn.thresholds[name], np.float64) / num_steps
     err = (ann[name] - total) / count  # per neuron: how much the SNN falls short of the ANN, in activation units

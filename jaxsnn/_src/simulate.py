@@ -28,15 +28,18 @@ of the average inputs exactly, at every t.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir, rules
+from jaxsnn._src import ir, parallel, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
+from jaxsnn._src.files import atomic_write
 from jaxsnn._src.ir import OUTPUT
 
 
@@ -49,11 +52,15 @@ class Trace(NamedTuple):
     pos_spikes: ``{site: int32 [batch, *site_shape]}``: positive spikes per neuron over the whole run
       (``readout="spike"`` adds ``"output"``).
     neg_spikes: same for negative spikes.
+    recorded: None, or (``simulate(..., record_steps=...)``) ``{"steps": (t, ...), "pos": {site: int32 [K,
+      *site_shape]}, "neg": {...}}``: each neuron's spikes over steps 1..t for every recorded t, summed over the
+      batch (weighted by ``sample_weights``): firing rates and SynOps at every recorded T from one run.
   """
 
   outputs: Any
   pos_spikes: dict
   neg_spikes: dict
+  recorded: Any = None
 
   @property
   def num_steps(self) -> int:
@@ -69,7 +76,7 @@ def _positive_int(value, name, caller):
 
 
 def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None = None, *,
-             exact: bool = True) -> Trace:
+             exact: bool = True, record_steps=(), sample_weights=None) -> Trace:
   """Simulates ``snn`` on input ``x`` (a constant analog current every step) for ``num_steps`` steps.
 
   Args:
@@ -84,6 +91,10 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
       steps stacked into the batch, which is faster where batching pays (small batches, accelerators) but lets XLA
       pick kernels whose summation order differs, so readouts agree only to float rounding and a neuron sitting
       exactly at its threshold may fire one step apart.
+    record_steps: steps t at which to record each neuron's spike counts so far, summed over the batch
+      (``Trace.recorded``); empty (the default) records nothing.
+    sample_weights: ``[batch]`` ints weighting each sample in the recorded sums (0 for the padding of a last
+      batch); default all 1.
 
   Returns:
     A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t (NaN for a sample whose
@@ -102,45 +113,72 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   num_steps = _positive_int(num_steps, "num_steps", caller)
   if block_size is not None:
     block_size = min(_positive_int(block_size, "block_size", caller), num_steps)
-  check_input(snn, x, caller)
-  return _simulate(snn, x, num_steps, block_size, bool(exact))
+  batch = check_input(snn, x, caller)
+  record = tuple(sorted({_positive_int(t, "record_steps entry", caller) for t in record_steps}))
+  if record and record[-1] > num_steps:
+    raise ValueError(f"{caller}: record_steps {record} go beyond num_steps={num_steps}.")
+  weights = jnp.ones(batch, jnp.int32) if sample_weights is None else jnp.asarray(sample_weights, jnp.int32)
+  if weights.shape != (batch,):
+    raise ValueError(f"{caller}: sample_weights must have shape ({batch},); got {weights.shape}.")
+  return _simulate(snn, x, weights, num_steps, block_size, bool(exact), record)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: bool) -> Trace:
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None, exact: bool,
+              record: tuple) -> Trace:
   program = ir.build_program(snn.apply_fn, snn.variables, x, caller="jaxsnn.simulate")
   env = ir.initial_env(program, snn.variables, x)
   ir.walk(program, env, kinds=frozenset({ir.CONST, ir.INPUT}))  # sites are spiking: never run here
   static_env = env
   neuron, th, state_dtype = snn.neuron, snn.thresholds, snn.state_dtype
   spiking = lambda a: program.kind(a) == ir.SPIKE  # noqa: E731
+  first = jax.tree_util.tree_leaves(x)[0]
+  batch = first.shape[0]
+  # Zeros of the batch's sharding: built from the input, so that a batch sharded over a mesh (explicit sharding
+  # included) gives every piece of state the same sharding, and the time loop's carry keeps one type.
+  batch_zeros = jnp.zeros_like(first.reshape(batch, -1)[:, 0], jnp.int32)
+
+  def zeros(shape, dtype):
+    if len(shape) and shape[0] == batch:
+      return jnp.broadcast_to(batch_zeros.astype(dtype).reshape((batch,) + (1,) * (len(shape) - 1)), shape)
+    return jnp.zeros(shape, dtype)
 
   def initial_state(name, aval):
     v0 = snn.initial_potential[name].astype(state_dtype) * th[name].astype(state_dtype)
-    return neuron.init(aval.shape, state_dtype, jnp.broadcast_to(v0, aval.shape))
+    state = neuron.init(aval.shape, state_dtype, v0)
+    return jax.tree_util.tree_map(lambda a: a + zeros(a.shape, a.dtype), state)
 
   # Initial state.
   neurons = {s.name: initial_state(s.name, program.avals[s.x]) for s in program.sites}
   maxes = {}
   for m in program.max_sites:
-    cum = [jnp.zeros(program.avals[a].shape, program.avals[a].dtype) for a in m.op.ins]
+    cum = [zeros(program.avals[a].shape, program.avals[a].dtype) for a in m.op.ins]
     maxes[m.name] = (cum, m.op.bind(*cum)[0])
   out_aval = program.aval(program.out)
-  acc = jnp.zeros(out_aval.shape, state_dtype)
-  zeros = {s.name: jnp.zeros(program.avals[s.x].shape, jnp.int32) for s in program.sites}
+  acc = zeros(out_aval.shape, state_dtype)
+  counts = {s.name: zeros(program.avals[s.x].shape, jnp.int32) for s in program.sites}
+  shapes = {s.name: program.avals[s.x].shape[1:] for s in program.sites}
   if snn.readout == "spike":
     neurons[OUTPUT] = initial_state(OUTPUT, out_aval)
-    zeros[OUTPUT] = jnp.zeros(out_aval.shape, jnp.int32)
-  carry = (neurons, maxes, acc, zeros, zeros)
+    counts[OUTPUT] = zeros(out_aval.shape, jnp.int32)
+    shapes[OUTPUT] = out_aval.shape[1:]
+  recorded = {k: jnp.zeros((len(record),) + shape, jnp.int32) for k, shape in shapes.items()}
+  carry = (neurons, maxes, acc, counts, counts, recorded, recorded, jnp.zeros((), jnp.int32))
+  record_at = jnp.asarray(record, jnp.int32)
 
   def count(s, axis=None):
     pos, neg = (s > 0).astype(jnp.int32), (s < 0).astype(jnp.int32)
     return (pos, neg) if axis is None else (pos.sum(axis), neg.sum(axis))
 
+  def batch_sum(c, batch_axis):  # the weighted sum over samples of per-step counts
+    w = weights.reshape((1,) * batch_axis + (-1,) + (1,) * (c.ndim - batch_axis - 1))
+    return (c * w).sum(axis=batch_axis)
+
   def run(carry, k: int | None):
     """Runs k steps layer-major (spiking values carry a leading k axis), or one step if k is None."""
-    neurons, maxes, acc, pos, neg = carry
+    neurons, maxes, acc, pos, neg, rec_pos, rec_neg, t0 = carry  # t0: steps already done
     neurons, maxes, pos, neg = dict(neurons), dict(maxes), dict(pos), dict(neg)
+    rec_pos, rec_neg = dict(rec_pos), dict(rec_neg)
     env = dict(static_env)
 
     def neuron_steps(threshold, state, z, name):
@@ -151,6 +189,15 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: 
         state, s = jax.lax.scan(lambda st, zk: neuron.step(threshold, st, zk), state, z)
         p, n = count(s, axis=0)
       pos[name], neg[name] = pos[name] + p, neg[name] + n
+      if record:
+        if k is None:  # step t0 + 1 counts towards every recorded t >= t0 + 1
+          upto = (t0 + 1 <= record_at).astype(jnp.int32)
+          ps, ns = batch_sum(count(s)[0], 0)[None], batch_sum(count(s)[1], 0)[None]
+        else:  # steps t0 + 1 .. t0 + k of the block
+          upto = (t0 + 1 + jnp.arange(k, dtype=jnp.int32)[None, :] <= record_at[:, None]).astype(jnp.int32)
+          ps, ns = (batch_sum(c, 1) for c in count(s))
+        mix = lambda c: jnp.tensordot(upto.reshape(len(record), -1), c, axes=1)  # noqa: E731
+        rec_pos[name], rec_neg[name] = rec_pos[name] + mix(ps), rec_neg[name] + mix(ns)
       return state, s
 
     def site_rule(site, args):
@@ -195,7 +242,7 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: 
       accs = acc
     else:
       acc, accs = jax.lax.scan(lambda a, zk: (a + zk, a + zk), acc, z)
-    return (neurons, maxes, acc, pos, neg), accs
+    return (neurons, maxes, acc, pos, neg, rec_pos, rec_neg, t0 + (1 if k is None else k)), accs
 
   if block is None:
     carry, accs = jax.lax.scan(lambda c, _: run(c, None), carry, None, length=num_steps)
@@ -212,8 +259,9 @@ def _simulate(snn: SpikingNetwork, x, num_steps: int, block: int | None, exact: 
   # fire on a NaN current, and the readout would otherwise be a confident answer made of the biases alone.
   finite = _finite_samples(x)
   outputs = jnp.where(finite.reshape((1, -1) + (1,) * (outputs.ndim - 2)), outputs, jnp.nan)
-  _, _, _, pos, neg = carry
-  return Trace(outputs=outputs, pos_spikes=pos, neg_spikes=neg)
+  _, _, _, pos, neg, rec_pos, rec_neg, _ = carry
+  recorded = {"steps": record, "pos": rec_pos, "neg": rec_neg} if record else None
+  return Trace(outputs=outputs, pos_spikes=pos, neg_spikes=neg, recorded=recorded)
 
 
 def _finite_samples(x) -> jax.Array:
@@ -265,61 +313,143 @@ def accuracy_vs_time(trace: Trace, labels: Any) -> jax.Array:
 
 
 def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int | None = None, *,
-             exact: bool = True, progress: bool = False) -> dict:
-  """Accuracy after every t = 1..T over a whole dataset, streamed batch by batch.
+             exact: bool = True, progress: bool = False, record_steps=(), checkpoint=None,
+             checkpoint_every: int = 10, mesh=None) -> dict:
+  """Accuracy after every t = 1..T over a whole dataset, streamed batch by batch, resumable.
 
   Args:
     snn: a converted network.
     batches: an iterable of ``(x, labels)`` or ``(x, labels, mask)`` (``mask`` marks real examples in a padded last
-      batch), labels as ints.
+      batch), labels as ints. The same sequence every time the job runs (to resume).
     num_steps: time steps T.
     block_size: schedule, as in :func:`simulate`.
     exact: as in :func:`simulate`.
     progress: show a tqdm progress bar (images per second) if tqdm is installed.
+    record_steps: steps t at which to total each neuron's spikes (see :func:`simulate`): ``"recorded"`` in the
+      result, for firing rates and energy at every recorded T from this one run.
+    checkpoint: a file path: progress is written there atomically every ``checkpoint_every`` batches, and a run
+      that finds it (killed and started again with the same network, data order and arguments) skips the batches it
+      covers, so the result equals an uninterrupted run's. A checkpoint of another job (other network data, T or
+      arguments) is refused.
+    checkpoint_every: batches between checkpoint writes.
+    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices
+      (padded and masked: results equal to one device's).
 
   Returns:
     ``{"accuracy": float64 [T], "correct": int64 [T], "count": int, "pos_spikes": {site: total},
-    "neg_spikes": {site: total}, "non_finite": int}``: the accuracy after t steps is ``accuracy[t - 1]``; spike
-    totals are summed over examples, neurons and steps (for firing rates: divide by count, neurons and T).
-    ``non_finite`` counts the examples whose input held a NaN or an infinity: their readout is NaN (see
-    :func:`simulate`), they count as wrong, and a warning says how many there were.
+    "neg_spikes": {site: total}, "non_finite": int, "recorded": {"steps": [...], "pos": {site: int64 [K,
+    *site_shape]}, "neg": {...}} or None}``: the accuracy after t steps is ``accuracy[t - 1]``; spike totals are
+    summed over examples, neurons and steps (for firing rates: divide by count, neurons and T). ``non_finite``
+    counts the examples whose input held a NaN or an infinity: their readout is NaN (see :func:`simulate`), they
+    count as wrong, and a warning says how many there were.
 
   Raises:
-    ValueError: for an empty iterable or a bad batch (see :func:`simulate`).
+    ValueError: for an empty iterable, a bad batch (see :func:`simulate`), or a checkpoint of another job.
   """
+  record = tuple(sorted(set(int(t) for t in record_steps)))
+  mesh = parallel.batch_mesh(mesh, "jaxsnn.evaluate")
+  fingerprint = _job_fingerprint(snn, num_steps, block_size, exact, record) if checkpoint is not None else None
+  snn = parallel.replicate(mesh, snn)
+
+  def run(x, mask):
+    return simulate(snn, x, num_steps, block_size, exact=exact, record_steps=record, sample_weights=mask)
+
+  return stream(run, batches, num_steps, record, progress=progress, checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every, fingerprint=fingerprint, caller="jaxsnn.evaluate", mesh=mesh)
+
+
+def stream(simulate_batch: Callable[[Any, np.ndarray], Trace], batches, num_steps: int, record: tuple = (), *,
+           progress: bool = False, checkpoint=None, checkpoint_every: int = 10, fingerprint: str | None = None,
+           caller: str = "jaxsnn.evaluate", mesh=None) -> dict:
+  """The streaming, resumable loop of :func:`evaluate` around any ``simulate_batch(x, mask) -> Trace``.
+
+  With a mesh, every batch is padded to a multiple of its batch axis (the padding masked out) and sharded over it.
+  """
+  state = _load_progress(checkpoint, fingerprint, caller) if checkpoint is not None else None
+  if state is None:
+    state = {"batches": 0, "correct": np.zeros(num_steps, np.int64), "count": 0, "non_finite": 0, "pos": {},
+             "neg": {}, "rec_pos": {}, "rec_neg": {}}
   bar = None
   if progress:
     try:
       from tqdm.auto import tqdm
-      bar = tqdm(unit="img", desc=f"SNN T={num_steps}")
+      bar = tqdm(unit="img", desc=f"SNN T={num_steps}", initial=state["count"])
     except ImportError:  # progress is a nicety, not a dependency
       bar = None
-  correct = np.zeros(num_steps, np.int64)
-  count = 0
-  pos_total: dict = {}
-  neg_total: dict = {}
-  non_finite = 0
-  for batch in batches:
+  done_before = state["batches"]
+  for i, batch in enumerate(batches):
+    if i < done_before:
+      continue  # covered by the checkpoint
     x, labels, *rest = batch
     mask = np.asarray(rest[0], bool) if rest else np.ones(np.shape(labels)[0], bool)
-    trace = simulate(snn, x, num_steps, block_size, exact=exact)
+    size = parallel.padded_size(mesh, int(mask.shape[0]))
+    labels, mask = np.asarray(parallel.pad(np.asarray(labels), size)), np.asarray(parallel.pad(mask, size, False))
+    x, device_mask = parallel.shard_batch(mesh, x, mask)
+    trace = simulate_batch(x, device_mask)
     finite = np.asarray(_finite_samples(x))
     hits = np.asarray(trace.outputs.argmax(-1) == jnp.asarray(labels)[None]) & finite[None]  # [T, B]
-    non_finite += int((~finite & mask).sum())
-    correct += hits[:, mask].sum(axis=1)
-    count += int(mask.sum())
-    for totals, spikes in ((pos_total, trace.pos_spikes), (neg_total, trace.neg_spikes)):
+    state["non_finite"] += int((~finite & mask).sum())
+    state["correct"] = state["correct"] + hits[:, mask].sum(axis=1)
+    state["count"] += int(mask.sum())
+    for totals, spikes in ((state["pos"], trace.pos_spikes), (state["neg"], trace.neg_spikes)):
       for site, c in spikes.items():
         totals[site] = totals.get(site, 0) + int(np.asarray(c)[mask].sum())
+    if record:
+      for totals, rec in ((state["rec_pos"], trace.recorded["pos"]), (state["rec_neg"], trace.recorded["neg"])):
+        for site, c in rec.items():
+          totals[site] = totals.get(site, 0) + np.asarray(c, np.int64)
+    state["batches"] = i + 1
+    if checkpoint is not None and (i + 1 - done_before) % checkpoint_every == 0:
+      _save_progress(checkpoint, fingerprint, state)
     if bar is not None:
       bar.update(int(mask.sum()))
-      bar.set_postfix(acc=f"{correct[-1] / max(count, 1):.4f}")
+      bar.set_postfix(acc=f"{state['correct'][-1] / max(state['count'], 1):.4f}")
   if bar is not None:
     bar.close()
-  if count == 0:
-    raise ValueError("jaxsnn.evaluate: batches is empty.")
-  if non_finite:
-    warnings.warn(f"jaxsnn.evaluate: {non_finite} of {count} examples had a NaN or infinite input; their readout is "
-                  "NaN and they count as wrong.", stacklevel=2)
-  return {"accuracy": correct / count, "correct": correct, "count": count, "pos_spikes": pos_total,
-          "neg_spikes": neg_total, "non_finite": non_finite}
+  if state["count"] == 0:
+    raise ValueError(f"{caller}: batches is empty.")
+  if checkpoint is not None:
+    _save_progress(checkpoint, fingerprint, state)
+  if state["non_finite"]:
+    warnings.warn(f"{caller}: {state['non_finite']} of {state['count']} examples had a NaN or infinite input; their "
+                  "readout is NaN and they count as wrong.", stacklevel=2)
+  correct = np.asarray(state["correct"], np.int64)
+  return {"accuracy": correct / state["count"], "correct": correct, "count": state["count"],
+          "pos_spikes": state["pos"], "neg_spikes": state["neg"], "non_finite": state["non_finite"],
+          "recorded": {"steps": list(record), "pos": state["rec_pos"], "neg": state["rec_neg"]} if record else None}
+
+
+def _job_fingerprint(snn: SpikingNetwork, num_steps, block_size, exact, record) -> str:
+  """What a resumed evaluation must share with the run that wrote the checkpoint."""
+  h = hashlib.sha256(repr((snn.traced.key, snn.neuron.name, snn.readout, str(snn.state_dtype), num_steps, block_size,
+                           exact, record)).encode())
+  for leaf in jax.tree_util.tree_leaves((snn.variables, snn.thresholds, snn.initial_potential, snn.offsets)):
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return h.hexdigest()
+
+
+def _save_progress(path, fingerprint: str, state: dict) -> None:
+  arrays = {"fingerprint": np.asarray(fingerprint), "batches": np.asarray(state["batches"]),
+            "correct": state["correct"], "count": np.asarray(state["count"]),
+            "non_finite": np.asarray(state["non_finite"])}
+  for key in ("pos", "neg", "rec_pos", "rec_neg"):
+    arrays.update({f"{key}:{site}": np.asarray(v) for site, v in state[key].items()})
+  atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_progress(path, fingerprint: str, caller: str) -> dict | None:
+  try:
+    f = np.load(path)
+  except FileNotFoundError:
+    return None
+  with f:
+    if str(f["fingerprint"]) != fingerprint:
+      raise ValueError(f"{caller}: the checkpoint {os.fspath(path)!r} belongs to another job (other network data, T, "
+                       "schedule or recorded steps); delete it or pass another path.")
+    state = {"batches": int(f["batches"]), "correct": np.asarray(f["correct"], np.int64), "count": int(f["count"]),
+             "non_finite": int(f["non_finite"])}
+    for key in ("pos", "neg", "rec_pos", "rec_neg"):
+      prefix = f"{key}:"
+      state[key] = {k[len(prefix):]: (int(f[k]) if key in ("pos", "neg") else np.asarray(f[k], np.int64))
+                    for k in f.files if k.startswith(prefix)}
+  return state

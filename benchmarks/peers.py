@@ -1,0 +1,557 @@
+"""jaxsnn against SpikingJelly on the same trained weights: per-step speed and time to accuracy on CIFAR-10.
+
+    bash benchmarks/setup_peers.sh                     # once: SpikingJelly + torch (CPU) in benchmarks/.venv-peers
+    python benchmarks/peers.py                         # both reference nets, full test set (~4 h on 2 cores)
+    python benchmarks/peers.py --table                 # the markdown table of benchmarks/results/peers.json
+    python benchmarks/peers.py --num_test 256 --max_T 64 --jaxsnn_max_T 64 --calib 1000 --select 128 \
+        --out /tmp/peers.json                          # a quick check (~15 min)
+
+Time it on an idle machine: with another process on the cores, torch's OpenMP threads wait on each other (its ANN
+pass measured 4x slower with 2 threads than with 1 while a training job and another job shared the 2 cores).
+
+For each committed CIFAR-10 checkpoint (ResNet-20, VGG16 width 0.25) the Flax variables are loaded into equivalent
+torch modules (``benchmarks/_peers_torch.py``; the two ANNs' logits are compared on the first test images), then:
+
+- **per-step speed**: images*steps/s of one batch (``--batch`` 128) over ``--timing_T`` 64 steps, and the same time
+  divided by ``T`` passes of each library's own ANN (both compiled / warmed up first, median of ``--repeats``);
+- **accuracy vs T**: one run to the largest T gives the accuracy after every t (readout summed over steps 1..t);
+  time to accuracy = the smallest T whose accuracy is at least the Flax ANN's minus ``--drop`` (1 point), times the
+  time per step, given as seconds for the 10,000 CIFAR-10 test images at that throughput.
+
+jaxsnn runs every recipe of ``JAXSNN_RECIPES`` (the paper's, and the best low-latency recipe) on the test set up to
+``--jaxsnn_max_T``. SpikingJelly 2.0's converter runs its rate-coding recipes (layer-wise max, layer-wise 99.9 %,
+the channel-wise robust norm with half-threshold neurons, local threshold balancing; the last two also with its
+delayed readout): each is first simulated on ``--select`` held-out validation images (training split, never seen in
+training), and only the best there (smallest T reaching the validation ANN's accuracy minus 1 point) runs on the
+test set, up to ``--test_T_factor`` times that T (a power of two, at least 64, at most ``--max_T``; ``--select 0``:
+all of ``--sj_recipes`` on the test set up to ``--max_T``). Thresholds come from the first ``--calib`` training
+images for both libraries. SpikingJelly's delayed readout is its own ``estimate_delay_start`` rule, applied for every
+T of the one run (for T below the estimated delay + 4, its rule reads the last 5 steps only).
+
+The torch side runs in its own venv as a subprocess (``benchmarks/.venv-peers``, made by
+``benchmarks/setup_peers.sh``); weights and data pass through ``.npz`` files in ``data_cache/peers/``. Results are
+merged per net into ``benchmarks/results/peers.json`` (written atomically after each net).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import inspect
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterator, NamedTuple
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+PEERS_PYTHON = ROOT / "benchmarks/.venv-peers/bin/python"
+TORCH_SIDE = ROOT / "benchmarks/_peers_torch.py"
+CACHE = ROOT / "data_cache/peers"
+DEFAULT_OUT = ROOT / "benchmarks/results/peers.json"
+CHECKPOINTS = {"resnet20": "experiments/checkpoints/cifar10_resnet20",
+               "vgg16_w025": "experiments/checkpoints/cifar10_vgg16_w025"}
+SJ_RECIPES = ("max", "p99.9", "robust", "ltb")  # defined in _peers_torch.py
+SJ_LABELS = {"max": "layer max", "p99.9": "layer 99.9 %", "robust": "channel 99.9 %, v0 = θ/2",
+             "ltb": "local threshold balancing"}
+TABLE_STEPS = (16, 32, 64)
+TEST_IMAGES = 10_000  # CIFAR-10's test set: the unit of "time to accuracy"
+
+
+# --- pure summaries (no jax, no torch: tested in tests/test_benchmarks_peers.py) ----------------------------------
+
+
+def first_reaching(accuracy, target: float) -> int | None:
+  """The smallest T (1-based) with ``accuracy[T - 1] >= target``, or None if no T reaches it."""
+  for t, a in enumerate(accuracy, start=1):
+    if a >= target - 1e-12:
+      return t
+  return None
+
+
+def summarize(accuracy, target: float, img_steps_per_s: float | None, steps=TABLE_STEPS,
+              images: int = TEST_IMAGES) -> dict:
+  """Accuracy at the table's T, the T that reaches ``target`` and the wall time for ``images`` images at that T.
+
+  Args:
+    accuracy: accuracy after every t = 1..max_T.
+    target: the accuracy to reach (ANN minus the allowed drop).
+    img_steps_per_s: simulation throughput (images*steps/s) or None (no time then).
+    steps: the T of the table columns (those beyond the run are left out).
+    images: images the wall time is for.
+
+  Returns:
+    ``{"max_T", "acc_at": {T: acc}, "T_target", "time_to_target_s"}``; the last two None when not reached.
+  """
+  accuracy = [float(a) for a in accuracy]
+  t_target = first_reaching(accuracy, target)
+  time_s = None
+  if t_target is not None and img_steps_per_s:
+    time_s = images * t_target / img_steps_per_s
+  return {"max_T": len(accuracy), "acc_at": {str(t): accuracy[t - 1] for t in steps if t <= len(accuracy)},
+          "T_target": t_target, "time_to_target_s": time_s}
+
+
+def test_steps(val_T_target: int | None, max_T: int, factor: float, floor: int = max(TABLE_STEPS)) -> int:
+  """How far the test run goes after a validation run: ``factor`` x the T that reached the target there, rounded up
+  to a power of two, at least ``floor`` (the table's columns) and at most ``max_T``; ``max_T`` when the validation
+  run never reached the target or ``factor`` is 0."""
+  if val_T_target is None or not factor:
+    return max_T
+  return min(max_T, max(floor, 2 ** math.ceil(math.log2(factor * val_T_target))))
+
+
+def best_recipe(recipes: dict) -> str:
+  """The recipe with the shortest time to target (else the smallest T to target, else the best final accuracy)."""
+  def key(name):
+    r = recipes[name]
+    t = r.get("time_to_target_s")
+    T = r.get("T_target")
+    return (t if t is not None else math.inf, T if T is not None else math.inf, -r["accuracy"][-1])
+  return min(recipes, key=key)
+
+
+def _fmt_pct(a):
+  return "–" if a is None else f"{100 * a:.2f}"
+
+
+def _fmt_time(s):
+  if s is None:
+    return "not reached"
+  return f"{s:,.0f} s" if s >= 100 else f"{s:.1f} s"
+
+
+def render_table(results: dict) -> str:
+  """Markdown tables (speed, then time to accuracy) of a peers.json object."""
+  nets = [k for k in results if k != "meta"]
+  T = {results[net].get("timing_T", 64) for net in nets}
+  T = T.pop() if len(T) == 1 else "T"
+  lines = [f"| net | library | recipe | images·steps/s | ANN images/s | SNN {T} steps / {T} ANN passes |",
+           "|---|---|---|---|---|---|"]
+  for net in nets:
+    for lib in ("jaxsnn", "spikingjelly"):
+      r = results[net].get(lib)
+      if not r:
+        continue
+      for name, rec in r["recipes"].items():
+        if rec.get("img_steps_per_s") is None:
+          continue
+        lines.append(f"| {net} | {lib} | {rec['label']} | {rec['img_steps_per_s']:,.0f} | "
+                     f"{r['ann_images_per_s']:,.0f} | {rec['ratio_to_T_ann_passes']:.1f}× |")
+  steps = sorted({int(t) for net in nets for lib in ("jaxsnn", "spikingjelly")
+                  for rec in results[net].get(lib, {}).get("recipes", {}).values() for t in rec["acc_at"]})
+  head = "| net | library | recipe | ANN % | " + " | ".join(f"T={t}" for t in steps) + \
+      " | T to ANN−1 | time to ANN−1 (10k images) |"
+  lines += ["", head, "|" + "---|" * (6 + len(steps))]
+  for net in nets:
+    ann = results[net]["ann"]
+    for lib in ("jaxsnn", "spikingjelly"):
+      r = results[net].get(lib)
+      if not r:
+        continue
+      ann_acc = ann["flax_test_accuracy"] if lib == "jaxsnn" else ann.get("torch_test_accuracy")
+      for name, rec in r["recipes"].items():
+        if "acc_at" not in rec:
+          continue
+        accs = " | ".join(_fmt_pct(rec["acc_at"].get(str(t))) for t in steps)
+        T = rec["T_target"] if rec["T_target"] is not None else f"> {rec['max_T']}"
+        mark = " **(best)**" if name == r.get("best") else ""
+        lines.append(f"| {net} | {lib} | {rec['label']}{mark} | {_fmt_pct(ann_acc)} | {accs} | {T} | "
+                     f"{_fmt_time(rec['time_to_target_s'])} |")
+  meta = results.get("meta", {})
+  if meta:
+    lines += ["", f"Machine: {meta.get('machine', '?')}; {meta.get('versions', '')}."]
+  return "\n".join(lines)
+
+
+def write_json(path: pathlib.Path, obj: dict) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+  os.replace(tmp, path)
+
+
+# --- jaxsnn recipes -------------------------------------------------------------------------------------------------
+
+
+class RecipeUnavailable(Exception):
+  """A recipe needs a jaxsnn feature this checkout does not have yet (the run skips it with a note)."""
+
+
+class RecipeContext(NamedTuple):
+  """What a jaxsnn recipe may use: the ANN, an input batch, the calibration stats and the calibration images.
+
+  Attributes:
+    apply_fn: ``apply_fn(variables, x) -> logits``.
+    variables: the ANN's variables.
+    example: an input batch (shapes and dtype for ``jaxsnn.convert``).
+    stats: ``jaxsnn.calibrate`` over the calibration images (with histograms when a listed recipe asks for them).
+    train_batches: ``train_batches()`` gives a fresh iterator of normalized calibration batches (training images
+      only, no padding), e.g. for ``jaxsnn.ratio_histograms`` or ``jaxsnn.calibrate_snn``.
+  """
+  apply_fn: Callable
+  variables: Any
+  example: Any
+  stats: Any
+  train_batches: Callable[[], Iterator[np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How jaxsnn converts: ``build(ctx: RecipeContext) -> SpikingNetwork``.
+
+  ``histogram`` asks ``jaxsnn.calibrate`` for the per-site histograms (percentile thresholds).
+  """
+  label: str
+  build: Callable[[RecipeContext], Any]
+  histogram: bool = False
+
+
+def _paper(ctx: RecipeContext):
+  import jaxsnn
+  return jaxsnn.convert(ctx.apply_fn, ctx.variables, ctx.example, jaxsnn.thresholds(ctx.stats, norm="neuron"),
+                        neuron=jaxsnn.SNM())
+
+
+def _low_latency(ctx: RecipeContext):
+  # ---- LEAD: the best measured low-latency recipe goes here (and its label in JAXSNN_RECIPES). -------------------
+  # Placeholder: the paper's recipe with every neuron starting at half its threshold (rounding, not flooring). Other
+  # tools at hand: jaxsnn.ratio_histograms(ctx.apply_fn, ctx.variables, ctx.train_batches(), ctx.stats) ->
+  # jaxsnn.thresholds_for_steps(hist, num_steps=T, initial_potential=0.5); jaxsnn.calibrate_snn(snn, batches, T).
+  import jaxsnn
+  if "initial_potential" not in inspect.signature(jaxsnn.convert).parameters:
+    raise RecipeUnavailable("jaxsnn.convert takes no initial_potential yet")
+  return jaxsnn.convert(ctx.apply_fn, ctx.variables, ctx.example, jaxsnn.thresholds(ctx.stats, norm="neuron"),
+                        neuron=jaxsnn.SNM(), initial_potential=0.5)
+
+
+JAXSNN_RECIPES = {
+    "paper": Recipe("SNM + NeuronNorm (paper)", _paper),
+    "low_latency": Recipe("SNM + NeuronNorm, v0 = θ/2", _low_latency),  # LEAD: the best low-latency recipe
+}
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}"
+
+
+def arch_of(model) -> dict:
+  """The architecture ``_peers_torch.py`` rebuilds in torch, from a jaxsnn VGG or ResNet."""
+  from flax import linen as nn
+  from jaxsnn import models
+  if model.act is not nn.relu:
+    raise ValueError(f"peers: only ReLU networks compare with SpikingJelly's converter; got act={model.act!r}")
+  common = {"in_channels": 3, "input_hw": 32, "num_classes": model.num_classes, "bn_eps": 1e-5}
+  if isinstance(model, models.VGG):
+    layers = []
+    for spec in model.config:
+      if spec == "P":
+        layers.append("P")
+        continue
+      channels, kernel = (spec, 3) if isinstance(spec, int) else spec
+      layers.append([models.scale_width(channels, model.width), kernel])
+    return {"kind": "vgg", "layers": layers, "head": [models.scale_width(f, model.width) for f in model.head],
+            **common}
+  if isinstance(model, models.ResNet):
+    return {"kind": "resnet", "stem": models.scale_width(model.stem_width, model.width),
+            "stages": [[n, models.scale_width(w, model.width)] for n, w in zip(model.stage_sizes, model.stage_widths)],
+            **common}
+  raise ValueError(f"peers: no torch twin for {type(model).__name__}")
+
+
+def timed(fn, repeats: int) -> float:
+  import jax
+  jax.block_until_ready(fn())  # compile + warm up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def run_torch(job: dict, name: str) -> dict:
+  job_path, out_path = CACHE / f"{name}_job.json", CACHE / f"{name}_out.json"
+  job_path.write_text(json.dumps(job))
+  out_path.unlink(missing_ok=True)
+  rc = subprocess.run([str(PEERS_PYTHON), str(TORCH_SIDE), str(job_path), str(out_path)], cwd=ROOT).returncode
+  if rc:
+    sys.exit(f"peers.py: the SpikingJelly side failed (exit {rc}, its output above); job: {job_path}")
+  return json.loads(out_path.read_text())
+
+
+class Net(NamedTuple):
+  """One reference network and the data of a run (arrays normalized NHWC float32, as both libraries get them)."""
+  name: str
+  model: Any
+  variables: Any
+  apply_fn: Callable
+  arrays: dict  # calib_x, test_x, test_y (+ val_x, val_y)
+  weights_path: pathlib.Path
+  data_path: pathlib.Path
+  val_split: str | None
+
+
+def prepare(net: str, args) -> Net:
+  """Loads the checkpoint and the data, and writes the ``.npz`` files the torch side reads."""
+  import jax
+  from jaxsnn import data, training
+
+  base = ROOT / CHECKPOINTS[net]
+  cfg = json.loads(base.with_suffix(".config.json").read_text())
+  fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+  config = training.TrainConfig(**{k: v for k, v in cfg.items() if k in fields})
+  model = training.build_model(config)
+  variables = training.load_variables(base.with_suffix(".msgpack"))
+  spec = data.spec(config.dataset)
+  if args.select > config.val_examples:
+    sys.exit(f"peers.py: --select {args.select} is more than the {config.val_examples} validation images of {net}")
+  norm = lambda images: data.normalize(images, spec.mean, spec.std)  # noqa: E731
+  train = data.load(config.dataset, f"train[:{args.calib}]")
+  test = data.load(config.dataset, spec.test_split)
+  arrays = {"calib_x": norm(train.images), "test_x": norm(test.images[:args.num_test]),
+            "test_y": test.labels[:args.num_test]}
+  val_split = None
+  if args.select:  # the first validation images: the training images the checkpoint never trained on
+    cut = spec.train_examples - config.val_examples
+    val_split = f"train[{cut}:{cut + args.select}]"
+    val = data.load(config.dataset, val_split)
+    arrays.update(val_x=norm(val.images), val_y=val.labels)
+  CACHE.mkdir(parents=True, exist_ok=True)
+  data_path, weights_path = CACHE / "data.npz", CACHE / f"{net}_weights.npz"
+  np.savez(data_path, **arrays)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  check_logits = np.asarray(jax.jit(apply_fn)(variables, arrays["test_x"][:args.check]))
+  np.savez(weights_path, check_logits=check_logits, **flat)
+  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split)
+
+
+def batched(x: np.ndarray, y: np.ndarray | None, batch: int):
+  """Batches in order, the last one shorter (no padding: padded images would enter calibration maxima)."""
+  for i in range(0, len(x), batch):
+    yield x[i:i + batch] if y is None else (x[i:i + batch], y[i:i + batch])
+
+
+def padded(x: np.ndarray, y: np.ndarray, batch: int):
+  """``(x, y, mask)`` batches of one shape (the last padded, masked out): one compiled simulation for the test set."""
+  for xb, yb in batched(x, y, batch):
+    mask = np.arange(batch) < len(yb)
+    if len(yb) < batch:
+      xb = np.concatenate([xb, np.zeros((batch - len(yb),) + xb.shape[1:], xb.dtype)])
+      yb = np.concatenate([yb, np.zeros(batch - len(yb), yb.dtype)])
+    yield xb, yb, mask
+
+
+def _curve_line(prefix: str, rec: dict, target: float) -> str:
+  return (f"{prefix}: " + ", ".join(f"T={t}: {a:.4f}" for t, a in rec["acc_at"].items())
+          + f"; reaches {target:.4f} at T = {rec['T_target']}")
+
+
+def run_jaxsnn(net: Net, args) -> dict:
+  """The Flax ANN (accuracy, pass time) and every jaxsnn recipe (speed, accuracy after every t on the test set)."""
+  import jax
+  import jaxsnn
+
+  a = net.arrays
+  ann_fn = jax.jit(net.apply_fn)
+  hits = sum(int((np.asarray(ann_fn(net.variables, x)).argmax(-1) == y).sum())
+             for x, y in batched(a["test_x"], a["test_y"], args.batch))
+  ann_acc = hits / len(a["test_y"])
+  xb = a["test_x"][:args.batch]
+  ann_s = timed(lambda: ann_fn(net.variables, xb), args.repeats)
+  print(f"Flax ANN: test accuracy {ann_acc:.4f} on {len(a['test_y'])} images, {args.batch / ann_s:,.0f} images/s",
+        flush=True)
+  target = ann_acc - args.drop
+  train_batches = lambda: batched(a["calib_x"], None, args.batch)  # noqa: E731
+  t0 = time.perf_counter()
+  stats = jaxsnn.calibrate(net.apply_fn, net.variables, train_batches(),
+                           histogram=any(JAXSNN_RECIPES[n].histogram for n in args.jaxsnn_recipes))
+  print(f"jaxsnn: calibrated on {stats.num_samples} training images in {time.perf_counter() - t0:.1f} s", flush=True)
+  out = {"ann_accuracy": ann_acc, "ann_pass_s": ann_s, "ann_images_per_s": args.batch / ann_s,
+         "version": jaxsnn.__version__, "jax": jax.__version__,
+         "schedule": "step-major" if args.jaxsnn_block is None else f"layer-major K={args.jaxsnn_block}",
+         "recipes": {}, "skipped": {}}
+  for name in args.jaxsnn_recipes:
+    recipe = JAXSNN_RECIPES[name]
+    try:
+      snn = recipe.build(RecipeContext(net.apply_fn, net.variables, xb, stats, train_batches))
+    except RecipeUnavailable as e:
+      print(f"jaxsnn {name}: skipped ({e})", flush=True)
+      out["skipped"][name] = str(e)
+      continue
+    sim_s = timed(lambda: jaxsnn.simulate(snn, xb, args.timing_T, args.jaxsnn_block).outputs, args.repeats)
+    ips = args.batch * args.timing_T / sim_s
+    print(f"jaxsnn {name}: {ips:,.0f} images*steps/s (batch {args.batch}, T = {args.timing_T}); the test set to "
+          f"T = {args.jaxsnn_max_T} takes about {len(a['test_y']) * args.jaxsnn_max_T / ips / 60:.0f} min", flush=True)
+    res = jaxsnn.evaluate(snn, padded(a["test_x"], a["test_y"], args.batch), args.jaxsnn_max_T, args.jaxsnn_block,
+                          progress=True)
+    acc = [float(v) for v in res["accuracy"]]
+    rec = out["recipes"][name] = {"label": recipe.label, "snn_s": sim_s, "img_steps_per_s": ips,
+                                  "ratio_to_T_ann_passes": sim_s / (args.timing_T * ann_s), "accuracy": acc,
+                                  **summarize(acc, target, ips)}
+    print(_curve_line(f"jaxsnn {name}", rec, target), flush=True)
+  if out["recipes"]:
+    out["best"] = best_recipe(out["recipes"])
+    out["img_steps_per_s"] = out["recipes"][out["best"]]["img_steps_per_s"]
+  return out
+
+
+def _variants(name: str, curves: dict):
+  """(key, label, accuracy) of a SpikingJelly recipe's run: plain readout, and delayed readout where it has one."""
+  yield name, SJ_LABELS[name], curves["accuracy"]
+  if "accuracy_delayed" in curves:
+    yield name + "+delay", SJ_LABELS[name] + ", delayed readout", curves["accuracy_delayed"]
+
+
+def run_spikingjelly(net: Net, args, target: float) -> tuple[dict, dict]:
+  """The torch ANN check, SpikingJelly's recipe choice on validation images, its test run and its speed.
+
+  Returns:
+    (the torch ANN's numbers, the SpikingJelly entry of peers.json).
+  """
+  job = {"arch": arch_of(net.model), "weights": str(net.weights_path), "data": str(net.data_path),
+         "batch": args.batch, "repeats": args.repeats, "threads": args.threads}
+  tasks = [{"kind": "ann"}]
+  if args.select:
+    tasks.append({"kind": "curves", "split": "val", "recipes": list(args.sj_recipes), "max_T": args.max_T})
+    print(f"SpikingJelly: ANN check, {len(args.sj_recipes)} recipes on {args.select} validation images to "
+          f"T = {args.max_T}", flush=True)
+  out1 = run_torch({**job, "tasks": tasks}, net.name)
+  tann = out1["ann"]
+  print(f"torch ANN: test accuracy {tann['test_accuracy']:.4f}; max |logit diff| vs Flax "
+        f"{tann['logit_max_abs_diff']:.2e} ({tann['logit_max_rel_diff']:.1e} of the largest logit) on "
+        f"{tann['logit_check_images']} test images; argmax agree {tann['argmax_agree']:.4f}", flush=True)
+  sj = {"ann_accuracy": tann["test_accuracy"], "ann_pass_s": tann["ann_pass_s"],
+        "ann_images_per_s": tann["ann_images_per_s"], **out1["versions"], "recipes": {}}
+  candidates, test_T = list(args.sj_recipes), args.max_T
+  if args.select:
+    val_target = tann["val_accuracy"] - args.drop
+    sel = {key: {"label": label, "accuracy": acc, **summarize(acc, val_target, None)}
+           for name, c in out1["curves"]["val"].items() for key, label, acc in _variants(name, c)}
+    for key, rec in sel.items():
+      print(_curve_line(f"  validation {key}", rec, val_target), flush=True)
+    chosen = best_recipe(sel)
+    test_T = test_steps(sel[chosen]["T_target"], args.max_T, args.test_T_factor)
+    print(f"SpikingJelly: best recipe on validation: {chosen}", flush=True)
+    sj["selection"] = {"split": net.val_split, "images": args.select, "ann_accuracy": tann["val_accuracy"],
+                       "target_accuracy": val_target, "chosen": chosen, "test_max_T": test_T,
+                       "delay_start_raw": {k: c["delay_start_raw"] for k, c in out1["curves"]["val"].items()
+                                           if "delay_start_raw" in c},
+                       "recipes": {k: {kk: vv for kk, vv in v.items() if kk != "accuracy"} for k, v in sel.items()}}
+    candidates = [chosen.split("+")[0]]
+  print(f"SpikingJelly: {candidates} on {len(net.arrays['test_y'])} test images to T = {test_T}", flush=True)
+  out2 = run_torch({**job, "tasks": [{"kind": "curves", "split": "test", "recipes": candidates, "max_T": test_T},
+                                     {"kind": "speed", "recipes": candidates, "T": args.timing_T}]}, net.name)
+  for name in candidates:
+    sp, c = out2["speed"][name], out2["curves"]["test"][name]
+    for key, label, acc in _variants(name, c):
+      rec = sj["recipes"][key] = {"label": label, "snn_s": sp["snn_s"], "img_steps_per_s": sp["img_steps_per_s"],
+                                  "ratio_to_T_ann_passes": sp["snn_s"] / (args.timing_T * tann["ann_pass_s"]),
+                                  "accuracy": acc, **summarize(acc, target, sp["img_steps_per_s"])}
+      if key.endswith("+delay"):
+        rec["delay_start_raw"] = c["delay_start_raw"]
+      print(_curve_line(f"SpikingJelly {key}", rec, target), flush=True)
+  sj["best"] = best_recipe(sj["recipes"])
+  sj["img_steps_per_s"] = sj["recipes"][sj["best"]]["img_steps_per_s"]
+  return tann, sj
+
+
+def run_net(name: str, args) -> dict:
+  """One net's entry of peers.json."""
+  print(f"\n=== {name} ({CHECKPOINTS[name]}.msgpack) ===", flush=True)
+  net = prepare(name, args)
+  jx = run_jaxsnn(net, args)
+  target = jx["ann_accuracy"] - args.drop  # the Flax ANN's accuracy - 1 point, for both libraries
+  tann, sj = run_spikingjelly(net, args, target)
+  return {"checkpoint": CHECKPOINTS[name] + ".msgpack", "num_test": len(net.arrays["test_y"]),
+          "calib_images": len(net.arrays["calib_x"]), "batch": args.batch, "timing_T": args.timing_T,
+          "drop": args.drop, "target_accuracy": target, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+          "ann": {"flax_test_accuracy": jx["ann_accuracy"], "torch_test_accuracy": tann["test_accuracy"],
+                  **{k: tann[k] for k in ("logit_max_abs_diff", "logit_max_rel_diff", "argmax_agree",
+                                          "logit_check_images")}},
+          "jaxsnn": jx, "spikingjelly": sj}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--nets", default=",".join(CHECKPOINTS), help="comma-separated: " + ", ".join(CHECKPOINTS))
+  parser.add_argument("--num_test", type=int, default=10_000, help="first N CIFAR-10 test images")
+  parser.add_argument("--max_T", type=int, default=512, help="SpikingJelly's simulation length (accuracy at every t)")
+  parser.add_argument("--jaxsnn_max_T", type=int, default=256, help="jaxsnn's simulation length")
+  parser.add_argument("--calib", type=int, default=10_000, help="first N training images for the thresholds")
+  parser.add_argument("--select", type=int, default=512,
+                      help="validation images to choose SpikingJelly's best recipe (0: all on the test set)")
+  parser.add_argument("--test_T_factor", type=float, default=4.0,
+                      help="SpikingJelly's test run stops at this many times the T its chosen recipe needed on the "
+                           "validation images (a power of two, >= 64, <= --max_T; 0: always --max_T)")
+  parser.add_argument("--sj_recipes", default=",".join(SJ_RECIPES), help="comma-separated: " + ", ".join(SJ_RECIPES))
+  parser.add_argument("--jaxsnn_recipes", default=",".join(JAXSNN_RECIPES),
+                      help="comma-separated: " + ", ".join(JAXSNN_RECIPES))
+  parser.add_argument("--jaxsnn_block", type=int, default=None, help="jaxsnn layer-major block K (default step-major)")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--timing_T", type=int, default=64, help="steps of the speed measurement")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--drop", type=float, default=0.01, help="accuracy below the ANN that counts as reached")
+  parser.add_argument("--check", type=int, default=256, help="test images whose ANN logits are compared")
+  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  parser.add_argument("--out", default=str(DEFAULT_OUT))
+  parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+  args = parser.parse_args()
+  out = pathlib.Path(args.out)
+  if args.table:
+    print(render_table(json.loads(out.read_text())))
+    return
+  args.nets = args.nets.split(",")
+  args.sj_recipes = args.sj_recipes.split(",")
+  args.jaxsnn_recipes = args.jaxsnn_recipes.split(",")
+  for given, known, flag in ((args.nets, CHECKPOINTS, "--nets"), (args.sj_recipes, SJ_RECIPES, "--sj_recipes"),
+                             (args.jaxsnn_recipes, JAXSNN_RECIPES, "--jaxsnn_recipes")):
+    bad = [n for n in given if n not in known]
+    if bad:
+      parser.error(f"{flag}: unknown {bad}; choose from {list(known)}")
+  if not PEERS_PYTHON.exists():
+    sys.exit(f"peers.py: SpikingJelly's venv is missing ({PEERS_PYTHON.relative_to(ROOT)}). Install it (torch CPU "
+             "wheel + spikingjelly 2.0, ~1 GB) with:\n    bash benchmarks/setup_peers.sh")
+  probe = subprocess.run([str(PEERS_PYTHON), "-c", "import torch, spikingjelly.activation_based.ann2snn"],
+                         capture_output=True, text=True)
+  if probe.returncode:
+    sys.exit(f"peers.py: the peers venv cannot import SpikingJelly's ann2snn:\n{probe.stderr.strip()}\n"
+             "Repair it with: bash benchmarks/setup_peers.sh")
+
+  import jax
+  results = json.loads(out.read_text()) if out.exists() else {}
+  for net in args.nets:
+    results[net] = run_net(net, args)
+    results["meta"] = {"machine": machine_info(), "versions": f"jax {jax.__version__}, "
+                       f"torch {results[net]['spikingjelly']['torch']}, "
+                       f"spikingjelly {results[net]['spikingjelly']['spikingjelly']}",
+                       "command": " ".join(sys.argv)}
+    write_json(out, results)
+    print(f"wrote {out}", flush=True)
+  print("\n" + render_table(results))
+
+
+if __name__ == "__main__":
+  main()

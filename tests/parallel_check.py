@@ -1,0 +1,71 @@
+"""Run by tests/test_parallel.py in a process with 4 fake CPU devices: data-parallel results vs one device.
+
+Prints one JSON line: which comparisons held bit for bit.
+"""
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+import jaxsnn  # noqa: E402
+from random_nets import random_net  # noqa: E402
+
+
+def same(a, b) -> bool:
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def main():
+  assert len(jax.devices()) == 4, jax.devices()
+  one = Mesh(np.asarray(jax.devices()[:1]), ("batch",))
+  apply_fn, variables, x = random_net(3, allow_max_pool=True)
+  x = np.concatenate([np.asarray(x), np.asarray(x)[:4] * 0.5])  # 12 images
+  batches = [x[:7], x[7:]]  # 7 and 5: neither divides by 4
+  out = {}
+  ref = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True, mesh=one)
+  got = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)  # default: the 4 local devices
+  out["calibrate"] = same(ref.max, got.max) and same(ref.hist, got.hist) and ref.num_samples == got.num_samples == 12
+  hist_ref = jaxsnn.ratio_histograms(apply_fn, variables, batches, ref, mesh=one)
+  hist_got = jaxsnn.ratio_histograms(apply_fn, variables, batches, ref)
+  # float32 sums of float weights: equal up to the order of summation across devices
+  out["ratio_histograms_close"] = all(np.allclose(hist_ref.counts[k], hist_got.counts[k], rtol=1e-5, atol=1e-6)
+                                      for k in hist_ref.counts)
+  snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(ref), initial_potential=0.5)
+  labels = np.asarray(apply_fn(variables, x)).argmax(-1)
+  eval_batches = [(x[:7], labels[:7]), (x[7:], labels[7:], np.array([True, True, True, False, True]))]
+  for block in (None, 4):
+    e1 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9), mesh=one)
+    e4 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9))
+    out[f"evaluate_block_{block}"] = (same(e1["correct"], e4["correct"]) and e1["count"] == e4["count"] == 11
+                                      and e1["pos_spikes"] == e4["pos_spikes"] and e1["neg_spikes"] == e4["neg_spikes"]
+                                      and same(e1["recorded"], e4["recorded"]))
+  c1 = jaxsnn.calibrate_snn(snn, batches, 5, mesh=one)
+  c4 = jaxsnn.calibrate_snn(snn, batches, 5)
+  out["calibrate_snn"] = same(c1.offsets, c4.offsets)
+
+  # Explicit sharding: a mesh with an explicit batch axis, the input sharded over it.
+  single = {b: jaxsnn.simulate(snn, x[:8], 9, b, record_steps=(9,)) for b in (None, 4)}
+  single_max = jaxsnn.calibrate(apply_fn, variables, [x[:8]], mesh=one).max
+  single_correct = jaxsnn.evaluate(snn, [(x[:8], labels[:8])], 9, mesh=one)["correct"]
+  mesh = jax.make_mesh((4,), ("batch",), axis_types=(AxisType.Explicit,))
+  with jax.set_mesh(mesh):
+    xs = jax.device_put(x[:8], NamedSharding(mesh, PartitionSpec("batch")))
+    for b in (None, 4):
+      tr = jaxsnn.simulate(snn, xs, 9, b, record_steps=(9,))
+      out[f"explicit_simulate_block_{b}"] = same(tr, single[b])
+    st = jaxsnn.calibrate(apply_fn, variables, [xs])
+    out["explicit_calibrate"] = same(st.max, single_max)
+    ev = jaxsnn.evaluate(snn, [(xs, labels[:8])], 9)
+    out["explicit_evaluate"] = same(ev["correct"], single_correct)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
