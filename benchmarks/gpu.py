@@ -17,7 +17,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -27,24 +26,12 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 
 import jaxsnn  # noqa: E402
+from timing import timed  # noqa: E402
 from jaxsnn import models  # noqa: E402
 
 MODELS = {"vgg16": models.VGG16, "resnet18": models.ResNet18}
 INPUT_SHAPE = (32, 32, 3)  # CIFAR-10
 NUM_CLASSES = 10
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-  """(seconds of the first call: compile + run, median seconds of ``repeats`` further calls)."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
 
 
 def schedules(blocks):

@@ -43,7 +43,6 @@ import math
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +52,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from timing import timed  # noqa: E402
 
 PEERS_PYTHON = ROOT / "benchmarks/.venv-peers/bin/python"
 TORCH_SIDE = ROOT / "benchmarks/_peers_torch.py"
@@ -279,17 +280,6 @@ def arch_of(model) -> dict:
   raise ValueError(f"peers: no torch twin for {type(model).__name__}")
 
 
-def timed(fn, repeats: int) -> float:
-  import jax
-  jax.block_until_ready(fn())  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def run_torch(job: dict, name: str) -> dict:
   job_path, out_path = CACHE / f"{name}_job.json", CACHE / f"{name}_out.json"
   job_path.write_text(json.dumps(job))
@@ -380,7 +370,7 @@ def run_jaxsnn(net: Net, args) -> dict:
              for x, y in batched(a["test_x"], a["test_y"], args.batch))
   ann_acc = hits / len(a["test_y"])
   xb = a["test_x"][:args.batch]
-  ann_s = timed(lambda: ann_fn(net.variables, xb), args.repeats)
+  ann_s = timed(lambda: ann_fn(net.variables, xb), args.repeats)[1]
   print(f"Flax ANN: test accuracy {ann_acc:.4f} on {len(a['test_y'])} images, {args.batch / ann_s:,.0f} images/s",
         flush=True)
   target = ann_acc - args.drop
@@ -401,7 +391,7 @@ def run_jaxsnn(net: Net, args) -> dict:
       print(f"jaxsnn {name}: skipped ({e})", flush=True)
       out["skipped"][name] = str(e)
       continue
-    sim_s = timed(lambda: jaxsnn.simulate(snn, xb, args.timing_T, args.jaxsnn_block).outputs, args.repeats)
+    sim_s = timed(lambda: jaxsnn.simulate(snn, xb, args.timing_T, args.jaxsnn_block).outputs, args.repeats)[1]
     ips = args.batch * args.timing_T / sim_s
     print(f"jaxsnn {name}: {ips:,.0f} images*steps/s (batch {args.batch}, T = {args.timing_T}); the test set to "
           f"T = {args.jaxsnn_max_T} takes about {len(a['test_y']) * args.jaxsnn_max_T / ips / 60:.0f} min", flush=True)

@@ -10,7 +10,6 @@ step-major. Prints a markdown table and appends nothing anywhere: copy it into b
 import argparse
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -21,18 +20,9 @@ import jax  # noqa: E402
 
 import jaxsnn  # noqa: E402
 from jaxsnn import models  # noqa: E402
+from timing import timed  # noqa: E402
 
 SHAPES = {"small_cnn": ((28, 28, 1), 10), "resnet20": ((32, 32, 3), 10), "vgg16": ((32, 32, 3), 10)}
-
-
-def timed(fn, repeats):
-  jax.block_until_ready(fn())  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def main():
@@ -59,11 +49,11 @@ def main():
     variables = model.init(jax.random.PRNGKey(1), x, train=False)
     stats = jaxsnn.calibrate(apply_fn, variables, [x])
     snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats))
-    base = timed(lambda: jaxsnn.simulate(snn, x, args.steps).outputs, args.repeats)
+    base = timed(lambda: jaxsnn.simulate(snn, x, args.steps).outputs, args.repeats)[1]
     rows = [("step-major", base)]
     for k in map(int, args.blocks.split(",")):
       for exact in (True, False):
-        t = timed(lambda: jaxsnn.simulate(snn, x, args.steps, k, exact=exact).outputs, args.repeats)
+        t = timed(lambda: jaxsnn.simulate(snn, x, args.steps, k, exact=exact).outputs, args.repeats)[1]
         rows.append((f"layer-major K={k}" + ("" if exact else ", exact=False"), t))
     for name, t in rows:
       print(f"| {batch} | {name} | {t:.3f} | {batch * args.steps / t:,.0f} | {base / t:.2f}× |")

@@ -2,6 +2,7 @@
 
     python experiments/batch.py [--run fashion_mnist_small_cnn] [--method "SNM + NeuronNorm"] [--steps 128] \
         [--num_test N] [--out experiments/runs/batch]
+    python experiments/batch.py --config experiments/configs/batch_tpu_pod.py   # a TPU pod: every host
     # one process per host (here two on one machine; on a TPU pod: --distributed auto on every host):
     python experiments/batch.py ... --coordinator HOST:PORT --num_processes 2 --process_id 0
     python experiments/batch.py ... --coordinator HOST:PORT --num_processes 2 --process_id 1
@@ -47,8 +48,17 @@ def main():
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--distributed", choices=("off", "auto"), default="off",
                       help="auto: jax.distributed.initialize() from the cluster's environment (TPU pods, SLURM)")
+  parser.add_argument("--config", default=None,
+                      help="a config file whose get_config() returns defaults for these flags (experiments/configs/)")
   parser.add_argument("--stop_after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill mid-way
-  args = parser.parse_args()
+  args, _ = parser.parse_known_args()
+  if args.config:
+    defaults = common.load_config(args.config)
+    unknown = set(defaults) - {a.dest for a in parser._actions}
+    if unknown:
+      raise SystemExit(f"--config {args.config}: unknown keys {sorted(unknown)}")
+    parser.set_defaults(**defaults)
+  args = parser.parse_args()  # flags on the command line override the config
 
   import jax
   if args.coordinator or args.distributed == "auto":

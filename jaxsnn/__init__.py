@@ -15,7 +15,7 @@ from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.information import information_loss
 from jaxsnn._src.ir import ConversionError
 from jaxsnn._src.lowlatency import (calibrate_snn, descend_thresholds, ratio_histograms, relaxed_quantization_error,
-                                    thresholds_for_steps)
+                                    thresholds_for_steps, tune_snn)
 from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
 from jaxsnn._src.norms import load_thresholds, save_thresholds, site_percentiles, thresholds
 from jaxsnn._src.qcfs import qcfs
@@ -29,5 +29,5 @@ __all__ = [
     "analysis", "authors_thresholds", "evaluate_authors", "information_loss", "load_stats", "load_thresholds", "qcfs", "save_stats",
     "save_thresholds", "simulate_authors", "site_percentiles",
     "lowlatency", "calibrate_snn", "descend_thresholds", "ratio_histograms", "relaxed_quantization_error",
-    "thresholds_for_steps",
+    "thresholds_for_steps", "tune_snn",
 ]

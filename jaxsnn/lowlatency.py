@@ -9,7 +9,8 @@
 
 from jaxsnn._src.lowlatency import (DEFAULT_SCALES, RATIO_BINS, RatioHistograms, calibrate_snn, descend_thresholds,
                                     expected_error, ratio_histograms, relaxed_quantization_error,
-                                    thresholds_for_steps)
+                                    thresholds_for_steps, tune_snn)
 
 __all__ = ["DEFAULT_SCALES", "RATIO_BINS", "RatioHistograms", "calibrate_snn", "descend_thresholds",
-           "expected_error", "ratio_histograms", "relaxed_quantization_error", "thresholds_for_steps"]
+           "expected_error", "ratio_histograms", "relaxed_quantization_error", "thresholds_for_steps",
+           "tune_snn"]

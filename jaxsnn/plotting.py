@@ -1,7 +1,8 @@
 """Plots of jaxsnn results (matplotlib, an optional dependency: ``pip install 'jaxsnn[plot]'``).
 
 * :func:`plot_information_loss`: the paper's Fig. 3 surface;
-* :func:`plot_accuracy_vs_time`: accuracy after every T for several methods, with the ANN as a line (Fig. 4).
+* :func:`plot_accuracy_vs_time`: accuracy after every T for several methods, with the ANN as a line (Fig. 4);
+* :func:`plot_firing_rates`: firing rate per layer, positive and negative spikes apart (Fig. 5).
 """
 
 from __future__ import annotations
@@ -96,6 +97,40 @@ def plot_accuracy_vs_time(methods: Mapping[str, Any], path: str | os.PathLike, a
     ax.set_title(title)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_firing_rates(positive: Mapping[str, float], negative: Mapping[str, float], path: str | os.PathLike,
+                      average: float | None = None, title: str | None = None) -> None:
+  """The paper's Fig. 5: firing rate per layer (spikes per neuron per step), positive and negative spikes stacked.
+
+  Args:
+    positive: ``{site: rate of positive spikes}`` in network order.
+    negative: ``{site: rate of negative spikes}``.
+    path: where to write the PNG.
+    average: the network's average rate, drawn as a line.
+    title: optional title.
+  """
+  plt = _pyplot()
+  names = list(positive)
+  pos = np.asarray([positive[n] for n in names])
+  neg = np.asarray([negative.get(n, 0.0) for n in names])
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4.0))
+  idx = np.arange(len(names))
+  ax.bar(idx, pos, label="positive spikes", color="tab:blue")
+  ax.bar(idx, neg, bottom=pos, label="negative spikes", color="tab:red")
+  if average is not None:
+    ax.axhline(average, color="k", ls="--", lw=1, label=f"network average {average:.4f}")
+  ax.set_xticks(idx)
+  ax.set_xticklabels([f"{i + 1}" for i in idx])
+  ax.set_xlabel("layer (neuron site, in network order)")
+  ax.set_ylabel("spikes per neuron per step")
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3, axis="y")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

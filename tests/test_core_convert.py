@@ -429,3 +429,19 @@ def test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_pa
     np.testing.assert_array_equal(counts.pos[site], direct.pos[site])
   e1, e2 = jaxsnn.analysis.energy(snn, counts), jaxsnn.analysis.energy(snn, jaxsnn.simulate(snn, x, 4))
   np.testing.assert_allclose(float(e1.ratio), float(e2.ratio), rtol=1e-6)
+
+
+# ---- folding constant affine chains into the contractions ----------------------------------------------------------
+def test_folded_simulation_equals_the_unfolded_one_to_rounding_and_runs_fewer_ops():
+  from jaxsnn._src import ir
+  apply_fn, variables, x, th = residual_setup()
+  plain = ir.build_program(apply_fn, variables, x)
+  folded = ir.build_program(apply_fn, variables, x, fold=True)
+  per_step = lambda p: sum(1 for o in p.ops if isinstance(o, ir.Op) and p.kinds[o.outs[0]] == ir.SPIKE)  # noqa: E731
+  assert per_step(folded) < 0.75 * per_step(plain)  # the conv biases and BatchNorms are gone from the time loop
+  a = jaxsnn.simulate(jaxsnn.convert(apply_fn, variables, x, th, fold=False), x, 200)
+  b = jaxsnn.simulate(jaxsnn.convert(apply_fn, variables, x, th), x, 200)
+  np.testing.assert_allclose(np.asarray(b.outputs), np.asarray(a.outputs), rtol=1e-4, atol=1e-5)
+  spikes = sum(int(v.sum()) for v in a.pos_spikes.values())
+  differ = sum(int(jnp.abs(a.pos_spikes[k] - b.pos_spikes[k]).sum()) for k in a.pos_spikes)
+  assert spikes > 1000 and differ <= spikes * 1e-3

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxsnn
-from random_nets import random_net, randomise_batch_stats
-from test_core_convert import ResidualConvNet
+from random_nets import random_net
+from test_core_convert import residual_setup
 from test_core_hardening import count_compiles
 
 
@@ -76,13 +76,7 @@ def test_half_threshold_start_rounds_instead_of_flooring():
       np.testing.assert_array_equal(count, np.clip(rule(currents * steps / theta), 0, steps))
 
 
-@functools.cache
-def residual():
-  model = ResidualConvNet()
-  x = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 3))
-  variables = randomise_batch_stats(model.init(jax.random.PRNGKey(1), x), np.random.default_rng(0))
-  th = jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [x]))
-  return model.apply, variables, x, th
+residual = residual_setup  # a conv net with a residual block, BatchNorm, max and average pooling
 
 
 @pytest.mark.parametrize("neuron,readout", [(jaxsnn.SNM(), "membrane"), (jaxsnn.SNM(), "spike"),
@@ -305,3 +299,33 @@ def test_non_finite_inputs_read_out_nan_and_count_as_wrong():
   with pytest.warns(UserWarning, match="2 of 5 examples had a NaN or infinite input"):
     res = jaxsnn.evaluate(snn, [(bad, labels)], 9)
   assert res["non_finite"] == 2 and res["correct"].max() <= 3
+
+
+# ---- end-to-end tuning -------------------------------------------------------------------------------------------
+def test_surrogate_neurons_spike_exactly_like_the_originals():
+  from jaxsnn._src import lowlatency
+  import dataclasses
+  apply_fn, variables, x, th = residual()
+  for neuron in (jaxsnn.SNM(), jaxsnn.IF()):
+    snn = jaxsnn.convert(apply_fn, variables, x, th, neuron=neuron, initial_potential=0.5)
+    twin = dataclasses.replace(snn, neuron=lowlatency._surrogate(neuron, 0.5))
+    a, b = jaxsnn.simulate(snn, x, 12), jaxsnn.simulate(twin, x, 12)
+    np.testing.assert_array_equal(a.outputs, b.outputs)
+    for k in a.pos_spikes:
+      np.testing.assert_array_equal(a.pos_spikes[k], b.pos_spikes[k])
+      np.testing.assert_array_equal(a.neg_spikes[k], b.neg_spikes[k])
+
+
+def test_tune_snn_lowers_the_distance_to_the_ann_and_changes_only_data():
+  apply_fn, variables, x = calib_net()
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
+  tuned, losses = jaxsnn.tune_snn(snn, [x[:32], x[32:]], 4, steps=80, learning_rate=0.03)
+  assert tuned.traced == snn.traced and losses.shape == (80,)
+  ann = np.asarray(apply_fn(variables, x))
+  dist = lambda net: float(np.mean((np.asarray(jaxsnn.simulate(net, x, 4).outputs[-1]) - ann) ** 2))  # noqa: E731
+  assert dist(tuned) < 0.9 * dist(snn)
+  with pytest.raises(ValueError, match="supports SNM and IF\\(subtract\\)"):
+    jaxsnn.tune_snn(jaxsnn.convert(apply_fn, variables, x, th, neuron=jaxsnn.SignedIF()), [x], 4, steps=1)
+  with pytest.raises(ValueError, match="cannot tune \\['weights'\\]"):
+    jaxsnn.tune_snn(snn, [x], 4, tune=("weights",))

@@ -460,7 +460,7 @@ def _classify(kept: list, base_kinds: dict, avals: dict, caller: str) -> tuple[l
   return ops, kinds
 
 
-def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> Program:
+def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn", fold: bool = False) -> Program:
   """Traces ``fn(variables, x)`` and returns its flattened, classified :class:`Program`.
 
   Args:
@@ -468,6 +468,8 @@ def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> Prog
     variables: a pytree of arrays (or shape/dtype structs).
     x: the input pytree; every leaf has a leading batch axis.
     caller: public function name used to prefix error messages.
+    fold: fold the constant affine chain after each spiking matmul / convolution (bias, BatchNorm) into its kernel
+      and one bias (:func:`fold_affine`), for the simulator. The ANN walks (calibration, reference) never fold.
 
   Raises:
     ConversionError: for a primitive that acts non-affinely on spiking values, or an output that is not one array.
@@ -495,9 +497,156 @@ def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> Prog
   base.update({i: INPUT for i in input_ids})
   base.update({i: CONST for i, _ in consts})
   ops, kinds = _classify(kept, base, b.avals, caller)
+  if fold:
+    ops = fold_affine(ops, kinds, b.avals, out)
   key = _program_key(ops, out, var_ids, input_ids, consts, kinds, b.avals)
   return Program(var_ids=var_ids, input_ids=input_ids, consts=consts, ops=tuple(ops), out=out, kinds=kinds,
                  avals=b.avals, key=key)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folding constant affine chains into the contractions.
+# ----------------------------------------------------------------------------------------------------------------
+
+_CHAIN = {P.add_p: "add", P.sub_p: "sub", P.mul_p: "mul", P.div_p: "div"}
+
+
+def _feature_axes(op: Op, shape_of) -> tuple[int, int] | None:
+  """(kernel axis, output axis) of the output features of a contraction with a constant kernel on the right, if
+  the output features are the output's last axis; else None."""
+  kernel = shape_of(op.ins[1])
+  out_ndim = len(shape_of(op.outs[0]))
+  if op.prim is P.conv_general_dilated_p:
+    dn = op.params["dimension_numbers"]
+    if op.params.get("batch_group_count", 1) != 1 or dn.out_spec[1] != out_ndim - 1:
+      return None
+    return dn.rhs_spec[0], out_ndim - 1
+  if op.prim is P.dot_general_p:
+    (_, rc), (_, rb) = op.params["dimension_numbers"]
+    free = [d for d in range(len(kernel)) if d not in rc and d not in rb]
+    if rb or len(free) != 1 or free[0] != len(kernel) - 1:
+      return None
+    return free[0], out_ndim - 1
+  return None
+
+
+def fold_affine(ops: list, kinds: dict, avals: dict, out) -> list:
+  """Folds ``y = contraction(spikes, W)`` followed by a chain of per-channel constant adds, subtractions, products
+  and divisions (a conv's bias, an eval-mode BatchNorm) into ``contraction(spikes, W * s) + b``.
+
+  The kernel ``W * s`` and the bias ``b`` are constants, computed once before the time loop; every step then runs
+  one contraction and one add instead of the chain. Equal to the unfolded program up to float rounding (the products
+  are taken in another order); both simulation schedules run the same folded program, so they still agree bit for
+  bit. A chain stops at a value with more than one use, an operand that is not constant per output channel, or any
+  other op.
+  """
+  shape_of = lambda a: np.shape(a.val) if isinstance(a, Lit) else avals[a].shape  # noqa: E731
+  kind_of = lambda a: CONST if isinstance(a, Lit) else kinds[a]  # noqa: E731
+  uses: dict = {}
+  for op in ops:
+    inner = op.op if isinstance(op, MaxSite) else op
+    for a in inner.ins:
+      if not isinstance(a, Lit):
+        uses[a] = uses.get(a, 0) + 1
+  if not isinstance(out, Lit):
+    uses[out] = uses.get(out, 0) + 1
+  consumer = {}
+  for pos, op in enumerate(ops):
+    if isinstance(op, Op):
+      for a in op.ins:
+        if not isinstance(a, Lit):
+          consumer.setdefault(a, pos)
+  next_id = [max(avals) + 1]
+  replaced, inserted = set(), {}
+
+  def emit(f, atoms, scope, where) -> tuple[list, list]:
+    """Traces ``f(*atoms)`` into new ops; returns (ops, output atoms)."""
+    closed = jax.make_jaxpr(f)(*[jax.ShapeDtypeStruct(shape_of(a), avals[a].dtype if not isinstance(a, Lit)
+                                                      else jnp.result_type(a.val)) for a in atoms])
+    env = dict(zip(closed.jaxpr.invars, atoms))
+    new = []
+    assert not closed.jaxpr.constvars, "fold_affine: a helper closed over a constant"
+    for eqn in closed.jaxpr.eqns:
+      ins = tuple(Lit(v.val) if isinstance(v, jcore.Literal) else env[v] for v in eqn.invars)
+      outs = []
+      for v in eqn.outvars:
+        i = next_id[0]
+        next_id[0] += 1
+        avals[i] = jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype)
+        kinds[i] = max((kind_of(a) for a in ins), default=CONST)
+        env[v] = i
+        outs.append(i)
+      new.append(Op(eqn.primitive, dict(eqn.params), ins, tuple(outs), where, scope))
+    return new, [Lit(v.val) if isinstance(v, jcore.Literal) else env[v] for v in closed.jaxpr.outvars]
+
+  for pos, op in enumerate(ops):
+    if not (isinstance(op, Op) and rules.is_contraction(op.prim) and kinds[op.outs[0]] == SPIKE
+            and kind_of(op.ins[0]) == SPIKE and kind_of(op.ins[1]) == CONST and pos not in replaced):
+      continue
+    axes = _feature_axes(op, shape_of)
+    if axes is None:
+      continue
+    y_shape = shape_of(op.outs[0])
+    channels = y_shape[-1]
+    chain, cur = [], op.outs[0]
+    while uses.get(cur, 0) == 1 and cur in consumer:
+      nxt = ops[consumer[cur]]
+      name = _CHAIN.get(nxt.prim)
+      if name is None or len(nxt.ins) != 2:
+        break
+      side = 0 if nxt.ins[0] == cur else 1
+      const = nxt.ins[1 - side]
+      c_shape = shape_of(const)
+      if (kind_of(const) != CONST or (name in ("sub", "div") and side != 0) or len(c_shape) > len(y_shape)
+          or any(d != 1 for d in c_shape[:-1]) or (c_shape and c_shape[-1] not in (1, channels))
+          or tuple(shape_of(nxt.outs[0])) != tuple(y_shape)):
+        break
+      chain.append((consumer[cur], name, const))
+      cur = nxt.outs[0]
+    if not chain:
+      continue
+    names = tuple(name for _, name, _ in chain)
+    kernel_axis, _ = axes
+
+    def constants(w, *cs, names=names, kernel_axis=kernel_axis, channels=channels):
+      scale = jnp.ones((channels,), jnp.float32)
+      bias = jnp.zeros((channels,), jnp.float32)
+      for name, c in zip(names, cs):
+        c = jnp.broadcast_to(jnp.asarray(c, jnp.float32).reshape((-1,))[-channels:] if jnp.ndim(c) else c,
+                             (channels,))
+        if name == "add":
+          bias = bias + c
+        elif name == "sub":
+          bias = bias - c
+        elif name == "mul":
+          scale, bias = scale * c, bias * c
+        else:
+          scale, bias = scale / c, bias / c
+      shape = [1] * w.ndim
+      shape[kernel_axis] = channels
+      return (w * scale.reshape(shape).astype(w.dtype)), bias.astype(w.dtype)
+
+    last_pos, last = chain[-1][0], ops[chain[-1][0]]
+    const_ops, (new_w, new_b) = emit(constants, [op.ins[1]] + [c for _, _, c in chain], op.scope, op.where)
+    contraction = Op(op.prim, op.params, (op.ins[0], new_w), op.outs, op.where, op.scope)
+    bias_ops, _ = emit(lambda y, b: y + b, [op.outs[0], new_b], last.scope, last.where)
+    # The chain's last value keeps its id (later ops read it): the bias add writes it.
+    bias_ops[-1] = bias_ops[-1]._replace(outs=last.outs)
+    kinds[last.outs[0]] = SPIKE
+    replaced.update(p for p, _, _ in chain)
+    replaced.add(pos)
+    # All at the chain's end: the chain's constants are all made by then, and nothing in between reads the
+    # contraction's output (its only reader was the chain).
+    inserted[last_pos] = const_ops + [contraction] + bias_ops
+  if not replaced:
+    return ops
+  folded = []
+  for pos, op in enumerate(ops):
+    if pos in inserted:
+      folded.extend(inserted[pos])
+    elif pos not in replaced:
+      folded.append(op)
+  return folded
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -455,3 +455,165 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
 def _activations(traced: ir.Traced, variables, x):
   program = ir.build_program(traced.fn, variables, x, caller="jaxsnn.calibrate_snn")
   return ir.site_values(program, variables, x)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End-to-end tuning through the simulation (straight-through spikes).
+# ----------------------------------------------------------------------------------------------------------------
+
+@jax.custom_jvp
+def _fires(u, width):
+  """``u >= 0`` as 0/1, with the derivative of ``sigmoid(u / width)`` (a surrogate for the step's)."""
+  return (u >= 0).astype(u.dtype)
+
+
+@_fires.defjvp
+def _fires_jvp(primals, tangents):
+  u, width = primals
+  du, _ = tangents
+  sig = jax.nn.sigmoid(u / width)
+  return _fires(u, width), sig * (1 - sig) / width * du
+
+
+def _surrogate(neuron, width: float):
+  """A neuron with the same spikes and a surrogate gradient through its firing decisions (IF and SNM)."""
+  from jaxsnn._src import neurons as nrn
+
+  def snm_step(threshold, state, current):
+    v = state.v + current
+    live = (threshold > 0).astype(v.dtype)
+    scale = jnp.maximum(threshold, 1e-12) * width
+    pos = live * _fires(v - threshold, scale)
+    neg = live * _fires(-threshold - v, scale) * (state.m > 0).astype(v.dtype) * (1 - pos)
+    s = threshold.astype(v.dtype) * (pos - neg)
+    m = state.m + pos.astype(jnp.int32) - neg.astype(jnp.int32)
+    return nrn.SNMState(v=v - s, m=m), s.astype(jnp.result_type(threshold))
+
+  def if_step(threshold, state, current):
+    v = state.v + current
+    live = (threshold > 0).astype(v.dtype)
+    pos = live * _fires(v - threshold, jnp.maximum(threshold, 1e-12) * width)
+    s = threshold.astype(v.dtype) * pos
+    return nrn.IFState(v=v - s), s.astype(jnp.result_type(threshold))
+
+  if neuron is nrn.SNM():
+    return nrn.Neuron(init=neuron.init, step=snm_step, name="SNM (surrogate)")
+  if neuron is nrn.IF("subtract"):
+    return nrn.Neuron(init=neuron.init, step=if_step, name="IF(subtract) (surrogate)")
+  raise ValueError(f"jaxsnn.tune_snn: end-to-end tuning supports SNM and IF(subtract) neurons; got {neuron.name}.")
+
+
+_SURROGATES: dict = {}
+
+
+def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int = 200,
+             learning_rate: float = 0.01, tune=("thresholds", "offsets", "initial_potential"),
+             width: float = 0.5, block_size: int | None = None, progress: bool = False) -> tuple[SpikingNetwork,
+                                                                                                np.ndarray]:
+  """End-to-end tuning of per-channel thresholds, offsets and initial potentials through the simulated SNN.
+
+  The loss is the mean squared distance between the SNN's readout after ``num_steps`` and the ANN's logits on
+  training batches; its gradient flows through the simulation with the spike decisions' step function given the
+  derivative of ``sigmoid(u / (width * threshold))`` (a surrogate; the forward spikes are exactly the network's).
+  Per channel (last axis) of every site: a log-scale of the thresholds, a current offset and an initial potential
+  (fraction of the threshold), from the network's own values, descended with Adam. Weights never change. The
+  iterate with the lowest loss averaged over a round of the batches is returned.
+
+  Args:
+    snn: a converted network (e.g. after :func:`calibrate_snn`); SNM or IF(subtract) neurons.
+    batches: a few training batches (``x`` or ``(x, mask)``); used in turn, one per step. Never the test set.
+    num_steps: the T to tune for.
+    steps: gradient steps.
+    learning_rate: Adam's rate.
+    tune: which of ``"thresholds"``, ``"offsets"``, ``"initial_potential"`` to tune.
+    width: the surrogate's width, a fraction of the threshold.
+    block_size: the simulation schedule.
+    progress: a tqdm bar.
+
+  Returns:
+    ``(snn, losses)``: the tuned network and the loss at every step.
+
+  Raises:
+    ValueError: for an unsupported neuron, unknown names in ``tune``, or empty batches.
+  """
+  caller = "jaxsnn.tune_snn"
+  _check_steps_and_potential(num_steps, 0.0, caller)
+  unknown = set(tune) - {"thresholds", "offsets", "initial_potential"}
+  if unknown:
+    raise ValueError(f"{caller}: cannot tune {sorted(unknown)}; choose among thresholds, offsets, initial_potential.")
+  check_batches(batches, caller)
+  data = []
+  for batch in batches:
+    x, mask = split_batch(batch, caller)
+    size = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
+    mask = jnp.ones(size, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+    data.append((x, mask, _ann_logits(snn, x)))
+  if not data:
+    raise ValueError(f"{caller}: batches is empty; pass a few batches of training inputs.")
+  key = (snn.neuron, float(width))
+  if key not in _SURROGATES:
+    _SURROGATES[key] = _surrogate(snn.neuron, width)
+  import dataclasses as _dc
+  differentiable = _dc.replace(snn, neuron=_SURROGATES[key])
+  names = snn.site_names
+  channels = {n: (_channels(dict(snn.site_shapes)[n]),) for n in names}
+  params = {"log_scale": {n: jnp.zeros(channels[n]) for n in names},
+            "offset": {n: jnp.zeros(channels[n]) for n in names},
+            "potential": {n: jnp.zeros(channels[n]) for n in names}}
+  opt = optax.adam(learning_rate)
+  state = opt.init(params)
+  mask_grads = {"log_scale": "thresholds" in tune, "offset": "offsets" in tune, "potential": "initial_potential" in tune}
+
+  def apply(params, net):
+    th = {n: (net.thresholds[n] * jnp.exp(params["log_scale"][n])).astype(net.thresholds[n].dtype) for n in names}
+    off = {n: (net.offsets[n] + params["offset"][n]).astype(net.offsets[n].dtype) for n in names}
+    pot = {n: (net.initial_potential[n] + params["potential"][n]).astype(net.initial_potential[n].dtype)
+           for n in names}
+    return _dc.replace(net, thresholds={**net.thresholds, **th}, offsets=off,
+                       initial_potential={**net.initial_potential, **pot})
+
+  def loss(params, x, mask, target):
+    trace = simulate(apply(params, differentiable), x, num_steps, block_size)
+    err = jnp.square(trace.outputs[-1].astype(jnp.float32) - target).reshape(target.shape[0], -1).mean(axis=1)
+    return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+  grad_fn = jax.jit(jax.value_and_grad(loss))
+  # The starting point is a candidate too: its loss over one round of the batches.
+  best, best_loss = params, float(np.mean([float(grad_fn(params, *d)[0]) for d in data]))
+  losses = []
+  bar = None
+  if progress:
+    try:
+      from tqdm.auto import tqdm
+      bar = tqdm(total=steps, desc=f"tune_snn T={num_steps}")
+    except ImportError:
+      pass
+  for i in range(steps):
+    x, mask, target = data[i % len(data)]
+    value, grads = grad_fn(params, x, mask, target)
+    grads = {k: jax.tree_util.tree_map(lambda g: g * mask_grads[k], v) for k, v in grads.items()}
+    value = float(value)
+    losses.append(value)
+    if i >= len(data) and np.mean(losses[-len(data):]) < best_loss:  # a full round over the batches, same params
+      best_loss, best = np.mean(losses[-len(data):]), params
+    updates, state = opt.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(loss=f"{value:.4g}")
+  if bar is not None:
+    bar.close()
+  tuned = apply(best, snn)
+  return snn.replace(thresholds=tuned.thresholds, offsets=tuned.offsets,
+                     initial_potential=tuned.initial_potential), np.asarray(losses)
+
+
+def _ann_logits(snn: SpikingNetwork, x):
+  """The ANN's logits for ``x``."""
+  return _logits(snn.traced, snn.variables, x).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(traced: ir.Traced, variables, x):
+  program = ir.build_program(traced.fn, variables, x, caller="jaxsnn.tune_snn")
+  return ir.site_values(program, variables, x)[1]

@@ -126,7 +126,7 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
 def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None, exact: bool,
               record: tuple) -> Trace:
-  program = ir.build_program(snn.apply_fn, snn.variables, x, caller="jaxsnn.simulate")
+  program = ir.build_program(snn.apply_fn, snn.variables, x, caller="jaxsnn.simulate", fold=snn.fold)
   env = ir.initial_env(program, snn.variables, x)
   ir.walk(program, env, kinds=frozenset({ir.CONST, ir.INPUT}))  # sites are spiking: never run here
   static_env = env
@@ -421,8 +421,8 @@ def stream(simulate_batch: Callable[[Any, np.ndarray], Trace], batches, num_step
 
 def _job_fingerprint(snn: SpikingNetwork, num_steps, block_size, exact, record) -> str:
   """What a resumed evaluation must share with the run that wrote the checkpoint."""
-  h = hashlib.sha256(repr((snn.traced.key, snn.neuron.name, snn.readout, str(snn.state_dtype), num_steps, block_size,
-                           exact, record)).encode())
+  h = hashlib.sha256(repr((snn.traced.key, snn.neuron.name, snn.readout, str(snn.state_dtype), snn.fold, num_steps,
+                           block_size, exact, record)).encode())
   for leaf in jax.tree_util.tree_leaves((snn.variables, snn.thresholds, snn.initial_potential, snn.offsets)):
     h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
   return h.hexdigest()
