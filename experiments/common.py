@@ -411,3 +411,28 @@ def table(report_: dict, steps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), w
               else " | | ")
     lines.append(row + " |")
   return "\n".join(lines)
+
+
+def cost_table(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> str:
+  """Markdown: per method, accuracy (%) / average firing rate / Eq. 15 energy ratio at each T; a method tuned for a
+  target T fills only that column. The last row is the best per T, with the points lost against the ANN."""
+  ann = report_["ann_accuracy"]
+  head = "| method | " + " | ".join(f"T={t}: acc / rate / E" for t in steps) + " |"
+  lines = [head, "|" + "---|" * (len(steps) + 1)]
+  best = {t: (None, -1.0) for t in steps}
+  for name, r in report_["methods"].items():
+    target = r["method"].get("target") if "method" in r else None
+    cells = []
+    for t in steps:
+      at = r.get("at", {}).get(str(t))
+      if t > len(r["accuracy"]) or (target and target != t) or at is None:
+        cells.append("")
+        continue
+      acc = r["accuracy"][t - 1]
+      cells.append(f"{100 * acc:.2f} / {at['average_firing_rate']:.3f} / {at['energy_ratio']:.2f}")
+      if acc > best[t][1]:
+        best[t] = (name, acc)
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("| **best (points lost vs ANN)** | " + " | ".join(
+      f"**{100 * a:.2f}** ({100 * (ann - a):+.2f})" if n else "" for n, a in best.values()) + " |")
+  return "\n".join(lines)
