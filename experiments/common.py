@@ -319,7 +319,8 @@ class Job:
 
   def _file(self, method: Method) -> pathlib.Path:
     slug = "".join(c if c.isalnum() else "_" for c in method.name.replace("θ/2", "half").replace("λ", "lambda"))
-    return self.work / f"{slug}.json"
+    # The test-set size is in the name: a 1,000-image run (the README's command) never overwrites a full-set result.
+    return self.work / f"{slug}.{self.settings['test_images']}img.json"
 
   def result(self, method: Method, num_steps: int) -> dict:
     """The method's accuracy after every t <= its T, rates and energy at the recorded steps (cached)."""
