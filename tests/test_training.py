@@ -215,3 +215,16 @@ def test_experiment_scripts_read_committed_checkpoints_and_run_dirs(tmp_path):
     fig3.run_files(tmp_path)
   with pytest.raises(SystemExit, match=r"missing .*nope\.config\.json"):
     fig3.run_files(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name,base,levels", [("cifar10_resnet20_qcfs", "cifar10_resnet20", 4),
+                                              ("cifar10_resnet20_qcfs8", "cifar10_resnet20", 8),
+                                              ("cifar10_vgg16_w025_qcfs", "cifar10_vgg16_w025", 4)])
+def test_qcfs_configs_change_only_the_activation(name, base, levels):
+  """A QCFS config is its ReLU reference recipe with QCFS levels set: same data, schedule, model and seed."""
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  reference = importlib.import_module(f"experiments.configs.{base}").get_config()
+  assert reference.qcfs_levels is None and config.qcfs_levels == levels
+  assert dataclasses.replace(config, qcfs_levels=None, qcfs_init_threshold=reference.qcfs_init_threshold) == reference
+  act = training.build_model(config).act
+  assert (act.levels, act.init_threshold) == (levels, 8.0)
