@@ -198,7 +198,9 @@ class Method:
     potential: initial membrane potential, a fraction of the threshold (None: jaxsnn's default, 0 for ReLU sites
       and 0.5 for QCFS sites).
     tuned: thresholds chosen for the target T (``jaxsnn.thresholds_for_steps``, per channel).
-    calibrated: ``jaxsnn.calibrate_snn`` at the target T (current offsets, per channel).
+    calibrated: ``jaxsnn.calibrate_snn`` at the target T (initial potentials, per channel).
+    end_to_end: then ``jaxsnn.tune_snn`` at the target T (per-channel thresholds, offsets and potentials descended
+      through the simulation on training batches).
     target: the T that ``tuned`` / ``calibrated`` aim at; the run stops there.
     authors: the authors' test-leaking threshold protocol (comparison only).
   """
@@ -207,6 +209,7 @@ class Method:
   potential: Optional[float] = 0.0
   tuned: bool = False
   calibrated: bool = False
+  end_to_end: bool = False
   target: Optional[int] = None
   authors: bool = False
 
@@ -219,6 +222,8 @@ class Method:
       parts.append("T-aware θ")
     if self.calibrated:
       parts.append("calibration")
+    if self.end_to_end:
+      parts.append("end-to-end")
     if self.authors:
       parts.append("authors' protocol (leaks test)")
     return " + ".join(parts) + (f" (T={self.target})" if self.target else "")
@@ -245,6 +250,11 @@ def lowlatency_methods(targets=(4, 8, 16, 32)) -> list:
   return out
 
 
+def end_to_end_methods(targets=(8, 16)) -> list:
+  """The stacked SNM recipe, then ``jaxsnn.tune_snn`` (the low-latency issue's stretch goal)."""
+  return [Method("SNM", potential=0.5, tuned=True, calibrated=True, end_to_end=True, target=t) for t in targets]
+
+
 def qcfs_methods(targets=(4, 8, 16)) -> list:
   """A QCFS network: its own thresholds with v0 = θ/2, IF and SNM, with and without calibration."""
   out = []
@@ -254,10 +264,14 @@ def qcfs_methods(targets=(4, 8, 16)) -> list:
   return out
 
 
+TUNE_IMAGES, TUNE_STEPS = 1024, 200  # end-to-end tuning: training images (batches of 128) and Adam steps
+
+
 def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[], Any] | None = None,
              calib_snn_batches: Sequence[Any] = (), progress: bool = True):
   """The SNN of ``method`` for ``run``: thresholds from ``stats`` (or ``hist()`` for the tuned methods), the
-  initial potential, and ``jaxsnn.calibrate_snn`` on ``calib_snn_batches`` for the calibrated ones."""
+  initial potential, ``jaxsnn.calibrate_snn`` on ``calib_snn_batches`` for the calibrated ones, and
+  ``jaxsnn.tune_snn`` on the first ``TUNE_IMAGES`` training images for the end-to-end ones."""
   import jaxsnn
   neuron = jaxsnn.SNM() if method.neuron == "SNM" else jaxsnn.IF()
   example = run.normalize(run.test.images[:1])
@@ -273,6 +287,9 @@ def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[],
   snn = jaxsnn.convert(run.apply_fn, run.variables, example, th, neuron=neuron, initial_potential=method.potential)
   if method.calibrated:
     snn = jaxsnn.calibrate_snn(snn, list(calib_snn_batches), num_steps, progress=progress)
+  if method.end_to_end:
+    snn, _ = jaxsnn.tune_snn(snn, list(calibration_batches(run, TUNE_IMAGES, 128)), num_steps, steps=TUNE_STEPS,
+                             progress=progress)
   return snn
 
 

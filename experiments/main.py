@@ -5,7 +5,8 @@
 ``--run``: a committed checkpoint name (``experiments/checkpoints/NAME``) or a run directory of ``train.py``.
 ``--methods``: ``readme`` (the paper's method, the usual IF + LayerNorm baseline, and jaxsnn's low-latency recipe),
 ``paper`` (the four arms of the paper's Fig. 4), ``lowlatency`` (the paper's method, each low-latency tool alone and
-stacked, for the ``--targets``), ``qcfs`` (a QCFS network with its own thresholds), ``all``, or method names
+stacked, for the ``--targets``), ``endtoend`` (the stacked recipe, then end-to-end tuning through the simulation),
+``qcfs`` (a QCFS network with its own thresholds), ``all``, or method names
 separated by ``;``. Thresholds, tuning and calibration use training images only, never the test set.
 
 Writes ``experiments/runs/<run>/main.json`` (``{"test_images", "ann_accuracy", "methods": {name: {"accuracy":
@@ -23,6 +24,7 @@ SETS = {
     "paper": common.paper_methods,
     "lowlatency": common.lowlatency_methods,
     "qcfs": common.qcfs_methods,
+    "endtoend": common.end_to_end_methods,
 }
 
 

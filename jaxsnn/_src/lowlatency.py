@@ -596,7 +596,8 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     grads = {k: jax.tree_util.tree_map(lambda g: g * mask_grads[k], v) for k, v in grads.items()}
     value = float(value)
     losses.append(value)
-    if i >= len(data) and np.mean(losses[-len(data):]) < best_loss:  # a full round over the batches, same params
+    # The mean loss over the last round of batches (iterates a few small steps apart) stands for this iterate's.
+    if i >= len(data) and np.mean(losses[-len(data):]) < best_loss:
       best_loss, best = np.mean(losses[-len(data):]), params
     updates, state = opt.update(grads, state, params)
     params = optax.apply_updates(params, updates)
