@@ -454,3 +454,18 @@ def cost_table(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> str:
   lines.append("| **best (points lost vs ANN)** | " + " | ".join(
       f"**{100 * a:.2f}** ({100 * (ann - a):+.2f})" if n else "" for n, a in best.values()) + " |")
   return "\n".join(lines)
+
+
+def recipes(report_: dict) -> dict:
+  """``{recipe: {T: (accuracy, energy ratio)}}`` for ``jaxsnn.plotting.plot_recipes``: a method tuned for a target T
+  is one point of its recipe (the name without " (T=...)"); a method simulated once gives every recorded T."""
+  out: dict = {}
+  for name, r in report_["methods"].items():
+    target = r.get("method", {}).get("target")
+    recipe = name.rsplit(" (T=", 1)[0] if target else name
+    at = r.get("at", {})
+    steps = [target] if target else [int(t) for t in at if int(t) <= len(r["accuracy"])] or [len(r["accuracy"])]
+    for t in steps:
+      e = at.get(str(t), {}).get("energy_ratio")
+      out.setdefault(recipe, {})[t] = (r["accuracy"][t - 1], e)
+  return out

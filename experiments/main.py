@@ -85,8 +85,12 @@ def main():
   report = common.report(job, results, ann)
   out = pathlib.Path(args.out) if args.out else work / "main.json"
   common.write_json(out, report)
-  plotting.plot_accuracy_vs_time({k: v["accuracy"] for k, v in results.items()}, out.with_suffix(".png"), ann,
-                                 title=f"{run.name}: {report['test_images']} test images")
+  title = f"{run.name}: {report['test_images']} test images"
+  if any(m.target for m in methods):  # one line per recipe through its targets, accuracy and energy
+    plotting.plot_recipes(common.recipes(report), out.with_suffix(".png"), ann, title=title)
+  else:
+    plotting.plot_accuracy_vs_time({k: v["accuracy"] for k, v in results.items()}, out.with_suffix(".png"), ann,
+                                   title=title)
   print(common.table(report))
   print(f"wrote {out} and {out.with_suffix('.png')}")
 

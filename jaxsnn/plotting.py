@@ -102,6 +102,49 @@ def plot_accuracy_vs_time(methods: Mapping[str, Any], path: str | os.PathLike, a
   plt.close(fig)
 
 
+def plot_recipes(recipes: Mapping[str, Mapping[int, tuple[float, float | None]]], path: str | os.PathLike,
+                 ann_accuracy: float | None = None, title: str | None = None) -> None:
+  """Accuracy and energy against T for several conversion recipes: two panels, one line per recipe.
+
+  A recipe tuned for one T at a time (thresholds or calibration for a target T) gives one point per target; a recipe
+  simulated once gives a point at every recorded T. Readable where one accuracy-vs-T curve per method is not.
+
+  Args:
+    recipes: ``{recipe: {T: (accuracy, energy ratio or None)}}``; accuracy a fraction in [0, 1], energy
+      ``E_SNN / E_ANN`` (``jaxsnn.analysis.energy``).
+    path: where to write the PNG.
+    ann_accuracy: the ANN's accuracy (a fraction), a dashed line on the accuracy panel; the energy panel marks 1
+      (the ANN's energy).
+    title: optional title.
+  """
+  plt = _pyplot()
+  fig, (acc_ax, e_ax) = plt.subplots(1, 2, figsize=(11, 4.6))
+  styles = ["-o", "-s", "-^", "-D", "-v", "-P", "-X", "-*", "--o", "--s", "--^", "--D"]
+  for i, (name, points) in enumerate(recipes.items()):
+    steps = sorted(points)
+    style = styles[i % len(styles)]
+    acc_ax.plot(steps, [100 * points[t][0] for t in steps], style, ms=4, label=name)
+    with_e = [t for t in steps if points[t][1] is not None]
+    e_ax.plot(with_e, [points[t][1] for t in with_e], style, ms=4, label=name)
+  if ann_accuracy is not None:
+    acc_ax.axhline(100 * ann_accuracy, color="k", ls="--", lw=1, label="ANN")
+  e_ax.axhline(1.0, color="k", ls="--", lw=1, label="ANN energy")
+  for ax, label in ((acc_ax, "test accuracy (%)"), (e_ax, "E_SNN / E_ANN (Eq. 15)")):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  acc_ax.set_ylim(0, 100)
+  e_ax.set_yscale("log")
+  if title:
+    fig.suptitle(title)
+  handles, labels = acc_ax.get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+  fig.tight_layout(rect=(0, 0.04 * (len(labels) + 1) / 2 + 0.02, 1, 1))
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_firing_rates(positive: Mapping[str, float], negative: Mapping[str, float], path: str | os.PathLike,
                       average: float | None = None, title: str | None = None) -> None:
   """The paper's Fig. 5: firing rate per layer (spikes per neuron per step), positive and negative spikes stacked.

@@ -1,0 +1,45 @@
+"""Tests for the experiment report helpers: recipes grouped over their targets, the cost table, the recipe plot."""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import common  # noqa: E402
+from jaxsnn import plotting  # noqa: E402
+
+
+def method(name, accuracy, target=None, at=None):
+  return {"name": name, "method": {"target": target}, "accuracy": accuracy, "at": at or {}}
+
+
+def at(*pairs):
+  return {str(t): {"average_firing_rate": r, "energy_ratio": e} for t, r, e in pairs}
+
+
+REPORT = {
+    "ann_accuracy": 0.9,
+    "methods": {
+        "SNM + NeuronNorm": method("SNM + NeuronNorm", [0.1, 0.2, 0.3, 0.5], at=at((2, 0.1, 0.05), (4, 0.2, 0.1))),
+        "SNM + NeuronNorm + θ/2 (T=2)": method("x", [0.6, 0.7], target=2, at=at((2, 0.3, 0.2))),
+        "SNM + NeuronNorm + θ/2 (T=4)": method("y", [0.5, 0.6, 0.8, 0.85], target=4, at=at((4, 0.25, 0.4))),
+    },
+}
+
+
+def test_recipes_join_the_targets_of_one_recipe_and_keep_every_recorded_step():
+  r = common.recipes(REPORT)
+  assert r == {"SNM + NeuronNorm": {2: (0.2, 0.05), 4: (0.5, 0.1)},
+               "SNM + NeuronNorm + θ/2": {2: (0.7, 0.2), 4: (0.85, 0.4)}}
+
+
+def test_cost_table_fills_a_targeted_method_only_at_its_target_and_marks_the_best():
+  lines = common.cost_table(REPORT, steps=(2, 4)).splitlines()
+  row = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+  assert "70.00 / 0.300 / 0.20" in row["SNM + NeuronNorm + θ/2 (T=2)"]
+  assert row["SNM + NeuronNorm + θ/2 (T=2)"].endswith("0.20 |  |")  # nothing at T = 4
+  assert lines[-1] == "| **best (points lost vs ANN)** | **70.00** (+20.00) | **85.00** (+5.00) |"
+
+
+def test_plot_recipes_writes_a_png(tmp_path):
+  path = tmp_path / "recipes.png"
+  plotting.plot_recipes(common.recipes(REPORT), path, REPORT["ann_accuracy"], title="t")
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
