@@ -10,9 +10,10 @@ stacked, for the ``--targets``), ``endtoend`` (the stacked recipe, then end-to-e
 separated by ``;``. Thresholds, tuning and calibration use training images only, never the test set.
 
 Writes ``experiments/runs/<run>/main.json`` (``{"test_images", "ann_accuracy", "methods": {name: {"accuracy":
-[after t = 1..T], ...}}}``) and a PNG beside it, and prints a table; the committed reference results are written
-only when ``--out`` says so (see experiments/RESULTS.md). Each method's result is kept in the work dir as soon as it
-is done (and its evaluation checkpoints every few batches): run the same command again to resume.
+[after t = 1..T], ...}}}``) and a PNG beside it (accuracy vs T; for more than 8 methods with targets, accuracy and
+energy vs T with one line per recipe through its targets), and prints a table; the committed reference results are
+written only when ``--out`` says so (see experiments/RESULTS.md). Each method's result is kept in the work dir as
+soon as it is done (and its evaluation checkpoints every few batches): run the same command again to resume.
 """
 import argparse
 import pathlib
@@ -86,7 +87,7 @@ def main():
   out = pathlib.Path(args.out) if args.out else work / "main.json"
   common.write_json(out, report)
   title = f"{run.name}: {report['test_images']} test images"
-  if any(m.target for m in methods):  # one line per recipe through its targets, accuracy and energy
+  if len(methods) > 8 and any(m.target for m in methods):  # too many curves: a line per recipe through its targets
     plotting.plot_recipes(common.recipes(report), out.with_suffix(".png"), ann, title=title)
   else:
     plotting.plot_accuracy_vs_time({k: v["accuracy"] for k, v in results.items()}, out.with_suffix(".png"), ann,
