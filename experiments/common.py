@@ -339,15 +339,24 @@ class Job:
     # The test-set size is in the name: a 1,000-image run (the README's command) never overwrites a full-set result.
     return self.work / f"{slug}.{self.settings['test_images']}img.json"
 
-  def result(self, method: Method, num_steps: int) -> dict:
-    """The method's accuracy after every t <= its T, rates and energy at the recorded steps (cached)."""
-    import jaxsnn
+  def cached(self, method: Method, num_steps: int) -> Optional[dict]:
+    """The method's result if it is in the work dir for these settings and at least its T; else None."""
     steps = method.steps(num_steps)
     path = self._file(method)
     if path.exists():
       cached = json.loads(path.read_text())
       if cached["settings"] == self.settings and cached["steps"] >= steps:
         return _truncate(cached, steps)
+    return None
+
+  def result(self, method: Method, num_steps: int) -> dict:
+    """The method's accuracy after every t <= its T, rates and energy at the recorded steps (cached)."""
+    import jaxsnn
+    cached = self.cached(method, num_steps)
+    if cached is not None:
+      return cached
+    steps = method.steps(num_steps)
+    path = self._file(method)
     t0 = time.time()
     snn = self.snn(method, steps)
     prepare_seconds = time.time() - t0
@@ -399,11 +408,15 @@ def _truncate(result: dict, steps: int) -> dict:
   return out
 
 
-def report(job: Job, results: dict, ann_accuracy: float) -> dict:
-  """The results JSON (the schema of experiments/main.py)."""
-  return {"checkpoint": job.run.name, "dataset": job.run.config.dataset, "model": job.run.config.model,
-          "test_images": job.settings["test_images"], "calibration_images": job.settings["calibration_images"],
-          "ann_accuracy": ann_accuracy, "methods": results}
+def report(job: Job, results: dict, ann_accuracy: float, pending: Sequence[str] = ()) -> dict:
+  """The results JSON (the schema of experiments/main.py); ``pending`` names the methods not done yet (a partial
+  report lists them under ``"pending"``; a complete one has no such key)."""
+  out = {"checkpoint": job.run.name, "dataset": job.run.config.dataset, "model": job.run.config.model,
+         "test_images": job.settings["test_images"], "calibration_images": job.settings["calibration_images"],
+         "ann_accuracy": ann_accuracy, "methods": results}
+  if pending:
+    out["pending"] = list(pending)
+  return out
 
 
 def ann_accuracy(run: Run, arrays, batch_size: int) -> float:

@@ -69,6 +69,8 @@ def main():
   parser.add_argument("--data_dir", default=None, help="tfds data dir (default: tfds's own)")
   parser.add_argument("--work", default=None, help="where method results are kept (default experiments/runs/<run>)")
   parser.add_argument("--out", default=None, help="results JSON (default <work>/main.json)")
+  parser.add_argument("--report_only", action="store_true",
+                      help="report the methods already done in the work dir (the rest listed as pending); run none")
   args = parser.parse_args()
 
   run = common.load_run(common.resolve_run(args.run), args.data_dir)
@@ -79,13 +81,23 @@ def main():
   job = common.Job(run, work, num_test, args.calib_examples, args.batch_size, block_size=args.block_size)
   ann = common.ann_accuracy(run, job.test, args.batch_size)
   print(f"{run.name}: ANN accuracy on {job.settings['test_images']} test images {100 * ann:.2f} %", flush=True)
+  out = pathlib.Path(args.out) if args.out else work / "main.json"
   results = {}
-  for method in methods:
+  for i, method in enumerate(methods):
+    if args.report_only:
+      cached = job.cached(method, args.steps)
+      if cached is not None:
+        results[method.name] = cached
+      continue
     print(f"-- {method.name}", flush=True)
     results[method.name] = job.result(method, args.steps)
-  report = common.report(job, results, ann)
-  out = pathlib.Path(args.out) if args.out else work / "main.json"
+    # The report so far, after every method: a long run killed midway leaves what it did.
+    common.write_json(out, common.report(job, results, ann, [m.name for m in methods[i + 1:]]))
+  pending = [m.name for m in methods if m.name not in results]
+  report = common.report(job, results, ann, pending)
   common.write_json(out, report)
+  if pending:
+    print(f"pending (not run yet): {len(pending)} of {len(methods)} methods")
   title = f"{run.name}: {report['test_images']} test images"
   if len(methods) > 8 and any(m.target for m in methods):  # too many curves: a line per recipe through its targets
     plotting.plot_recipes(common.recipes(report), out.with_suffix(".png"), ann, title=title)

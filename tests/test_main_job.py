@@ -1,0 +1,42 @@
+"""experiments/main.py end to end on the committed Fashion-MNIST checkpoint (real data, prepared by scripts/test.sh):
+a small run writes the results JSON and PNG, a second run reuses every method from the work dir, and --report_only
+reports what is done and lists the rest as pending without running it."""
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = ["--run", "fashion_mnist_small_cnn", "--num_test", "50", "--calib_examples", "200", "--batch_size", "50",
+         "--steps", "4"]
+PAPER, HALF = "SNM + NeuronNorm", "SNM + NeuronNorm + θ/2"
+
+
+def main_py(*args, cwd):
+  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "main.py"), *SMALL, *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_main_runs_resumes_from_its_work_dir_and_reports_partial_results(tmp_path):
+  work, out = tmp_path / "work", tmp_path / "out.json"
+  main_py("--methods", PAPER, "--work", str(work), "--out", str(out), cwd=tmp_path)
+  report = json.loads(out.read_text())
+  assert report["test_images"] == 50 and "pending" not in report
+  assert list(report["methods"]) == [PAPER] and len(report["methods"][PAPER]["accuracy"]) == 4
+  assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+  first = report["methods"][PAPER]
+
+  # Both methods asked for, report only: the done one comes from the work dir, the other is pending, none runs.
+  stdout = main_py("--methods", f"{PAPER};{HALF}", "--work", str(work), "--out", str(out), "--report_only",
+                   cwd=tmp_path)
+  partial = json.loads(out.read_text())
+  assert partial["methods"] == {PAPER: first} and partial["pending"] == [HALF]
+  assert "pending (not run yet): 1 of 2" in stdout and "-- " not in stdout
+
+  # Run both: the first is reused as it was (its seconds too), the second runs.
+  stdout = main_py("--methods", f"{PAPER};{HALF}", "--work", str(work), "--out", str(out), cwd=tmp_path)
+  both = json.loads(out.read_text())
+  assert both["methods"][PAPER] == first and "pending" not in both
+  assert len(both["methods"][HALF]["accuracy"]) == 4
