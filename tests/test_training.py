@@ -219,7 +219,8 @@ def test_experiment_scripts_read_committed_checkpoints_and_run_dirs(tmp_path):
 
 @pytest.mark.parametrize("name,base,levels", [("cifar10_resnet20_qcfs", "cifar10_resnet20", 4),
                                               ("cifar10_resnet20_qcfs8", "cifar10_resnet20", 8),
-                                              ("cifar10_vgg16_w025_qcfs", "cifar10_vgg16_w025", 4)])
+                                              ("cifar10_vgg16_w025_qcfs", "cifar10_vgg16_w025", 4),
+                                              ("cifar10_vgg16_w025_qcfs8", "cifar10_vgg16_w025", 8)])
 def test_qcfs_configs_change_only_the_activation(name, base, levels):
   """A QCFS config is its ReLU reference recipe with QCFS levels set: same data, schedule, model and seed."""
   config = importlib.import_module(f"experiments.configs.{name}").get_config()
