@@ -482,3 +482,40 @@ def recipes(report_: dict) -> dict:
       e = at.get(str(t), {}).get("energy_ratio")
       out.setdefault(recipe, {})[t] = (r["accuracy"][t - 1], e)
   return out
+
+
+# Method sets of main.py --methods (and site_errors.py).
+SETS = {
+    "paper": paper_methods,
+    "lowlatency": lowlatency_methods,
+    "qcfs": qcfs_methods,
+    "endtoend": end_to_end_methods,
+}
+
+
+def readme_methods(targets):
+  """The README's main job: the paper's method, IF + LayerNorm, θ/2, and the stacked recipe for each target."""
+  return [Method("SNM"), Method("IF", "layer"), Method("SNM", potential=0.5)] + [
+      Method("SNM", potential=0.5, tuned=True, calibrated=True, target=t) for t in targets]
+
+
+def methods_from(spec: str, targets) -> list:
+  """The methods of a ``--methods`` value: a set name, ``all``, or method names separated by ``;``."""
+  if spec == "readme":
+    return readme_methods(targets)
+  if spec == "all":
+    seen, out = set(), []
+    for make in SETS.values():
+      for m in (make(targets) if make is not paper_methods else make()):
+        if m.name not in seen:
+          seen.add(m.name)
+          out.append(m)
+    return out
+  if spec in SETS:
+    return SETS[spec]() if spec == "paper" else SETS[spec](targets)
+  known = {m.name: m for m in methods_from("all", targets) + readme_methods(targets)}
+  missing = [n for n in spec.split(";") if n.strip() not in known]
+  if missing:
+    raise SystemExit(f"--methods: unknown {missing}; choose a set ({', '.join(['readme', *SETS, 'all'])}) or names "
+                     f"separated by ';' among:\n  " + "\n  ".join(known))
+  return [known[n.strip()] for n in spec.split(";")]

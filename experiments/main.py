@@ -21,39 +21,6 @@ import pathlib
 import common
 from jaxsnn import plotting
 
-SETS = {
-    "paper": common.paper_methods,
-    "lowlatency": common.lowlatency_methods,
-    "qcfs": common.qcfs_methods,
-    "endtoend": common.end_to_end_methods,
-}
-
-
-def readme_methods(targets):
-  return [common.Method("SNM"), common.Method("IF", "layer"), common.Method("SNM", potential=0.5)] + [
-      common.Method("SNM", potential=0.5, tuned=True, calibrated=True, target=t) for t in targets]
-
-
-def methods_from(spec: str, targets) -> list:
-  if spec == "readme":
-    return readme_methods(targets)
-  if spec == "all":
-    seen, out = set(), []
-    for make in SETS.values():
-      for m in (make(targets) if make is not common.paper_methods else make()):
-        if m.name not in seen:
-          seen.add(m.name)
-          out.append(m)
-    return out
-  if spec in SETS:
-    return SETS[spec]() if spec == "paper" else SETS[spec](targets)
-  known = {m.name: m for m in methods_from("all", targets) + readme_methods(targets)}
-  missing = [n for n in spec.split(";") if n.strip() not in known]
-  if missing:
-    raise SystemExit(f"--methods: unknown {missing}; choose a set ({', '.join(['readme', *SETS, 'all'])}) or names "
-                     f"separated by ';' among:\n  " + "\n  ".join(known))
-  return [known[n.strip()] for n in spec.split(";")]
-
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +42,7 @@ def main():
 
   run = common.load_run(common.resolve_run(args.run), args.data_dir)
   targets = [int(t) for t in args.targets.split(",") if t]
-  methods = methods_from(args.methods, targets)
+  methods = common.methods_from(args.methods, targets)
   num_test = None if args.full else args.num_test
   work = pathlib.Path(args.work) if args.work else common.RUNS / run.name
   job = common.Job(run, work, num_test, args.calib_examples, args.batch_size, block_size=args.block_size)

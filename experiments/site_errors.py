@@ -18,7 +18,6 @@ import numpy as np
 import common
 import jaxsnn
 from jaxsnn import analysis
-from main import methods_from
 
 
 def main():
@@ -37,7 +36,7 @@ def main():
     raise SystemExit(f"--examples must be positive, got {args.examples}")
 
   run = common.load_run(common.resolve_run(args.run))
-  methods = methods_from(args.methods, [int(t) for t in args.targets.split(",") if t])
+  methods = common.methods_from(args.methods, [int(t) for t in args.targets.split(",") if t])
   work = pathlib.Path(args.work) if args.work else common.RUNS / run.name
   job = common.Job(run, work, args.examples, args.calib_examples, args.batch_size)
   x, y = run.normalize(job.test.images), np.asarray(job.test.labels)
