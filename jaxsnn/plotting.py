@@ -166,6 +166,9 @@ def plot_firing_rates(positive: Mapping[str, float], negative: Mapping[str, floa
   ax.bar(idx, neg, bottom=pos, label="negative spikes", color="tab:red")
   if average is not None:
     ax.axhline(average, color="k", ls="--", lw=1, label=f"network average {average:.4f}")
+  top = max(float(np.max(pos + neg, initial=0.0)), average or 0.0)
+  if top > 0:
+    ax.set_ylim(0, 1.3 * top)  # room above the tallest bar for the legend
   ax.set_xticks(idx)
   ax.set_xticklabels([f"{i + 1}" for i in idx])
   ax.set_xlabel("layer (neuron site, in network order)")

@@ -43,3 +43,10 @@ def test_plot_recipes_writes_a_png(tmp_path):
   path = tmp_path / "recipes.png"
   plotting.plot_recipes(common.recipes(REPORT), path, REPORT["ann_accuracy"], title="t")
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_firing_rates_writes_a_png_also_when_nothing_fires(tmp_path):
+  for name, pos in (("some.png", {"a": 0.1, "b": 0.05}), ("none.png", {"a": 0.0, "b": 0.0})):
+    path = tmp_path / name
+    plotting.plot_firing_rates(pos, {"b": 0.01}, path, average=0.07, title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
