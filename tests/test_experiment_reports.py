@@ -46,7 +46,8 @@ def test_plot_recipes_writes_a_png(tmp_path):
 
 
 def test_plot_firing_rates_writes_a_png_also_when_nothing_fires(tmp_path):
-  for name, pos in (("some.png", {"a": 0.1, "b": 0.05}), ("none.png", {"a": 0.0, "b": 0.0})):
+  cases = (("some.png", {"a": 0.1, "b": 0.05}, {"b": 0.01}, 0.07), ("none.png", {"a": 0.0, "b": 0.0}, {}, None))
+  for name, pos, neg, average in cases:
     path = tmp_path / name
-    plotting.plot_firing_rates(pos, {"b": 0.01}, path, average=0.07, title="t")
+    plotting.plot_firing_rates(pos, neg, path, average=average, title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
