@@ -268,10 +268,11 @@ TUNE_IMAGES, TUNE_STEPS = 1024, 200  # end-to-end tuning: training images (batch
 
 
 def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[], Any] | None = None,
-             calib_snn_batches: Sequence[Any] = (), progress: bool = True):
+             calib_snn_batches: Sequence[Any] = (), progress: bool = True, tune_checkpoint=None):
   """The SNN of ``method`` for ``run``: thresholds from ``stats`` (or ``hist()`` for the tuned methods), the
   initial potential, ``jaxsnn.calibrate_snn`` on ``calib_snn_batches`` for the calibrated ones, and
-  ``jaxsnn.tune_snn`` on the first ``TUNE_IMAGES`` training images for the end-to-end ones."""
+  ``jaxsnn.tune_snn`` on the first ``TUNE_IMAGES`` training images for the end-to-end ones (resumable from
+  ``tune_checkpoint``, a file path, when given)."""
   import jaxsnn
   neuron = jaxsnn.SNM() if method.neuron == "SNM" else jaxsnn.IF()
   example = run.normalize(run.test.images[:1])
@@ -289,7 +290,7 @@ def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[],
     snn = jaxsnn.calibrate_snn(snn, list(calib_snn_batches), num_steps, progress=progress)
   if method.end_to_end:
     snn, _ = jaxsnn.tune_snn(snn, list(calibration_batches(run, TUNE_IMAGES, 128)), num_steps, steps=TUNE_STEPS,
-                             progress=progress)
+                             progress=progress, checkpoint=tune_checkpoint)
   return snn
 
 
@@ -332,7 +333,7 @@ class Job:
   def snn(self, method: Method, num_steps: int):
     """The converted (and, per the method, tuned and calibrated) network."""
     return make_snn(self.run, method, self.stats, num_steps, lambda: self.hist, self.calib_snn_batches,
-                    progress=self.progress)
+                    progress=self.progress, tune_checkpoint=self._file(method).with_suffix(".tune.npz"))
 
   def _file(self, method: Method) -> pathlib.Path:
     slug = "".join(c if c.isalnum() else "_" for c in method.name.replace("θ/2", "half").replace("λ", "lambda"))
@@ -384,9 +385,9 @@ class Job:
             "negative_rates": jaxsnn.analysis.firing_rates(counts, sign="neg"),
             "energy_ratio": float(e.ratio), "energy_ratio_average_pooling": float(e_avg.ratio)}
     write_json(path, out)
-    progress_file = path.with_suffix(".progress.npz")
-    if progress_file.exists():
-      progress_file.unlink()
+    for suffix in (".progress.npz", ".tune.npz"):
+      if path.with_suffix(suffix).exists():
+        path.with_suffix(suffix).unlink()
     return out
 
   def _authors(self, snn, steps: int) -> dict:

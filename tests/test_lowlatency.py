@@ -329,3 +329,45 @@ def test_tune_snn_lowers_the_distance_to_the_ann_and_changes_only_data():
     jaxsnn.tune_snn(jaxsnn.convert(apply_fn, variables, x, th, neuron=jaxsnn.SignedIF()), [x], 4, steps=1)
   with pytest.raises(ValueError, match="cannot tune \\['weights'\\]"):
     jaxsnn.tune_snn(snn, [x], 4, tune=("weights",))
+
+
+def test_tune_snn_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
+  from jaxsnn._src import lowlatency
+  apply_fn, variables, x = calib_net()
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
+  batches = [x[:32], x[32:]]
+  whole, whole_losses = jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03)
+  path = tmp_path / "tune.npz"
+  save = lowlatency._save_tune
+  writes = []
+
+  def killed_after_second_write(*args):
+    save(*args)
+    writes.append(args[2])
+    if len(writes) == 2:
+      raise KeyboardInterrupt  # a kill right after the checkpoint at step 6
+
+  monkeypatch.setattr(lowlatency, "_save_tune", killed_after_second_write)
+  with pytest.raises(KeyboardInterrupt):
+    jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03, checkpoint=path, checkpoint_every=3)
+  assert writes == [3, 6] and path.exists()
+  writes.append("resumed")  # past two writes: the wrapper only records now
+  resumed, resumed_losses = jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03, checkpoint=path,
+                                            checkpoint_every=3)
+  assert writes == [3, 6, "resumed", 9]  # it went on from step 6, not from the start
+  np.testing.assert_array_equal(resumed_losses, whole_losses)
+  for a, b in ((resumed.thresholds, whole.thresholds), (resumed.offsets, whole.offsets),
+               (resumed.initial_potential, whole.initial_potential)):
+    for k in a:
+      np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  # A finished checkpoint is a result: the same call returns it without a step.
+  again, again_losses = jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03, checkpoint=path)
+  np.testing.assert_array_equal(again_losses, whole_losses)
+  # Another job's checkpoint (other settings, other batches) is refused, not silently resumed.
+  with pytest.raises(ValueError, match="belongs to another job"):
+    jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.01, checkpoint=path)
+  with pytest.raises(ValueError, match="belongs to another job"):
+    jaxsnn.tune_snn(snn, [x[:32]], 4, steps=9, learning_rate=0.03, checkpoint=path)
+  with pytest.raises(ValueError, match="checkpoint_every must be a positive integer"):
+    jaxsnn.tune_snn(snn, batches, 4, steps=9, checkpoint=path, checkpoint_every=0)

@@ -29,6 +29,8 @@ current offset added every step, or with the initial potential.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, NamedTuple
 
@@ -40,9 +42,10 @@ import optax
 from jaxsnn._src import ir, parallel
 from jaxsnn._src.calibrate import Stats, check_batches, split_batch
 from jaxsnn._src.convert import SpikingNetwork
+from jaxsnn._src.files import atomic_write
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.norms import NORMS, normalize
-from jaxsnn._src.simulate import simulate
+from jaxsnn._src.simulate import _job_fingerprint, simulate
 
 RATIO_BINS = 4096
 DEFAULT_SCALES = tuple(np.round(np.linspace(0.02, 1.0, 99), 4).tolist())
@@ -510,8 +513,8 @@ _SURROGATES: dict = {}
 
 def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int = 200,
              learning_rate: float = 0.01, tune=("thresholds", "offsets", "initial_potential"),
-             width: float = 0.5, block_size: int | None = None, progress: bool = False) -> tuple[SpikingNetwork,
-                                                                                                np.ndarray]:
+             width: float = 0.5, block_size: int | None = None, progress: bool = False, checkpoint=None,
+             checkpoint_every: int = 10) -> tuple[SpikingNetwork, np.ndarray]:
   """End-to-end tuning of per-channel thresholds, offsets and initial potentials through the simulated SNN.
 
   The loss is the mean squared distance between the SNN's readout after ``num_steps`` and the ANN's logits on
@@ -531,12 +534,18 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     width: the surrogate's width, a fraction of the threshold.
     block_size: the simulation schedule.
     progress: a tqdm bar.
+    checkpoint: a file path: the tuning state (step, Adam's state, the iterate, the best one so far and the losses)
+      is written there atomically every ``checkpoint_every`` steps and at the end; a call with the same network,
+      batches and settings resumes from it and returns exactly what an uninterrupted call returns. A checkpoint of
+      another job raises. The caller deletes it when done with it.
+    checkpoint_every: steps between checkpoint writes.
 
   Returns:
     ``(snn, losses)``: the tuned network and the loss at every step.
 
   Raises:
-    ValueError: for an unsupported neuron, unknown names in ``tune``, or empty batches.
+    ValueError: for an unsupported neuron, unknown names in ``tune``, empty batches, a bad ``checkpoint_every``,
+      or a checkpoint of another job.
   """
   caller = "jaxsnn.tune_snn"
   _check_steps_and_potential(num_steps, 0.0, caller)
@@ -544,6 +553,8 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   if unknown:
     raise ValueError(f"{caller}: cannot tune {sorted(unknown)}; choose among thresholds, offsets, initial_potential.")
   check_batches(batches, caller)
+  if checkpoint is not None and (not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1):
+    raise ValueError(f"{caller}: checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
   data = []
   for batch in batches:
     x, mask = split_batch(batch, caller)
@@ -580,17 +591,25 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1)
 
   grad_fn = jax.jit(jax.value_and_grad(loss))
-  # The starting point is a candidate too: its loss over one round of the batches.
-  best, best_loss = params, float(np.mean([float(grad_fn(params, *d)[0]) for d in data]))
-  losses = []
+  fingerprint = None
+  resumed = None
+  if checkpoint is not None:
+    fingerprint = _tune_fingerprint(snn, data, num_steps, steps, learning_rate, mask_grads, width, block_size)
+    resumed = _load_tune(checkpoint, fingerprint, (params, state, params), caller)
+  if resumed is not None:
+    start, (params, state, best), best_loss, losses = resumed
+  else:
+    # The starting point is a candidate too: its loss over one round of the batches.
+    start, best, losses = 0, params, []
+    best_loss = float(np.mean([float(grad_fn(params, *d)[0]) for d in data]))
   bar = None
   if progress:
     try:
       from tqdm.auto import tqdm
-      bar = tqdm(total=steps, desc=f"tune_snn T={num_steps}")
+      bar = tqdm(total=steps, initial=start, desc=f"tune_snn T={num_steps}")
     except ImportError:
       pass
-  for i in range(steps):
+  for i in range(start, steps):
     x, mask, target = data[i % len(data)]
     value, grads = grad_fn(params, x, mask, target)
     grads = {k: jax.tree_util.tree_map(lambda g: g * mask_grads[k], v) for k, v in grads.items()}
@@ -604,11 +623,46 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     if bar is not None:
       bar.update(1)
       bar.set_postfix(loss=f"{value:.4g}")
+    if checkpoint is not None and ((i + 1) % checkpoint_every == 0 or i + 1 == steps):
+      _save_tune(checkpoint, fingerprint, i + 1, (params, state, best), best_loss, losses)
   if bar is not None:
     bar.close()
   tuned = apply(best, snn)
   return snn.replace(thresholds=tuned.thresholds, offsets=tuned.offsets,
                      initial_potential=tuned.initial_potential), np.asarray(losses)
+
+
+def _tune_fingerprint(snn: SpikingNetwork, data, num_steps, steps, learning_rate, mask_grads, width,
+                      block_size) -> str:
+  """What a resumed :func:`tune_snn` must share with the call that wrote the checkpoint."""
+  h = hashlib.sha256(_job_fingerprint(snn, num_steps, block_size, None, ()).encode())
+  h.update(repr((steps, float(learning_rate), sorted(mask_grads.items()), float(width))).encode())
+  for leaf in jax.tree_util.tree_leaves(data):
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return h.hexdigest()
+
+
+def _save_tune(path, fingerprint: str, step: int, trees, best_loss: float, losses) -> None:
+  arrays = {"fingerprint": np.asarray(fingerprint), "step": np.asarray(step), "best_loss": np.asarray(best_loss),
+            "losses": np.asarray(losses, np.float64)}
+  arrays.update({f"leaf:{i}": np.asarray(leaf) for i, leaf in enumerate(jax.tree_util.tree_leaves(trees))})
+  atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_tune(path, fingerprint: str, like, caller: str):
+  """``(step, trees shaped like like, best_loss, losses)`` from a checkpoint, or None if there is none."""
+  try:
+    f = np.load(path)
+  except FileNotFoundError:
+    return None
+  with f:
+    if str(f["fingerprint"]) != fingerprint:
+      raise ValueError(f"{caller}: the checkpoint {os.fspath(path)!r} belongs to another job (other network data, "
+                       "batches, T or settings); delete it or pass another path.")
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    restored = [jnp.asarray(f[f"leaf:{i}"], dtype=jnp.asarray(leaf).dtype) for i, leaf in enumerate(leaves)]
+    return (int(f["step"]), jax.tree_util.tree_unflatten(treedef, restored), float(f["best_loss"]),
+            [float(v) for v in f["losses"]])
 
 
 def _ann_logits(snn: SpikingNetwork, x):
