@@ -9,7 +9,6 @@ For each shape: ``lax.conv_general_dilated`` in float32 (what the simulator runs
 first, then the median of repeats; time it on an idle machine.
 """
 import argparse
-import json
 import pathlib
 import sys
 
@@ -21,7 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from jaxsnn.models import _im2col  # noqa: E402  (the training path's patch extraction)
-from timing import timed  # noqa: E402
+from timing import timed, write_json  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (H, W, C_in, C_out, stride) of ResNet-20's and VGG16 w0.25's convolutions.
@@ -57,9 +56,7 @@ def main():
     print(f"{h}x{w}x{cin}->{cout}/s{stride}: conv {row['conv'] * 1e3:.2f} ms, im2col {row['im2col'] * 1e3:.2f} ms "
           f"({row['conv'] / row['im2col']:.2f}x), bf16 {row['bf16'] * 1e3:.2f} ms "
           f"({row['conv'] / row['bf16']:.2f}x)", flush=True)
-  path = pathlib.Path(args.out)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps({"batch": args.batch, "rows": rows}, indent=1))
+  write_json(args.out, {"batch": args.batch, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ and the run goes on. ``benchmarks/results/gpu.json`` is rewritten (atomically) a
 keeps what it measured; the markdown table is printed at the end.
 """
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 
 import jaxsnn  # noqa: E402
-from timing import timed  # noqa: E402
+from timing import timed, write_json  # noqa: E402
 from jaxsnn import models  # noqa: E402
 
 MODELS = {"vgg16": models.VGG16, "resnet18": models.ResNet18}
@@ -71,12 +70,6 @@ def render(rows: list) -> str:
                  f"{r.get('speedup_vs_step_major', float('nan')):.2f}× |")
   return "\n".join(lines)
 
-
-def write_json(path: pathlib.Path, obj: dict) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1) + "\n")
-  os.replace(tmp, path)
 
 
 def main():

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from timing import timed  # noqa: E402
+from timing import timed, write_json  # noqa: E402
 
 PEERS_PYTHON = ROOT / "benchmarks/.venv-peers/bin/python"
 TORCH_SIDE = ROOT / "benchmarks/_peers_torch.py"
@@ -173,12 +173,6 @@ def render_table(results: dict) -> str:
     lines += ["", f"Machine: {meta.get('machine', '?')}; {meta.get('versions', '')}."]
   return "\n".join(lines)
 
-
-def write_json(path: pathlib.Path, obj: dict) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-  os.replace(tmp, path)
 
 
 # --- jaxsnn recipes -------------------------------------------------------------------------------------------------

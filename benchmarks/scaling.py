@@ -12,7 +12,6 @@ Random weights with the model's shapes (time does not depend on training), thres
 Writes a JSON and prints markdown tables for benchmarks/RESULTS.md. Time it on an idle machine.
 """
 import argparse
-import json
 import pathlib
 import platform
 import sys
@@ -25,7 +24,7 @@ import jax  # noqa: E402
 
 import jaxsnn  # noqa: E402
 from jaxsnn import models  # noqa: E402
-from timing import timed  # noqa: E402
+from timing import timed, write_json  # noqa: E402
 
 SHAPES = {"small_cnn": ((28, 28, 1), models.SmallCNN), "resnet20": ((32, 32, 3), models.ResNet20),
           "vgg16_w025": ((32, 32, 3), lambda **k: models.VGG16(width=0.25, **k))}
@@ -77,10 +76,8 @@ def main():
     out["seconds_per_image_step"][str(batch)] = t / (batch * 32)
     print(f"batch {batch}: {batch * 32 / t:.0f} images·steps/s", flush=True)
 
-  path = pathlib.Path(args.out)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(out, indent=1))
-  print(f"wrote {path}")
+  write_json(args.out, out)
+  print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
