@@ -1,10 +1,13 @@
-"""Atomic file writes: a file is either the old one or the complete new one, never half of either."""
+"""Atomic file writes (a file is either the old one or the complete new one, never half of either), and reading
+back the fingerprinted ``.npz`` checkpoints of resumable jobs."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 from typing import Callable, IO
+
+import numpy as np
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -25,3 +28,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
   finally:
     if tmp.exists():
       tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike, fingerprint: str, caller: str, differs: str) -> dict | None:
+  """The arrays of the ``.npz`` checkpoint at ``path`` (None if there is no file), after checking that it was
+  written by the same job: its ``fingerprint`` entry must equal ``fingerprint``.
+
+  Raises:
+    ValueError: naming ``caller`` and what may differ (``differs``) when the checkpoint belongs to another job.
+  """
+  try:
+    f = np.load(path)
+  except FileNotFoundError:
+    return None
+  with f:
+    if str(f["fingerprint"]) != fingerprint:
+      raise ValueError(f"{caller}: the checkpoint {os.fspath(path)!r} belongs to another job ({differs}); delete it "
+                       "or pass another path.")
+    return {k: f[k] for k in f.files}

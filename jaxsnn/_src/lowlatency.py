@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, NamedTuple
 
@@ -42,7 +41,7 @@ import optax
 from jaxsnn._src import ir, parallel
 from jaxsnn._src.calibrate import Stats, check_batches, split_batch
 from jaxsnn._src.convert import SpikingNetwork
-from jaxsnn._src.files import atomic_write
+from jaxsnn._src.files import atomic_write, load_checkpoint
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.norms import NORMS, normalize
 from jaxsnn._src.simulate import _job_fingerprint, simulate
@@ -651,18 +650,13 @@ def _save_tune(path, fingerprint: str, step: int, trees, best_loss: float, losse
 
 def _load_tune(path, fingerprint: str, like, caller: str):
   """``(step, trees shaped like like, best_loss, losses)`` from a checkpoint, or None if there is none."""
-  try:
-    f = np.load(path)
-  except FileNotFoundError:
+  f = load_checkpoint(path, fingerprint, caller, "other network data, batches, T or settings")
+  if f is None:
     return None
-  with f:
-    if str(f["fingerprint"]) != fingerprint:
-      raise ValueError(f"{caller}: the checkpoint {os.fspath(path)!r} belongs to another job (other network data, "
-                       "batches, T or settings); delete it or pass another path.")
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    restored = [jnp.asarray(f[f"leaf:{i}"], dtype=jnp.asarray(leaf).dtype) for i, leaf in enumerate(leaves)]
-    return (int(f["step"]), jax.tree_util.tree_unflatten(treedef, restored), float(f["best_loss"]),
-            [float(v) for v in f["losses"]])
+  leaves, treedef = jax.tree_util.tree_flatten(like)
+  restored = [jnp.asarray(f[f"leaf:{i}"], dtype=jnp.asarray(leaf).dtype) for i, leaf in enumerate(leaves)]
+  return (int(f["step"]), jax.tree_util.tree_unflatten(treedef, restored), float(f["best_loss"]),
+          [float(v) for v in f["losses"]])
 
 
 def _ann_logits(snn: SpikingNetwork, x):

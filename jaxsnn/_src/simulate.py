@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -39,7 +38,7 @@ import numpy as np
 
 from jaxsnn._src import ir, parallel, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
-from jaxsnn._src.files import atomic_write
+from jaxsnn._src.files import atomic_write, load_checkpoint
 from jaxsnn._src.ir import OUTPUT
 
 
@@ -438,18 +437,13 @@ def _save_progress(path, fingerprint: str, state: dict) -> None:
 
 
 def _load_progress(path, fingerprint: str, caller: str) -> dict | None:
-  try:
-    f = np.load(path)
-  except FileNotFoundError:
+  f = load_checkpoint(path, fingerprint, caller, "other network data, T, schedule or recorded steps")
+  if f is None:
     return None
-  with f:
-    if str(f["fingerprint"]) != fingerprint:
-      raise ValueError(f"{caller}: the checkpoint {os.fspath(path)!r} belongs to another job (other network data, T, "
-                       "schedule or recorded steps); delete it or pass another path.")
-    state = {"batches": int(f["batches"]), "correct": np.asarray(f["correct"], np.int64), "count": int(f["count"]),
-             "non_finite": int(f["non_finite"])}
-    for key in ("pos", "neg", "rec_pos", "rec_neg"):
-      prefix = f"{key}:"
-      state[key] = {k[len(prefix):]: (int(f[k]) if key in ("pos", "neg") else np.asarray(f[k], np.int64))
-                    for k in f.files if k.startswith(prefix)}
+  state = {"batches": int(f["batches"]), "correct": np.asarray(f["correct"], np.int64), "count": int(f["count"]),
+           "non_finite": int(f["non_finite"])}
+  for key in ("pos", "neg", "rec_pos", "rec_neg"):
+    prefix = f"{key}:"
+    state[key] = {k[len(prefix):]: (int(f[k]) if key in ("pos", "neg") else np.asarray(f[k], np.int64))
+                  for k in f if k.startswith(prefix)}
   return state
