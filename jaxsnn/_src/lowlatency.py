@@ -44,7 +44,7 @@ from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.files import atomic_write, load_checkpoint
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.norms import NORMS, normalize
-from jaxsnn._src.simulate import _job_fingerprint, simulate
+from jaxsnn._src.simulate import job_fingerprint, simulate
 
 RATIO_BINS = 4096
 DEFAULT_SCALES = tuple(np.round(np.linspace(0.02, 1.0, 99), 4).tolist())
@@ -634,7 +634,7 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 def _tune_fingerprint(snn: SpikingNetwork, data, num_steps, steps, learning_rate, mask_grads, width,
                       block_size) -> str:
   """What a resumed :func:`tune_snn` must share with the call that wrote the checkpoint."""
-  h = hashlib.sha256(_job_fingerprint(snn, num_steps, block_size, None, ()).encode())
+  h = hashlib.sha256(job_fingerprint(snn, num_steps, block_size, None, ()).encode())
   h.update(repr((steps, float(learning_rate), sorted(mask_grads.items()), float(width))).encode())
   for leaf in jax.tree_util.tree_leaves(data):
     h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())

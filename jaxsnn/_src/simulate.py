@@ -347,7 +347,7 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
   """
   record = tuple(sorted(set(int(t) for t in record_steps)))
   mesh = parallel.batch_mesh(mesh, "jaxsnn.evaluate")
-  fingerprint = _job_fingerprint(snn, num_steps, block_size, exact, record) if checkpoint is not None else None
+  fingerprint = job_fingerprint(snn, num_steps, block_size, exact, record) if checkpoint is not None else None
   snn = parallel.replicate(mesh, snn)
 
   def run(x, mask):
@@ -418,7 +418,7 @@ def stream(simulate_batch: Callable[[Any, np.ndarray], Trace], batches, num_step
           "recorded": {"steps": list(record), "pos": state["rec_pos"], "neg": state["rec_neg"]} if record else None}
 
 
-def _job_fingerprint(snn: SpikingNetwork, num_steps, block_size, exact, record) -> str:
+def job_fingerprint(snn: SpikingNetwork, num_steps, block_size, exact, record) -> str:
   """What a resumed evaluation must share with the run that wrote the checkpoint."""
   h = hashlib.sha256(repr((snn.traced.key, snn.neuron.name, snn.readout, str(snn.state_dtype), snn.fold, num_steps,
                            block_size, exact, record)).encode())
