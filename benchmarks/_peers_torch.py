@@ -225,14 +225,34 @@ def delayed_starts(raw: int, max_T: int) -> np.ndarray:
   return np.where(T < raw + 4, np.maximum(T - 5, 0), np.minimum(raw, T - 1))
 
 
+def _save_progress(path: pathlib.Path, **arrays) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
 def curves(snn: nn.Module, x: np.ndarray, y: np.ndarray, batch: int, max_T: int, classes: int,
-           starts: np.ndarray | None, label: str) -> dict:
-  """Accuracy after every T = 1..max_T (summed readout), and with a delayed readout when ``starts`` is given."""
+           starts: np.ndarray | None, label: str, progress: pathlib.Path | None = None,
+           fingerprint: str = "") -> dict:
+  """Accuracy after every T = 1..max_T (summed readout), and with a delayed readout when ``starts`` is given.
+
+  With ``progress`` (a file path) the counts are written there atomically after every batch and a run that finds the
+  file resumes after the batches it covers (its ``fingerprint`` must equal this job's; else it is refused).
+  """
   correct = np.zeros(max_T, np.int64)
   correct_delayed = np.zeros(max_T, np.int64)
+  begin = 0
+  if progress is not None and progress.exists():
+    with np.load(progress) as f:
+      if str(f["fingerprint"]) != fingerprint or int(f["max_T"]) != max_T or int(f["batch"]) != batch:
+        raise ValueError(f"_peers_torch: the checkpoint {progress} belongs to another job (other weights, data, T or "
+                         "batch); delete it to start that curve over.")
+      begin, correct, correct_delayed = int(f["done"]), f["correct"], f["correct_delayed"]
+    print(f"  {label}: resuming after {begin} images", file=sys.stderr, flush=True)
   t0 = time.perf_counter()
   with torch.no_grad():
-    for i in range(0, len(x), batch):
+    for i in range(begin, len(x), batch):
       xb, yb = to_nchw(x[i:i + batch]), y[i:i + batch]
       functional.reset_net(snn)
       cum = torch.zeros((max_T + 1, xb.shape[0], classes), dtype=torch.float64)  # cum[t]: sum of steps 1..t
@@ -243,8 +263,11 @@ def curves(snn: nn.Module, x: np.ndarray, y: np.ndarray, batch: int, max_T: int,
       if starts is not None:  # the readout of T steps from step starts[T - 1] on: cum[T] - cum[start]
         correct_delayed += ((c[1:] - c[starts]).argmax(-1) == yb[None]).sum(1)
       done = min(i + batch, len(x))
+      if progress is not None:
+        _save_progress(progress, fingerprint=np.asarray(fingerprint), max_T=max_T, batch=batch, done=done,
+                       correct=correct, correct_delayed=correct_delayed)
       print(f"  {label}: {done}/{len(x)} images, acc@T={max_T} {correct[-1] / done:.4f}, "
-            f"{done * max_T / (time.perf_counter() - t0):,.0f} img*steps/s", file=sys.stderr, flush=True)
+            f"{(done - begin) * max_T / (time.perf_counter() - t0):,.0f} img*steps/s", file=sys.stderr, flush=True)
   out = {"accuracy": (correct / len(x)).tolist()}
   if starts is not None:
     out["accuracy_delayed"] = (correct_delayed / len(x)).tolist()
@@ -294,21 +317,28 @@ def task_ann(job, ann, data) -> dict:
         for i in range(0, len(x), job["batch"]):
           hits += int((ann(to_nchw(x[i:i + job["batch"]])).argmax(-1).numpy() == y[i:i + job["batch"]]).sum())
       res[f"{split}_accuracy"] = hits / len(x)
-  xb = to_nchw(data["test_x"][:job["batch"]])
-  with torch.no_grad():
-    t = timed(lambda: ann(xb), job["repeats"])
-  res["ann_pass_s"] = t
-  res["ann_images_per_s"] = job["batch"] / t
-  print(f"  torch ANN: max |logit diff| {res['logit_max_abs_diff']:.2e} on {len(check)} test images, "
-        f"{res['ann_images_per_s']:,.0f} images/s", file=sys.stderr, flush=True)
+  print(f"  torch ANN: max |logit diff| {res['logit_max_abs_diff']:.2e} on {len(check)} test images",
+        file=sys.stderr, flush=True)
   return res
 
 
 def task_curves(job, ann, data, calib, task) -> dict:
+  """Each recipe's accuracy curve on a split, from its finished result in ``job["cache_dir"]`` when one is there
+  for this job, else simulated (resuming from its per-batch checkpoint) and then stored there."""
   split, max_T = task["split"], task["max_T"]
   x, y = data[f"{split}_x"], data[f"{split}_y"]
+  cache = pathlib.Path(job["cache_dir"])
+  cache.mkdir(parents=True, exist_ok=True)
   res = {}
   for recipe in task["recipes"]:
+    key = f"sj_{recipe}_{split}_T{max_T}_n{len(x)}_b{job['batch']}"
+    done = cache / f"{key}.json"
+    if done.exists():
+      entry = json.loads(done.read_text())
+      if entry.pop("fingerprint") == job["fingerprint"]:
+        print(f"  SpikingJelly {recipe} on {split}: read back from {done}", file=sys.stderr, flush=True)
+        res[recipe] = entry
+        continue
     snn = convert(ann, recipe, calib)
     entry = {"convert_s": _CONVERTED[recipe][1]}
     starts = None
@@ -317,20 +347,28 @@ def task_curves(job, ann, data, calib, task) -> dict:
       entry["delay_start_raw"] = raw
       starts = delayed_starts(raw, max_T)
     entry.update(curves(snn, x, y, job["batch"], max_T, job["arch"]["num_classes"], starts,
-                        f"SpikingJelly {recipe} on {split}"))
+                        f"SpikingJelly {recipe} on {split}", cache / f"{key}.progress.npz", job["fingerprint"]))
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps({**entry, "fingerprint": job["fingerprint"]}, allow_nan=False))
+    os.replace(tmp, done)
+    (cache / f"{key}.progress.npz").unlink(missing_ok=True)  # the finished curve replaces its checkpoint
     res[recipe] = entry
   return res
 
 
 def task_speed(job, ann, data, calib, task) -> dict:
+  """torch's ANN pass and each recipe's T steps on one batch (median of ``job["repeats"]`` after a warm-up)."""
   xb = to_nchw(data["test_x"][:job["batch"]])
-  res = {}
+  with torch.no_grad():
+    ann_s = timed(lambda: ann(xb), job["repeats"])
+  print(f"  torch ANN: {job['batch'] / ann_s:,.0f} images/s (batch {job['batch']})", file=sys.stderr, flush=True)
+  res = {"ann_pass_s": ann_s, "recipes": {}}
   for recipe in task["recipes"]:
     snn = convert(ann, recipe, calib)
     with torch.no_grad():
       t = timed(lambda: snn_steps(snn, xb, task["T"]), job["repeats"])
-    res[recipe] = {"snn_s": t, "img_steps_per_s": job["batch"] * task["T"] / t}
-    print(f"  SpikingJelly {recipe}: {res[recipe]['img_steps_per_s']:,.0f} images*steps/s "
+    res["recipes"][recipe] = {"snn_s": t, "img_steps_per_s": job["batch"] * task["T"] / t}
+    print(f"  SpikingJelly {recipe}: {job['batch'] * task['T'] / t:,.0f} images*steps/s "
           f"(batch {job['batch']}, T = {task['T']})", file=sys.stderr, flush=True)
   return res
 

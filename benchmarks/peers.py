@@ -1,7 +1,7 @@
 """jaxsnn against SpikingJelly on the same trained weights: per-step speed and time to accuracy on CIFAR-10.
 
     bash benchmarks/setup_peers.sh                     # once: SpikingJelly + torch (CPU) in benchmarks/.venv-peers
-    python benchmarks/peers.py                         # both reference nets, full test set (~4 h on 2 cores)
+    python benchmarks/peers.py                         # both reference nets, full test set (~4 h on 2 cores; resumable)
     python benchmarks/peers.py --table                 # the markdown table of benchmarks/results/peers.json
     python benchmarks/peers.py --num_test 256 --max_T 64 --jaxsnn_max_T 64 --calib 1000 --select 128 \
         --out /tmp/peers.json                          # a quick check (~15 min)
@@ -28,6 +28,11 @@ all of ``--sj_recipes`` on the test set up to ``--max_T``). Thresholds come from
 images for both libraries. SpikingJelly's delayed readout is its own ``estimate_delay_start`` rule, applied for every
 T of the one run (for T below the estimated delay + 4, its rule reads the last 5 steps only).
 
+Resumable: every accuracy run checkpoints into ``data_cache/peers/<net>/`` (jaxsnn's through
+``jaxsnn.evaluate(checkpoint=...)``, SpikingJelly's after every batch) and a finished curve is only read back, so the
+same command run again after a kill goes on where it stopped (a checkpoint of other weights, data or settings is
+refused). The speeds are measured after both libraries' accuracy runs, back to back (the two timed minutes apart).
+
 The torch side runs in its own venv as a subprocess (``benchmarks/.venv-peers``, made by
 ``benchmarks/setup_peers.sh``); weights and data pass through ``.npz`` files in ``data_cache/peers/``. Results are
 merged per net into ``benchmarks/results/peers.json`` (written atomically after each net).
@@ -37,7 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import inspect
+import hashlib
 import json
 import math
 import os
@@ -217,21 +222,29 @@ def _paper(ctx: RecipeContext):
                         neuron=jaxsnn.SNM())
 
 
+LOW_LATENCY_T = 16  # the T the low-latency recipe's thresholds and calibration are chosen for
+CALIBRATE_SNN_IMAGES = 256  # training images of jaxsnn.calibrate_snn (as experiments/main.py)
+
+
 def _low_latency(ctx: RecipeContext):
-  # ---- LEAD: the best measured low-latency recipe goes here (and its label in JAXSNN_RECIPES). -------------------
-  # Placeholder: the paper's recipe with every neuron starting at half its threshold (rounding, not flooring). Other
-  # tools at hand: jaxsnn.ratio_histograms(ctx.apply_fn, ctx.variables, ctx.train_batches(), ctx.stats) ->
-  # jaxsnn.thresholds_for_steps(hist, num_steps=T, initial_potential=0.5); jaxsnn.calibrate_snn(snn, batches, T).
+  """The best train-only low-latency recipe of experiments/RESULTS.md without end-to-end tuning: SNM, v0 = θ/2,
+  thresholds chosen for T = LOW_LATENCY_T from the training activations, then calibrate_snn at that T."""
   import jaxsnn
-  if "initial_potential" not in inspect.signature(jaxsnn.convert).parameters:
-    raise RecipeUnavailable("jaxsnn.convert takes no initial_potential yet")
-  return jaxsnn.convert(ctx.apply_fn, ctx.variables, ctx.example, jaxsnn.thresholds(ctx.stats, norm="neuron"),
-                        neuron=jaxsnn.SNM(), initial_potential=0.5)
+  hist = jaxsnn.ratio_histograms(ctx.apply_fn, ctx.variables, ctx.train_batches(), ctx.stats)
+  th = jaxsnn.thresholds_for_steps(hist, LOW_LATENCY_T, 0.5)
+  snn = jaxsnn.convert(ctx.apply_fn, ctx.variables, ctx.example, th, neuron=jaxsnn.SNM(), initial_potential=0.5)
+  calib, n = [], 0
+  for x in ctx.train_batches():
+    calib.append(x[:CALIBRATE_SNN_IMAGES - n])
+    n += len(calib[-1])
+    if n >= CALIBRATE_SNN_IMAGES:
+      break
+  return jaxsnn.calibrate_snn(snn, calib, LOW_LATENCY_T)
 
 
 JAXSNN_RECIPES = {
     "paper": Recipe("SNM + NeuronNorm (paper)", _paper),
-    "low_latency": Recipe("SNM + NeuronNorm, v0 = θ/2", _low_latency),  # LEAD: the best low-latency recipe
+    "low_latency": Recipe(f"SNM + NeuronNorm, θ/2 + T-aware θ + calibration (T = {LOW_LATENCY_T})", _low_latency),
 }
 
 
@@ -294,6 +307,7 @@ class Net(NamedTuple):
   weights_path: pathlib.Path
   data_path: pathlib.Path
   val_split: str | None
+  fingerprint: str  # of the weights and every array: what a resumed accuracy run must share with the first one
 
 
 def prepare(net: str, args) -> Net:
@@ -329,7 +343,11 @@ def prepare(net: str, args) -> Net:
   apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
   check_logits = np.asarray(jax.jit(apply_fn)(variables, arrays["test_x"][:args.check]))
   np.savez(weights_path, check_logits=check_logits, **flat)
-  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split)
+  h = hashlib.sha256(repr((net, sorted(arrays), sorted(flat))).encode())
+  for d in (arrays, flat):
+    for k in sorted(d):
+      h.update(np.ascontiguousarray(d[k]).tobytes())
+  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split, h.hexdigest())
 
 
 def batched(x: np.ndarray, y: np.ndarray | None, batch: int):
@@ -353,8 +371,17 @@ def _curve_line(prefix: str, rec: dict, target: float) -> str:
           + f"; reaches {target:.4f} at T = {rec['T_target']}")
 
 
-def run_jaxsnn(net: Net, args) -> dict:
-  """The Flax ANN (accuracy, pass time) and every jaxsnn recipe (speed, accuracy after every t on the test set)."""
+def _progress_path(net: Net, name: str) -> pathlib.Path:
+  return CACHE / net.name / f"{name}.npz"
+
+
+def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
+  """The Flax ANN's accuracy and every jaxsnn recipe's accuracy after every t on the test set (resumable: each
+  evaluation checkpoints into data_cache/peers/<net>/ and a finished one is only read back).
+
+  Returns:
+    (the "jaxsnn" entry of peers.json without speeds, {recipe: its SpikingNetwork} for the speed measurement).
+  """
   import jax
   import jaxsnn
 
@@ -363,43 +390,55 @@ def run_jaxsnn(net: Net, args) -> dict:
   hits = sum(int((np.asarray(ann_fn(net.variables, x)).argmax(-1) == y).sum())
              for x, y in batched(a["test_x"], a["test_y"], args.batch))
   ann_acc = hits / len(a["test_y"])
+  print(f"Flax ANN: test accuracy {ann_acc:.4f} on {len(a['test_y'])} images", flush=True)
   xb = a["test_x"][:args.batch]
-  ann_s = timed(lambda: ann_fn(net.variables, xb), args.repeats)[1]
-  print(f"Flax ANN: test accuracy {ann_acc:.4f} on {len(a['test_y'])} images, {args.batch / ann_s:,.0f} images/s",
-        flush=True)
-  target = ann_acc - args.drop
   train_batches = lambda: batched(a["calib_x"], None, args.batch)  # noqa: E731
   t0 = time.perf_counter()
   stats = jaxsnn.calibrate(net.apply_fn, net.variables, train_batches(),
                            histogram=any(JAXSNN_RECIPES[n].histogram for n in args.jaxsnn_recipes))
   print(f"jaxsnn: calibrated on {stats.num_samples} training images in {time.perf_counter() - t0:.1f} s", flush=True)
-  out = {"ann_accuracy": ann_acc, "ann_pass_s": ann_s, "ann_images_per_s": args.batch / ann_s,
-         "version": jaxsnn.__version__, "jax": jax.__version__,
+  out = {"ann_accuracy": ann_acc, "version": jaxsnn.__version__, "jax": jax.__version__,
          "schedule": "step-major" if args.jaxsnn_block is None else f"layer-major K={args.jaxsnn_block}",
          "recipes": {}, "skipped": {}}
+  snns = {}
   for name in args.jaxsnn_recipes:
     recipe = JAXSNN_RECIPES[name]
+    t0 = time.perf_counter()
     try:
       snn = recipe.build(RecipeContext(net.apply_fn, net.variables, xb, stats, train_batches))
     except RecipeUnavailable as e:
       print(f"jaxsnn {name}: skipped ({e})", flush=True)
       out["skipped"][name] = str(e)
       continue
+    build_s = time.perf_counter() - t0
+    snns[name] = snn
+    block = "" if args.jaxsnn_block is None else f"_K{args.jaxsnn_block}"
+    ckpt = _progress_path(net, f"jaxsnn_{name}_T{args.jaxsnn_max_T}_n{len(a['test_y'])}_b{args.batch}{block}")
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    print(f"jaxsnn {name}: built in {build_s:.1f} s; test set to T = {args.jaxsnn_max_T} (checkpoint {ckpt})",
+          flush=True)
+    res = jaxsnn.evaluate(snn, padded(a["test_x"], a["test_y"], args.batch), args.jaxsnn_max_T, args.jaxsnn_block,
+                          progress=True, checkpoint=ckpt, checkpoint_every=2)
+    out["recipes"][name] = {"label": recipe.label, "build_s": build_s,
+                            "accuracy": [float(v) for v in res["accuracy"]]}
+  return out, snns
+
+
+def jaxsnn_speed(net: Net, args, snns: dict, out: dict) -> None:
+  """Fills ``out`` (from :func:`jaxsnn_curves`) with the ANN pass time and each recipe's per-step speed."""
+  import jax
+  import jaxsnn
+
+  xb = net.arrays["test_x"][:args.batch]
+  ann_fn = jax.jit(net.apply_fn)
+  ann_s = timed(lambda: ann_fn(net.variables, xb), args.repeats)[1]
+  out.update(ann_pass_s=ann_s, ann_images_per_s=args.batch / ann_s)
+  print(f"Flax ANN: {args.batch / ann_s:,.0f} images/s (batch {args.batch})", flush=True)
+  for name, snn in snns.items():
     sim_s = timed(lambda: jaxsnn.simulate(snn, xb, args.timing_T, args.jaxsnn_block).outputs, args.repeats)[1]
     ips = args.batch * args.timing_T / sim_s
-    print(f"jaxsnn {name}: {ips:,.0f} images*steps/s (batch {args.batch}, T = {args.timing_T}); the test set to "
-          f"T = {args.jaxsnn_max_T} takes about {len(a['test_y']) * args.jaxsnn_max_T / ips / 60:.0f} min", flush=True)
-    res = jaxsnn.evaluate(snn, padded(a["test_x"], a["test_y"], args.batch), args.jaxsnn_max_T, args.jaxsnn_block,
-                          progress=True)
-    acc = [float(v) for v in res["accuracy"]]
-    rec = out["recipes"][name] = {"label": recipe.label, "snn_s": sim_s, "img_steps_per_s": ips,
-                                  "ratio_to_T_ann_passes": sim_s / (args.timing_T * ann_s), "accuracy": acc,
-                                  **summarize(acc, target, ips)}
-    print(_curve_line(f"jaxsnn {name}", rec, target), flush=True)
-  if out["recipes"]:
-    out["best"] = best_recipe(out["recipes"])
-    out["img_steps_per_s"] = out["recipes"][out["best"]]["img_steps_per_s"]
-  return out
+    out["recipes"][name].update(snn_s=sim_s, img_steps_per_s=ips, ratio_to_T_ann_passes=sim_s / (args.timing_T * ann_s))
+    print(f"jaxsnn {name}: {ips:,.0f} images*steps/s (batch {args.batch}, T = {args.timing_T})", flush=True)
 
 
 def _variants(name: str, curves: dict):
@@ -409,14 +448,20 @@ def _variants(name: str, curves: dict):
     yield name + "+delay", SJ_LABELS[name] + ", delayed readout", curves["accuracy_delayed"]
 
 
-def run_spikingjelly(net: Net, args, target: float) -> tuple[dict, dict]:
-  """The torch ANN check, SpikingJelly's recipe choice on validation images, its test run and its speed.
+def _torch_job(net: Net, args) -> dict:
+  return {"arch": arch_of(net.model), "weights": str(net.weights_path), "data": str(net.data_path),
+          "batch": args.batch, "repeats": args.repeats, "threads": args.threads, "fingerprint": net.fingerprint,
+          "cache_dir": str(CACHE / net.name)}
+
+
+def spikingjelly_curves(net: Net, args) -> tuple[dict, dict, list]:
+  """The torch ANN check, SpikingJelly's recipe choice on validation images and its test run (each recipe's curve
+  resumable: the torch side checkpoints it into data_cache/peers/<net>/ after every batch).
 
   Returns:
-    (the torch ANN's numbers, the SpikingJelly entry of peers.json).
+    (the torch ANN's numbers, the "spikingjelly" entry of peers.json without speeds, the recipes run on the test set).
   """
-  job = {"arch": arch_of(net.model), "weights": str(net.weights_path), "data": str(net.data_path),
-         "batch": args.batch, "repeats": args.repeats, "threads": args.threads}
+  job = _torch_job(net, args)
   tasks = [{"kind": "ann"}]
   if args.select:
     tasks.append({"kind": "curves", "split": "val", "recipes": list(args.sj_recipes), "max_T": args.max_T})
@@ -427,8 +472,7 @@ def run_spikingjelly(net: Net, args, target: float) -> tuple[dict, dict]:
   print(f"torch ANN: test accuracy {tann['test_accuracy']:.4f}; max |logit diff| vs Flax "
         f"{tann['logit_max_abs_diff']:.2e} ({tann['logit_max_rel_diff']:.1e} of the largest logit) on "
         f"{tann['logit_check_images']} test images; argmax agree {tann['argmax_agree']:.4f}", flush=True)
-  sj = {"ann_accuracy": tann["test_accuracy"], "ann_pass_s": tann["ann_pass_s"],
-        "ann_images_per_s": tann["ann_images_per_s"], **out1["versions"], "recipes": {}}
+  sj = {"ann_accuracy": tann["test_accuracy"], **out1["versions"], "recipes": {}}
   candidates, test_T = list(args.sj_recipes), args.max_T
   if args.select:
     val_target = tann["val_accuracy"] - args.drop
@@ -446,29 +490,52 @@ def run_spikingjelly(net: Net, args, target: float) -> tuple[dict, dict]:
                        "recipes": {k: {kk: vv for kk, vv in v.items() if kk != "accuracy"} for k, v in sel.items()}}
     candidates = [chosen.split("+")[0]]
   print(f"SpikingJelly: {candidates} on {len(net.arrays['test_y'])} test images to T = {test_T}", flush=True)
-  out2 = run_torch({**job, "tasks": [{"kind": "curves", "split": "test", "recipes": candidates, "max_T": test_T},
-                                     {"kind": "speed", "recipes": candidates, "T": args.timing_T}]}, net.name)
+  out2 = run_torch({**job, "tasks": [{"kind": "curves", "split": "test", "recipes": candidates, "max_T": test_T}]},
+                   net.name)
   for name in candidates:
-    sp, c = out2["speed"][name], out2["curves"]["test"][name]
+    c = out2["curves"]["test"][name]
     for key, label, acc in _variants(name, c):
-      rec = sj["recipes"][key] = {"label": label, "snn_s": sp["snn_s"], "img_steps_per_s": sp["img_steps_per_s"],
-                                  "ratio_to_T_ann_passes": sp["snn_s"] / (args.timing_T * tann["ann_pass_s"]),
-                                  "accuracy": acc, **summarize(acc, target, sp["img_steps_per_s"])}
+      rec = sj["recipes"][key] = {"label": label, "recipe": name, "convert_s": c.get("convert_s"), "accuracy": acc}
       if key.endswith("+delay"):
         rec["delay_start_raw"] = c["delay_start_raw"]
-      print(_curve_line(f"SpikingJelly {key}", rec, target), flush=True)
-  sj["best"] = best_recipe(sj["recipes"])
-  sj["img_steps_per_s"] = sj["recipes"][sj["best"]]["img_steps_per_s"]
-  return tann, sj
+  return tann, sj, candidates
+
+
+def spikingjelly_speed(net: Net, args, sj: dict, candidates: list) -> None:
+  """Fills ``sj`` (from :func:`spikingjelly_curves`) with torch's ANN pass time and each recipe's per-step speed."""
+  out = run_torch({**_torch_job(net, args), "tasks": [{"kind": "speed", "recipes": candidates, "T": args.timing_T}]},
+                  net.name)
+  sp = out["speed"]
+  sj.update(ann_pass_s=sp["ann_pass_s"], ann_images_per_s=args.batch / sp["ann_pass_s"])
+  for rec in sj["recipes"].values():
+    r = sp["recipes"][rec["recipe"]]
+    rec.update(snn_s=r["snn_s"], img_steps_per_s=r["img_steps_per_s"],
+               ratio_to_T_ann_passes=r["snn_s"] / (args.timing_T * sp["ann_pass_s"]))
+
+
+def _finish(lib: str, entry: dict, target: float) -> None:
+  """Time to target and the table's accuracies for every recipe of one library's entry, then its best recipe."""
+  for name, rec in entry["recipes"].items():
+    rec.update(summarize(rec["accuracy"], target, rec.get("img_steps_per_s")))
+    print(_curve_line(f"{lib} {name}", rec, target), flush=True)
+  if entry["recipes"]:
+    entry["best"] = best_recipe(entry["recipes"])
+    entry["img_steps_per_s"] = entry["recipes"][entry["best"]]["img_steps_per_s"]
 
 
 def run_net(name: str, args) -> dict:
-  """One net's entry of peers.json."""
+  """One net's entry of peers.json: the long accuracy runs first (resumable), then both libraries' speeds back to
+  back (so the two are timed minutes apart on the same machine state)."""
   print(f"\n=== {name} ({CHECKPOINTS[name]}.msgpack) ===", flush=True)
   net = prepare(name, args)
-  jx = run_jaxsnn(net, args)
+  jx, snns = jaxsnn_curves(net, args)
   target = jx["ann_accuracy"] - args.drop  # the Flax ANN's accuracy - 1 point, for both libraries
-  tann, sj = run_spikingjelly(net, args, target)
+  tann, sj, candidates = spikingjelly_curves(net, args)
+  print(f"--- speed, batch {args.batch}, T = {args.timing_T} (keep the machine idle) ---", flush=True)
+  jaxsnn_speed(net, args, snns, jx)
+  spikingjelly_speed(net, args, sj, candidates)
+  _finish("jaxsnn", jx, target)
+  _finish("SpikingJelly", sj, target)
   return {"checkpoint": CHECKPOINTS[name] + ".msgpack", "num_test": len(net.arrays["test_y"]),
           "calib_images": len(net.arrays["calib_x"]), "batch": args.batch, "timing_T": args.timing_T,
           "drop": args.drop, "target_accuracy": target, "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -483,7 +550,7 @@ def main():
   parser.add_argument("--nets", default=",".join(CHECKPOINTS), help="comma-separated: " + ", ".join(CHECKPOINTS))
   parser.add_argument("--num_test", type=int, default=10_000, help="first N CIFAR-10 test images")
   parser.add_argument("--max_T", type=int, default=512, help="SpikingJelly's simulation length (accuracy at every t)")
-  parser.add_argument("--jaxsnn_max_T", type=int, default=256, help="jaxsnn's simulation length")
+  parser.add_argument("--jaxsnn_max_T", type=int, default=128, help="jaxsnn's simulation length")
   parser.add_argument("--calib", type=int, default=10_000, help="first N training images for the thresholds")
   parser.add_argument("--select", type=int, default=512,
                       help="validation images to choose SpikingJelly's best recipe (0: all on the test set)")
