@@ -222,29 +222,38 @@ def _paper(ctx: RecipeContext):
                         neuron=jaxsnn.SNM())
 
 
-LOW_LATENCY_T = 16  # the T the low-latency recipe's thresholds and calibration are chosen for
+LOW_LATENCY_T = 16  # the T the low-latency recipe's thresholds, calibration and readout delay are chosen for
 CALIBRATE_SNN_IMAGES = 256  # training images of jaxsnn.calibrate_snn (as experiments/main.py)
+DELAY_IMAGES = 1024  # training images of jaxsnn.choose_readout_delay (as experiments/main.py)
+
+
+def _first_images(batches, n: int) -> list:
+  out, got = [], 0
+  for x in batches:
+    out.append(x[:n - got])
+    got += len(out[-1])
+    if got >= n:
+      break
+  return out
 
 
 def _low_latency(ctx: RecipeContext):
   """The best train-only low-latency recipe of experiments/RESULTS.md without end-to-end tuning: SNM, v0 = θ/2,
-  thresholds chosen for T = LOW_LATENCY_T from the training activations, then calibrate_snn at that T."""
+  thresholds chosen for T = LOW_LATENCY_T from the training activations, calibrate_snn at that T, and the readout
+  delay that agrees best with the ANN on training images at that T."""
   import jaxsnn
   hist = jaxsnn.ratio_histograms(ctx.apply_fn, ctx.variables, ctx.train_batches(), ctx.stats)
   th = jaxsnn.thresholds_for_steps(hist, LOW_LATENCY_T, 0.5)
   snn = jaxsnn.convert(ctx.apply_fn, ctx.variables, ctx.example, th, neuron=jaxsnn.SNM(), initial_potential=0.5)
-  calib, n = [], 0
-  for x in ctx.train_batches():
-    calib.append(x[:CALIBRATE_SNN_IMAGES - n])
-    n += len(calib[-1])
-    if n >= CALIBRATE_SNN_IMAGES:
-      break
-  return jaxsnn.calibrate_snn(snn, calib, LOW_LATENCY_T)
+  snn = jaxsnn.calibrate_snn(snn, _first_images(ctx.train_batches(), CALIBRATE_SNN_IMAGES), LOW_LATENCY_T)
+  snn, _ = jaxsnn.choose_readout_delay(snn, _first_images(ctx.train_batches(), DELAY_IMAGES), LOW_LATENCY_T)
+  return snn
 
 
 JAXSNN_RECIPES = {
     "paper": Recipe("SNM + NeuronNorm (paper)", _paper),
-    "low_latency": Recipe(f"SNM + NeuronNorm, θ/2 + T-aware θ + calibration (T = {LOW_LATENCY_T})", _low_latency),
+    "low_latency": Recipe(f"SNM + NeuronNorm, θ/2 + T-aware θ + calibration + delayed readout (T = {LOW_LATENCY_T})",
+                          _low_latency),
 }
 
 
@@ -419,7 +428,7 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
           flush=True)
     res = jaxsnn.evaluate(snn, padded(a["test_x"], a["test_y"], args.batch), args.jaxsnn_max_T, args.jaxsnn_block,
                           progress=True, checkpoint=ckpt, checkpoint_every=2)
-    out["recipes"][name] = {"label": recipe.label, "build_s": build_s,
+    out["recipes"][name] = {"label": recipe.label, "build_s": build_s, "readout_delay": int(snn.readout_delay),
                             "accuracy": [float(v) for v in res["accuracy"]]}
   return out, snns
 

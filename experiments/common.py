@@ -201,6 +201,8 @@ class Method:
     calibrated: ``jaxsnn.calibrate_snn`` at the target T (initial potentials, per channel).
     end_to_end: then ``jaxsnn.tune_snn`` at the target T (per-channel thresholds, offsets and potentials descended
       through the simulation on training batches).
+    delayed: then ``jaxsnn.choose_readout_delay`` at the target T (the first steps left out of the readout, the
+      delay chosen by agreement with the ANN on training images).
     target: the T that ``tuned`` / ``calibrated`` aim at; the run stops there.
     authors: the authors' test-leaking threshold protocol (comparison only).
   """
@@ -210,6 +212,7 @@ class Method:
   tuned: bool = False
   calibrated: bool = False
   end_to_end: bool = False
+  delayed: bool = False
   target: Optional[int] = None
   authors: bool = False
 
@@ -224,6 +227,8 @@ class Method:
       parts.append("calibration")
     if self.end_to_end:
       parts.append("end-to-end")
+    if self.delayed:
+      parts.append("delayed readout")
     if self.authors:
       parts.append("authors' protocol (leaks test)")
     return " + ".join(parts) + (f" (T={self.target})" if self.target else "")
@@ -247,6 +252,8 @@ def lowlatency_methods(targets=(4, 8, 16, 32)) -> list:
         out += [Method(neuron, tuned=True, target=t), Method(neuron, calibrated=True, target=t),
                 Method(neuron, potential=0.5, tuned=True, target=t)]
       out.append(Method(neuron, potential=0.5, tuned=True, calibrated=True, target=t))
+      if neuron == "SNM":
+        out.append(Method(neuron, potential=0.5, tuned=True, calibrated=True, delayed=True, target=t))
   return out
 
 
@@ -265,6 +272,7 @@ def qcfs_methods(targets=(4, 8, 16)) -> list:
 
 
 TUNE_IMAGES, TUNE_STEPS = 1024, 200  # end-to-end tuning: training images (batches of 128) and Adam steps
+DELAY_IMAGES = 1024  # training images on which jaxsnn.choose_readout_delay compares the SNN with the ANN
 
 
 def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[], Any] | None = None,
@@ -272,7 +280,8 @@ def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[],
   """The SNN of ``method`` for ``run``: thresholds from ``stats`` (or ``hist()`` for the tuned methods), the
   initial potential, ``jaxsnn.calibrate_snn`` on ``calib_snn_batches`` for the calibrated ones, and
   ``jaxsnn.tune_snn`` on the first ``TUNE_IMAGES`` training images for the end-to-end ones (resumable from
-  ``tune_checkpoint``, a file path, when given)."""
+  ``tune_checkpoint``, a file path, when given), and ``jaxsnn.choose_readout_delay`` on the first ``DELAY_IMAGES``
+  training images for the delayed ones."""
   import jaxsnn
   neuron = jaxsnn.SNM() if method.neuron == "SNM" else jaxsnn.IF()
   example = run.normalize(run.test.images[:1])
@@ -291,6 +300,9 @@ def make_snn(run: Run, method: Method, stats, num_steps: int, hist: Callable[[],
   if method.end_to_end:
     snn, _ = jaxsnn.tune_snn(snn, list(calibration_batches(run, TUNE_IMAGES, 128)), num_steps, steps=TUNE_STEPS,
                              progress=progress, checkpoint=tune_checkpoint)
+  if method.delayed:
+    snn, _ = jaxsnn.choose_readout_delay(snn, list(calibration_batches(run, DELAY_IMAGES, 128)),
+                                         num_steps, progress=progress)
   return snn
 
 
@@ -372,6 +384,8 @@ class Job:
     out = {"name": method.name, "method": dataclasses.asdict(method), "settings": self.settings, "steps": steps,
            "accuracy": res["accuracy"].tolist(), "seconds": round(seconds, 1),
            "prepare_seconds": round(prepare_seconds, 1), "non_finite": res["non_finite"]}
+    if method.delayed:
+      out["readout_delay"] = int(snn.readout_delay)
     if res.get("recorded"):
       out["at"] = {}
       for t in res["recorded"]["steps"]:

@@ -14,8 +14,8 @@ from jaxsnn._src.calibrate import Stats, calibrate, load_stats, save_stats
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.information import information_loss
 from jaxsnn._src.ir import ConversionError
-from jaxsnn._src.lowlatency import (calibrate_snn, descend_thresholds, ratio_histograms, relaxed_quantization_error,
-                                    thresholds_for_steps, tune_snn)
+from jaxsnn._src.lowlatency import (calibrate_snn, choose_readout_delay, descend_thresholds, ratio_histograms,
+                                    relaxed_quantization_error, thresholds_for_steps, tune_snn)
 from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
 from jaxsnn._src.norms import load_thresholds, save_thresholds, site_percentiles, thresholds
 from jaxsnn._src.qcfs import qcfs
@@ -28,6 +28,7 @@ __all__ = [
     "calibrate", "convert", "evaluate", "neurons", "simulate", "thresholds",
     "analysis", "authors_thresholds", "evaluate_authors", "information_loss", "load_stats", "load_thresholds", "qcfs", "save_stats",
     "save_thresholds", "simulate_authors", "site_percentiles",
-    "lowlatency", "calibrate_snn", "descend_thresholds", "ratio_histograms", "relaxed_quantization_error",
+    "lowlatency", "calibrate_snn", "choose_readout_delay", "descend_thresholds", "ratio_histograms",
+    "relaxed_quantization_error",
     "thresholds_for_steps", "tune_snn",
 ]

@@ -371,3 +371,71 @@ def test_tune_snn_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
     jaxsnn.tune_snn(snn, [x[:32]], 4, steps=9, learning_rate=0.03, checkpoint=path)
   with pytest.raises(ValueError, match="checkpoint_every must be a positive integer"):
     jaxsnn.tune_snn(snn, batches, 4, steps=9, checkpoint=path, checkpoint_every=0)
+
+
+# ---- readout delay ----------------------------------------------------------------------------------------------
+def windowed(outputs, delay):
+  """numpy re-statement: the mean of the per-step readout over steps min(delay, t - 1) + 1 .. t, for every t."""
+  out = np.asarray(outputs, np.float64)
+  steps = np.arange(1, len(out) + 1)
+  cum = out * steps.reshape((-1,) + (1,) * (out.ndim - 1))
+  res = np.empty_like(out)
+  for t in steps:
+    s = min(delay, t - 1)
+    res[t - 1] = (cum[t - 1] - (cum[s - 1] if s else 0.0)) / (t - s)
+  return res
+
+
+@pytest.mark.parametrize("readout", ["membrane", "spike"])
+def test_readout_delay_against_numpy_and_schedules_bit_identical(readout):
+  apply_fn, variables, x, th = residual()
+  snn = jaxsnn.convert(apply_fn, variables, x, th, readout=readout, initial_potential=0.5)
+  plain = jaxsnn.simulate(snn, x, 13)
+  for delay in (0, 1, 5, 12, 40):  # 12 and 40: every t reads its last step only
+    delayed = snn.replace(readout_delay=delay)
+    ref = jaxsnn.simulate(delayed, x, 13)
+    np.testing.assert_allclose(np.asarray(ref.outputs), windowed(plain.outputs, delay), rtol=2e-6, atol=1e-6)
+    for k in ref.pos_spikes:  # the delay changes the readout only, never a spike
+      np.testing.assert_array_equal(ref.pos_spikes[k], plain.pos_spikes[k])
+    for block in (3, 13):
+      got = jaxsnn.simulate(delayed, x, 13, block_size=block)
+      np.testing.assert_array_equal(np.asarray(got.outputs), np.asarray(ref.outputs))
+  np.testing.assert_array_equal(np.asarray(jaxsnn.simulate(snn.replace(readout_delay=0), x, 13).outputs),
+                                np.asarray(plain.outputs))  # 0 is the plain mean, bit for bit
+  last = np.asarray(jaxsnn.simulate(snn.replace(readout_delay=40), x, 13).outputs)
+  assert not np.allclose(last[-1], np.asarray(plain.outputs)[-1])  # the delay does change the answer
+
+
+def test_readout_delay_is_data_and_bad_delays_are_rejected():
+  apply_fn, variables, x, th = residual()
+  snn = jaxsnn.convert(apply_fn, variables, x, th, readout_delay=2)
+  assert int(snn.readout_delay) == 2
+  jaxsnn.simulate(snn, x, 6)
+  with count_compiles() as compiles:
+    jaxsnn.simulate(snn.replace(readout_delay=4), x, 6)
+    jaxsnn.simulate(snn.replace(readout_delay=np.int64(0)), x, 6)
+  assert compiles == []
+  for bad, match in ((-1, "must be >= 0"), (1.5, "must be an int"), (True, "must be an int"), ([1], "must be an int")):
+    with pytest.raises(ValueError, match=f"readout_delay {match}"):
+      snn.replace(readout_delay=bad)
+  with pytest.raises(ValueError, match="readout_delay must be >= 0"):
+    jaxsnn.convert(apply_fn, variables, x, th, readout_delay=-3)
+
+
+def test_choose_readout_delay_picks_the_delay_that_agrees_most_with_the_ann():
+  apply_fn, variables, x = random_net(4)
+  x = jnp.concatenate([x, jax.random.normal(jax.random.key(9), (40,) + x.shape[1:])])
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5, readout_delay=3)
+  steps = 7
+  chosen, agreement = jaxsnn.choose_readout_delay(snn, [x[:20], (x[20:], np.arange(len(x) - 20) % 3 > 0)], steps)
+  assert agreement.shape == (steps,) and chosen.traced == snn.traced
+  assert int(chosen.readout_delay) == int(np.argmax(agreement))
+  # every candidate's agreement, recomputed by simulating the network with that delay (the mask drops a third)
+  weight = np.concatenate([np.ones(20, bool), np.arange(len(x) - 20) % 3 > 0])
+  want = np.asarray(apply_fn(variables, x)).argmax(-1)
+  for d in range(steps):
+    got = np.asarray(jaxsnn.simulate(snn.replace(readout_delay=d), x, steps).outputs[-1]).argmax(-1)
+    assert agreement[d] == pytest.approx(((got == want) & weight).sum() / weight.sum())
+  with pytest.raises(ValueError, match="batches is empty"):
+    jaxsnn.choose_readout_delay(snn, [], steps)

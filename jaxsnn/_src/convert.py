@@ -42,6 +42,9 @@ class SpikingNetwork:
       ``readout="spike"``.
     offsets: ``{site: array of the site's shape}``: a current added to every neuron at every step (0 unless a
       calibration pass such as :func:`jaxsnn.calibrate_snn` sets it).
+    readout_delay: an int32 scalar ``d``: the readout after ``t`` steps averages the output over steps
+      ``min(d, t - 1) + 1 .. t`` only, leaving out the first steps, while the deep layers still settle (0, the
+      default: every step counts). Chosen from training data by :func:`jaxsnn.choose_readout_delay`.
     traced: the converted ANN function and the key of its program.
     neuron: the :class:`~jaxsnn.neurons.Neuron` used at every site.
     readout: ``"membrane"`` or ``"spike"``.
@@ -60,6 +63,7 @@ class SpikingNetwork:
   thresholds: dict
   initial_potential: dict
   offsets: dict
+  readout_delay: Any
   traced: ir.Traced = _static()
   neuron: Neuron = _static()
   readout: str = _static()
@@ -86,17 +90,18 @@ class SpikingNetwork:
     Args:
       **changes: any of ``variables``, ``thresholds``, ``initial_potential`` (a float for every neuron, or a dict
         ``{site: array}``; sites left out keep their values), ``offsets`` (a dict ``{site: array}``, sites left out
-        keep theirs).
+        keep theirs), ``readout_delay`` (a non-negative int).
 
     Raises:
       ValueError: for an unknown field, new variables of another structure, shape or dtype, or per-site values of
         the wrong names, shapes or dtypes, negative thresholds, or non-finite values.
     """
     caller = "SpikingNetwork.replace"
-    unknown = sorted(set(changes) - {"variables", "thresholds", "initial_potential", "offsets"})
+    unknown = sorted(set(changes) - {"variables", "thresholds", "initial_potential", "offsets", "readout_delay"})
     if unknown:
-      raise ValueError(f"{caller}: cannot replace {unknown}; only variables, thresholds, initial_potential and offsets "
-                       "are data (call jaxsnn.convert again for another neuron, readout or network).")
+      raise ValueError(f"{caller}: cannot replace {unknown}; only variables, thresholds, initial_potential, offsets "
+                       "and readout_delay are data (call jaxsnn.convert again for another neuron, readout or "
+                       "network).")
     out = {}
     if "variables" in changes:
       variables = changes["variables"]
@@ -115,6 +120,8 @@ class SpikingNetwork:
     if "offsets" in changes:
       site_shapes = dict(self.site_shapes)
       out["offsets"] = _check_per_neuron(changes["offsets"], site_shapes, dtypes, "offsets", caller, self.offsets)
+    if "readout_delay" in changes:
+      out["readout_delay"] = _check_delay(changes["readout_delay"], caller)
     return dataclasses.replace(self, **out)
 
   def __repr__(self):
@@ -201,6 +208,20 @@ def _check_per_neuron(values, shapes: dict, dtypes: dict, what: str, caller: str
   return out
 
 
+def _check_delay(value, caller: str):
+  """A non-negative int (Python, numpy or a scalar integer array; a tracer passes unchecked) -> an int32 scalar."""
+  if isinstance(value, jax.core.Tracer):
+    if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+      raise ValueError(f"{caller}: readout_delay must be an integer scalar; got {value.dtype}{list(value.shape)}.")
+    return value.astype(jnp.int32)
+  a = np.asarray(value)
+  if isinstance(value, bool) or a.shape != () or not np.issubdtype(a.dtype, np.integer):
+    raise ValueError(f"{caller}: readout_delay must be an int (steps left out of the readout); got {value!r}.")
+  if int(a) < 0:
+    raise ValueError(f"{caller}: readout_delay must be >= 0 (steps left out of the readout); got {int(a)}.")
+  return jnp.asarray(int(a), jnp.int32)
+
+
 def _input_spec(x, caller):
   leaves, treedef = jax.tree_util.tree_flatten(x)
   spec = []
@@ -260,7 +281,7 @@ def _state_dtype(dtypes, state_dtype):
 
 def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: Mapping[str, Any] | None = None,
             neuron: Neuron | None = None, readout: str = "membrane", *, initial_potential=None,
-            state_dtype=None, fold: bool = True) -> SpikingNetwork:
+            readout_delay: int = 0, state_dtype=None, fold: bool = True) -> SpikingNetwork:
   """Converts a ReLU (or QCFS) ANN into a spiking network.
 
   ``apply_fn`` is traced to a jaxpr: every activation becomes a neuron site (ReLU, ``jnp.where(x > 0, x, 0)``, or
@@ -282,6 +303,8 @@ def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: 
     initial_potential: where every neuron's membrane starts, as a fraction of its threshold: a float for every
       neuron, or ``{site: array of the site's shape}`` (sites left out take the default). Default (None): 0 for ReLU
       sites and the output (the paper), 0.5 for QCFS sites (Bu et al. 2022: zero expected conversion error).
+    readout_delay: steps left out at the start of the readout (:attr:`SpikingNetwork.readout_delay`); 0 (default):
+      every step counts, as in the paper.
     state_dtype: dtype of the membrane potentials and of the readout accumulator. Default: float32, or the
       network's dtype if it is wider; a bfloat16 network keeps float32 state so that small currents still count.
     fold: fold each spiking matmul's or convolution's constant affine chain (bias, eval-mode BatchNorm) into its
@@ -337,7 +360,8 @@ def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: 
     potentials = _check_per_neuron(initial_potential, shapes, dtypes, "initial_potential", caller, potentials)
   offsets = {name: jnp.zeros(shape, dtypes[name]) for name, shape in site_shapes}
   return SpikingNetwork(
-      variables=variables, thresholds=thresholds, initial_potential=potentials, offsets=offsets, traced=traced,
+      variables=variables, thresholds=thresholds, initial_potential=potentials, offsets=offsets,
+      readout_delay=_check_delay(readout_delay, caller), traced=traced,
       neuron=neuron, readout=readout, input_spec=input_spec, site_shapes=site_shapes,
       site_kinds=tuple((s.name, s.kind, s.levels) for s in program.sites),
       max_sites=tuple(m.name for m in program.max_sites), output_shape=output_shape,

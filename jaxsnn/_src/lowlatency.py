@@ -455,6 +455,70 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
   return snn
 
 
+def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *,
+                         block_size: int | None = None, progress: bool = False) -> tuple[SpikingNetwork, np.ndarray]:
+  """The readout delay under which the SNN's answer after ``num_steps`` agrees most often with its ANN's.
+
+  In the first steps of a deep SNN the late layers have not started to fire in proportion to their inputs (the
+  charge is still travelling through the earlier ones), so the output of those steps is off; at a small T they
+  weigh on the average. A readout delay ``d`` (:attr:`SpikingNetwork.readout_delay`) averages the output over steps
+  ``d + 1 .. T`` only; the simulation still runs T steps (same latency and cost). SpikingJelly's converter has a
+  rule of this kind (``estimate_delay_start``); here ``d`` is chosen by what it is for: on the given inputs, the
+  SNN is simulated once and, for every ``d = 0 .. T - 1``, the predicted class (argmax) read over steps ``d + 1 .. T``
+  is compared with the ANN's; the ``d`` with the most agreements wins (the smallest on a tie). No labels are read:
+  give it training inputs (never the test set).
+
+  A pure function: it returns a new network (the same one with ``readout_delay = d``; data only, nothing
+  recompiles) and the agreement of every candidate.
+
+  Args:
+    snn: a converted network, e.g. after :func:`calibrate_snn` at ``num_steps`` (its current delay is ignored).
+    batches: a few training batches (``x`` or ``(x, mask)``), e.g. 1,000 images.
+    num_steps: the T the network will be run for.
+    block_size: schedule, as in :func:`simulate` (same result).
+    progress: show a tqdm bar over the batches.
+
+  Returns:
+    ``(snn with the chosen readout_delay, agreement)``: ``agreement[d]`` is the fraction of the inputs on which the
+    readout over steps ``d + 1 .. T`` picks the ANN's class.
+
+  Raises:
+    ValueError: for a bad T or empty batches.
+
+  Example:
+    >>> snn = jaxsnn.calibrate_snn(snn, [x_train[:256]], num_steps=8)
+    >>> snn, agreement = jaxsnn.choose_readout_delay(snn, [x_train[256:1280]], num_steps=8)
+  """
+  caller = "jaxsnn.choose_readout_delay"
+  _check_steps_and_potential(num_steps, 0.0, caller)
+  check_batches(batches, caller)
+  plain = snn.replace(readout_delay=0)
+  hits = np.zeros(num_steps, np.int64)
+  count = 0
+  if progress:
+    try:
+      from tqdm.auto import tqdm
+      batches = tqdm(batches, desc=f"choose_readout_delay T={num_steps}", unit="batch")
+    except ImportError:  # progress is a nicety, not a dependency
+      pass
+  steps = np.arange(1, num_steps + 1, dtype=np.float64)
+  for batch in batches:
+    x, mask = split_batch(batch, caller)
+    size = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
+    mask = np.ones(size, bool) if mask is None else np.asarray(mask, bool)
+    want = np.asarray(_ann_logits(snn, x)).reshape(size, -1).argmax(-1)
+    out = np.asarray(simulate(plain, x, num_steps, block_size).outputs, np.float64).reshape(num_steps, size, -1)
+    cum = out * steps[:, None, None]  # cum[t - 1]: the readout summed over steps 1..t
+    for d in range(num_steps):
+      window = cum[-1] - (cum[d - 1] if d else 0.0)
+      hits[d] += int(((window.argmax(-1) == want) & mask).sum())
+    count += int(mask.sum())
+  if count == 0:
+    raise ValueError(f"{caller}: batches is empty (or fully masked); pass a few batches of training inputs.")
+  agreement = hits / count
+  return snn.replace(readout_delay=int(np.argmax(agreement))), agreement
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _activations(traced: ir.Traced, variables, x):
   program = ir.build_program(traced.fn, variables, x, caller="jaxsnn.calibrate_snn")

@@ -46,8 +46,8 @@ class Trace(NamedTuple):
   """What one simulation run records.
 
   Attributes:
-    outputs: ``[num_steps, batch, *output_shape]``: the readout averaged over steps 1..t, for every t (so
-      ``outputs[t - 1]`` is the network's answer after t steps).
+    outputs: ``[num_steps, batch, *output_shape]``: the readout averaged over steps 1..t (after the first
+      ``snn.readout_delay`` steps where t allows), for every t (so ``outputs[t - 1]`` is the answer after t steps).
     pos_spikes: ``{site: int32 [batch, *site_shape]}``: positive spikes per neuron over the whole run
       (``readout="spike"`` adds ``"output"``).
     neg_spikes: same for negative spikes.
@@ -96,8 +96,9 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
       batch); default all 1.
 
   Returns:
-    A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t (NaN for a sample whose
-    input is not finite).
+    A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t (over steps
+    ``min(d, t - 1) + 1 .. t`` with a readout delay ``d = snn.readout_delay``; NaN for a sample whose input is not
+    finite).
 
   Raises:
     ValueError: for num_steps or block_size that are not positive ints, or an input that does not match the network.
@@ -252,8 +253,7 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
     if rest:
       carry, tail = run(carry, rest)
       accs = jnp.concatenate([accs, tail], axis=0)
-  t = jnp.arange(1, num_steps + 1, dtype=accs.dtype).reshape((num_steps,) + (1,) * (accs.ndim - 1))
-  outputs = accs / t
+  outputs = _windowed_readout(accs, snn.readout_delay)
   # A sample whose input holds a NaN or an infinity reads out NaN at every step, as its ANN would: no neuron can
   # fire on a NaN current, and the readout would otherwise be a confident answer made of the biases alone.
   finite = _finite_samples(x)
@@ -418,11 +418,25 @@ def stream(simulate_batch: Callable[[Any, np.ndarray], Trace], batches, num_step
           "recorded": {"steps": list(record), "pos": state["rec_pos"], "neg": state["rec_neg"]} if record else None}
 
 
+def _windowed_readout(accs, delay):
+  """``accs[t - 1]`` sums the readout over steps 1..t; the readout after t steps is its mean over steps s + 1..t with
+  ``s = min(delay, t - 1)``: the first ``delay`` steps are left out wherever a later step is left (delay 0: the
+  plain mean, bit for bit)."""
+  num_steps = accs.shape[0]
+  steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
+  start = jnp.minimum(jnp.asarray(delay, jnp.int32), steps - 1)
+  before = jnp.where((start > 0).reshape((num_steps,) + (1,) * (accs.ndim - 1)),
+                     jnp.take(accs, jnp.maximum(start - 1, 0), axis=0), jnp.zeros((), accs.dtype))
+  count = (steps - start).astype(accs.dtype).reshape((num_steps,) + (1,) * (accs.ndim - 1))
+  return (accs - before) / count
+
+
 def job_fingerprint(snn: SpikingNetwork, num_steps, block_size, exact, record) -> str:
   """What a resumed evaluation must share with the run that wrote the checkpoint."""
   h = hashlib.sha256(repr((snn.traced.key, snn.neuron.name, snn.readout, str(snn.state_dtype), snn.fold, num_steps,
                            block_size, exact, record)).encode())
-  for leaf in jax.tree_util.tree_leaves((snn.variables, snn.thresholds, snn.initial_potential, snn.offsets)):
+  for leaf in jax.tree_util.tree_leaves((snn.variables, snn.thresholds, snn.initial_potential, snn.offsets,
+                                         snn.readout_delay)):
     h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
   return h.hexdigest()
 
