@@ -580,8 +580,8 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
              checkpoint_every: int = 10) -> tuple[SpikingNetwork, np.ndarray]:
   """End-to-end tuning of per-channel thresholds, offsets and initial potentials through the simulated SNN.
 
-  The loss is the mean squared distance between the SNN's readout after ``num_steps`` and the ANN's logits on
-  training batches; its gradient flows through the simulation with the spike decisions' step function given the
+  The loss is the mean squared distance between the SNN's readout after ``num_steps`` (over steps ``d + 1 ..
+  num_steps`` when the network has a readout delay ``d``) and the ANN's logits on training batches; its gradient flows through the simulation with the spike decisions' step function given the
   derivative of ``sigmoid(u / (width * threshold))`` (a surrogate; the forward spikes are exactly the network's).
   Per channel (last axis) of every site: a log-scale of the thresholds, a current offset and an initial potential
   (fraction of the threshold), from the network's own values, descended with Adam. Weights never change. The
