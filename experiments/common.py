@@ -263,11 +263,13 @@ def end_to_end_methods(targets=(8, 16)) -> list:
 
 
 def qcfs_methods(targets=(4, 8, 16)) -> list:
-  """A QCFS network: its own thresholds with v0 = θ/2, IF and SNM, with and without calibration."""
+  """A QCFS network: its own thresholds with v0 = θ/2, IF and SNM, with and without calibration (SNM also with the
+  readout delay on top)."""
   out = []
   for neuron in ("IF", "SNM"):
     out.append(Method(neuron, norm="qcfs", potential=None))
     out += [Method(neuron, norm="qcfs", potential=None, calibrated=True, target=t) for t in targets]
+  out += [Method("SNM", norm="qcfs", potential=None, calibrated=True, delayed=True, target=t) for t in targets]
   return out
 
 
