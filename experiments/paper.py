@@ -24,6 +24,7 @@ import argparse
 import pathlib
 
 import common
+import jaxsnn
 from jaxsnn import plotting
 
 
@@ -60,7 +61,6 @@ def main():
   t = "32" if "32" in snm.get("at", {}) else max(snm.get("at", {"1": None}), key=int)
   at = snm["at"][t]
   # Rates come back keyed in sorted order (JAX returns dicts sorted by key); the figure is in network order.
-  import jaxsnn
   order = jaxsnn.convert(run.apply_fn, run.variables, run.normalize(run.test.images[:1]),
                          jaxsnn.thresholds(job.stats)).site_names
   positive = {n: at["positive_rates"][n] for n in order if n in at["positive_rates"]}
