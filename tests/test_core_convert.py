@@ -445,3 +445,89 @@ def test_folded_simulation_equals_the_unfolded_one_to_rounding_and_runs_fewer_op
   spikes = sum(int(v.sum()) for v in a.pos_spikes.values())
   differ = sum(int(jnp.abs(a.pos_spikes[k] - b.pos_spikes[k]).sum()) for k in a.pos_spikes)
   assert spikes > 1000 and differ <= spikes * 1e-3
+
+
+# ---- narrow spike counters ----------------------------------------------------------------------------------------
+
+
+def two_site_dyadic_net():
+  """Two SNM sites with dyadic values (every current exact in float32): some first-site neurons fire every step,
+  the second site gets currents of both signs (negative spikes)."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.integers(-8, 9, (4, 5)) / 4, jnp.float32)
+  v = {"w1": jnp.asarray(rng.integers(-8, 9, (5, 7)) / 8, jnp.float32),
+       "b1": jnp.asarray(rng.integers(0, 9, (7,)) / 4, jnp.float32),
+       "w2": jnp.asarray(rng.integers(-8, 9, (7, 6)) / 8, jnp.float32),
+       "w3": jnp.asarray(rng.integers(-8, 9, (6, 3)) / 8, jnp.float32)}
+  apply_fn = lambda v, x: jax.nn.relu(jax.nn.relu(x @ v["w1"] + v["b1"]) @ v["w2"]) @ v["w3"]  # noqa: E731
+  v["w1"] = v["w1"].at[:, 0].set(0.0)
+  v["b1"] = v["b1"].at[0].set(2.0)  # with threshold 1/4: neuron 0 fires every step, whatever the input
+  th1 = jnp.asarray(rng.integers(1, 9, (7,)) / 4, jnp.float32).at[0].set(0.25)
+  th = {"relu": th1, "relu_1": jnp.asarray(rng.integers(1, 5, (6,)) / 4, jnp.float32)}
+  return apply_fn, v, x, th
+
+
+def reference_counts(v, x, th, steps):
+  """Both sites stepped one at a time with the neuron's own int32 state (outside the simulator)."""
+  neuron = jaxsnn.SNM()
+  s1, s2 = neuron.init((x.shape[0], 7)), neuron.init((x.shape[0], 6))
+  counts = {k: [np.zeros(n, np.int64), np.zeros(n, np.int64)] for k, n in (("relu", s1.v.shape), ("relu_1", s2.v.shape))}
+  current = x @ v["w1"] + v["b1"]
+  for _ in range(steps):
+    s1, a = neuron.step(th["relu"], s1, current)
+    s2, b = neuron.step(th["relu_1"], s2, a @ v["w2"])
+    for k, s in (("relu", a), ("relu_1", b)):
+      counts[k][0] += np.asarray(s > 0)
+      counts[k][1] += np.asarray(s < 0)
+  return counts
+
+
+@pytest.mark.parametrize("steps", [127, 128, 300])
+def test_narrow_counters_count_past_their_int8_range_exactly(steps):
+  # Up to 127 steps the counters are int8, from 128 int16: a count of T must never wrap, on either schedule.
+  apply_fn, v, x, th = two_site_dyadic_net()
+  snn = jaxsnn.convert(apply_fn, v, x, th)
+  ref = reference_counts(v, x, th, steps)
+  assert ref["relu"][0].max() == steps and ref["relu_1"][1].sum() > 0  # fires every step; negative spikes occur
+  for block in (None, 16):
+    trace = jaxsnn.simulate(snn, x, steps, block_size=block)
+    for site, (pos, neg) in ref.items():
+      assert trace.pos_spikes[site].dtype == jnp.int32 and trace.neg_spikes[site].dtype == jnp.int32
+      np.testing.assert_array_equal(trace.pos_spikes[site], pos, err_msg=f"{site}, block {block}")
+      np.testing.assert_array_equal(trace.neg_spikes[site], neg, err_msg=f"{site}, block {block}")
+
+
+def scan_carry_dtypes(fn, *args):
+  dtypes = set()
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "scan":
+        dtypes.update(str(o.aval.dtype) for o in eqn.outvars)
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        visit(sub)
+
+  visit(jax.make_jaxpr(fn)(*args).jaxpr)
+  return dtypes
+
+
+def test_counters_are_kept_in_the_narrowest_int_that_holds_num_steps():
+  assert [simulate_module.count_dtype(t) for t in (1, 127, 128, 32767, 32768)] == \
+      [jnp.int8, jnp.int8, jnp.int16, jnp.int16, jnp.int32]
+  apply_fn, v, x, th = two_site_dyadic_net()
+  snn = jaxsnn.convert(apply_fn, v, x, th)
+  carried = lambda t: scan_carry_dtypes(lambda s, x: jaxsnn.simulate(s, x, t).outputs, snn, x)  # noqa: E731
+  assert "int8" in carried(64) and "int16" not in carried(64)
+  assert "int16" in carried(200) and "int8" not in carried(200)
+
+
+def test_a_neuron_that_changes_its_counters_dtype_is_named():
+  def step(threshold, state, current):  # widens its memory back to int32
+    state, s = jaxsnn.SNM().step(threshold, state, current)
+    return state._replace(m=state.m.astype(jnp.int32)), s
+
+  neuron = jaxsnn.Neuron(init=jaxsnn.SNM().init, step=step, name="wide", counters=("m",))
+  apply_fn, v, x, th = two_site_dyadic_net()
+  snn = jaxsnn.convert(apply_fn, v, x, th, neuron=neuron)
+  with pytest.raises(ValueError, match=r"neuron 'wide' declares \['m'\] as counters, so they are kept in int8"):
+    jaxsnn.simulate(snn, x, 8)

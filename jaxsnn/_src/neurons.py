@@ -60,11 +60,16 @@ class Neuron(NamedTuple):
       (broadcastable to ``shape``, in the units of the current; None for 0).
     step: ``step(threshold, state, current) -> (state, spikes)``; ``spikes`` are ``+threshold``, ``-threshold`` or 0.
     name: a short human-readable name (used in reports).
+    counters: names of integer fields of the state that count spikes, so that their magnitude never exceeds the
+      number of steps run (SNM's memory ``m``). The simulator may keep them in the narrowest signed integer type
+      that holds its ``num_steps`` (int8 up to 127 steps): less memory traffic per step, same values. ``step`` must
+      keep such a field's dtype. Default: none.
   """
 
   init: Callable[..., Any]
   step: Callable[[Array, Any, Array], tuple[Any, Array]]
   name: str
+  counters: tuple = ()
 
 
 def _potential(shape, dtype, v0):
@@ -110,11 +115,11 @@ def _snm_step(threshold, state: SNMState, current):
   pos = live & (v >= threshold)
   neg = live & (v <= -threshold) & (state.m > 0)
   s = _amplitude(threshold, pos, neg)
-  m = state.m + pos.astype(jnp.int32) - neg.astype(jnp.int32)
+  m = state.m + pos.astype(state.m.dtype) - neg.astype(state.m.dtype)
   return SNMState(v=v - s, m=m), s
 
 
-_SNM = Neuron(init=_snm_init, step=_snm_step, name="SNM")
+_SNM = Neuron(init=_snm_init, step=_snm_step, name="SNM", counters=("m",))
 
 
 def IF(reset: str = "subtract") -> Neuron:

@@ -143,9 +143,15 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
       return jnp.broadcast_to(batch_zeros.astype(dtype).reshape((batch,) + (1,) * (len(shape) - 1)), shape)
     return jnp.zeros(shape, dtype)
 
+  # Spike counters (each neuron's positive and negative spikes, SNM's memory) never exceed num_steps in magnitude:
+  # kept in the narrowest int type that holds it, they cost less memory traffic every step (returned as int32).
+  cdt = count_dtype(num_steps)
+
   def initial_state(name, aval):
     v0 = snn.initial_potential[name].astype(state_dtype) * th[name].astype(state_dtype)
     state = neuron.init(aval.shape, state_dtype, v0)
+    if neuron.counters:
+      state = state._replace(**{f: getattr(state, f).astype(cdt) for f in neuron.counters})
     return jax.tree_util.tree_map(lambda a: a + zeros(a.shape, a.dtype), state)
 
   # Initial state.
@@ -156,11 +162,11 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
     maxes[m.name] = (cum, m.op.bind(*cum)[0])
   out_aval = program.aval(program.out)
   acc = zeros(out_aval.shape, state_dtype)
-  counts = {s.name: zeros(program.avals[s.x].shape, jnp.int32) for s in program.sites}
+  counts = {s.name: zeros(program.avals[s.x].shape, cdt) for s in program.sites}
   shapes = {s.name: program.avals[s.x].shape[1:] for s in program.sites}
   if snn.readout == "spike":
     neurons[OUTPUT] = initial_state(OUTPUT, out_aval)
-    counts[OUTPUT] = zeros(out_aval.shape, jnp.int32)
+    counts[OUTPUT] = zeros(out_aval.shape, cdt)
     shapes[OUTPUT] = out_aval.shape[1:]
   recorded = {k: jnp.zeros((len(record),) + shape, jnp.int32) for k, shape in shapes.items()}
   carry = (neurons, maxes, acc, counts, counts, recorded, recorded, jnp.zeros((), jnp.int32))
@@ -181,14 +187,24 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
     rec_pos, rec_neg = dict(rec_pos), dict(rec_neg)
     env = dict(static_env)
 
+    def step(threshold, state, z):
+      state, s = neuron.step(threshold, state, z)
+      changed = [f for f in neuron.counters if getattr(state, f).dtype != cdt]
+      if changed:
+        raise ValueError(f"jaxsnn.simulate: neuron {neuron.name!r} declares {changed} as counters, so they are kept "
+                         f"in {jnp.dtype(cdt).name}, but its step returned them as "
+                         f"{[getattr(state, f).dtype.name for f in changed]}: keep the dtype of the state it is given "
+                         f"(e.g. `m + pos.astype(m.dtype)`).")
+      return state, s
+
     def neuron_steps(threshold, state, z, name):
       if k is None:
-        state, s = neuron.step(threshold, state, z)
+        state, s = step(threshold, state, z)
         p, n = count(s)
       else:
-        state, s = jax.lax.scan(lambda st, zk: neuron.step(threshold, st, zk), state, z)
+        state, s = jax.lax.scan(lambda st, zk: step(threshold, st, zk), state, z)
         p, n = count(s, axis=0)
-      pos[name], neg[name] = pos[name] + p, neg[name] + n
+      pos[name], neg[name] = pos[name] + p.astype(cdt), neg[name] + n.astype(cdt)
       if record:
         if k is None:  # step t0 + 1 counts towards every recorded t >= t0 + 1
           upto = (t0 + 1 <= record_at).astype(jnp.int32)
@@ -259,8 +275,17 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
   finite = _finite_samples(x)
   outputs = jnp.where(finite.reshape((1, -1) + (1,) * (outputs.ndim - 2)), outputs, jnp.nan)
   _, _, _, pos, neg, rec_pos, rec_neg, _ = carry
+  pos, neg = ({k: c.astype(jnp.int32) for k, c in counts.items()} for counts in (pos, neg))
   recorded = {"steps": record, "pos": rec_pos, "neg": rec_neg} if record else None
   return Trace(outputs=outputs, pos_spikes=pos, neg_spikes=neg, recorded=recorded)
+
+
+def count_dtype(num_steps: int):
+  """The narrowest signed int type that holds every count in ``-num_steps .. num_steps``."""
+  for dtype in (jnp.int8, jnp.int16):
+    if num_steps <= jnp.iinfo(dtype).max:
+      return dtype
+  return jnp.int32
 
 
 def _finite_samples(x) -> jax.Array:
