@@ -71,6 +71,9 @@ SJ_LABELS = {"max": "layer max", "p99.9": "layer 99.9 %", "robust": "channel 99.
              "ltb": "local threshold balancing"}
 TABLE_STEPS = (16, 32, 64)
 TEST_IMAGES = 10_000  # CIFAR-10's test set: the unit of "time to accuracy"
+# XLA:CPU's YNNPACK kernels for the contractions: 1.3-1.4x the simulator's default speed on this CPU, same answers on
+# 1,000 real test images (benchmarks/xla_flags.py, RESULTS.md). Float rounding may differ from XLA's own kernels.
+FAST_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot"
 
 
 # --- pure summaries (no jax, no torch: tested in tests/test_benchmarks_peers.py) ----------------------------------
@@ -173,6 +176,10 @@ def render_table(results: dict) -> str:
         mark = " **(best)**" if name == r.get("best") else ""
         lines.append(f"| {net} | {lib} | {rec['label']}{mark} | {_fmt_pct(ann_acc)} | {accs} | {T} | "
                      f"{_fmt_time(rec['time_to_target_s'])} |")
+  flags = {results[net].get("jaxsnn", {}).get("xla_flags") for net in nets} - {None}
+  if flags:
+    lines += ["", "jaxsnn ran with XLA_FLAGS " + " / ".join(f"`{f}`" if f else "(XLA's defaults)" for f in
+                                                        sorted(flags)) + "."]
   meta = results.get("meta", {})
   if meta:
     lines += ["", f"Machine: {meta.get('machine', '?')}; {meta.get('versions', '')}."]
@@ -407,6 +414,7 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
                            histogram=any(JAXSNN_RECIPES[n].histogram for n in args.jaxsnn_recipes))
   print(f"jaxsnn: calibrated on {stats.num_samples} training images in {time.perf_counter() - t0:.1f} s", flush=True)
   out = {"ann_accuracy": ann_acc, "version": jaxsnn.__version__, "jax": jax.__version__,
+         "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "schedule": "step-major" if args.jaxsnn_block is None else f"layer-major K={args.jaxsnn_block}",
          "recipes": {}, "skipped": {}}
   snns = {}
@@ -422,6 +430,8 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
     build_s = time.perf_counter() - t0
     snns[name] = snn
     block = "" if args.jaxsnn_block is None else f"_K{args.jaxsnn_block}"
+    if os.environ.get("XLA_FLAGS"):  # other kernels may round differently: a curve of its own
+      block += "_x" + hashlib.sha256(os.environ["XLA_FLAGS"].encode()).hexdigest()[:8]
     ckpt = _progress_path(net, f"jaxsnn_{name}_T{args.jaxsnn_max_T}_n{len(a['test_y'])}_b{args.batch}{block}")
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     print(f"jaxsnn {name}: built in {build_s:.1f} s; test set to T = {args.jaxsnn_max_T} (checkpoint {ckpt})",
@@ -576,6 +586,8 @@ def main():
   parser.add_argument("--drop", type=float, default=0.01, help="accuracy below the ANN that counts as reached")
   parser.add_argument("--check", type=int, default=256, help="test images whose ANN logits are compared")
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  parser.add_argument("--jaxsnn_xla_flags", default=FAST_CPU_FLAGS,
+                      help="XLA_FLAGS added for the jaxsnn side (accuracy and speed; '' for XLA's defaults)")
   parser.add_argument("--out", default=str(DEFAULT_OUT))
   parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
   args = parser.parse_args()
@@ -600,6 +612,8 @@ def main():
     sys.exit(f"peers.py: the peers venv cannot import SpikingJelly's ann2snn:\n{probe.stderr.strip()}\n"
              "Repair it with: bash benchmarks/setup_peers.sh")
 
+  if args.jaxsnn_xla_flags:  # read once by XLA when jax starts: set before the first import of jax
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.jaxsnn_xla_flags}".strip()
   import jax
   results = json.loads(out.read_text()) if out.exists() else {}
   for net in args.nets:
