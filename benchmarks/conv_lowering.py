@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxsnn.models import _im2col  # noqa: E402  (the training path's patch extraction)
+from jaxsnn._src.lowering import im2col as _im2col  # noqa: E402  (the patches of training and the simulator)
 from timing import timed, write_json  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
 
+from jaxsnn._src.lowering import im2col as _im2col
 from jaxsnn._src.qcfs import qcfs
 
 ModuleDef = Any
@@ -238,24 +239,6 @@ def get_model(name: str, **kwargs) -> nn.Module:
 # weight gradient as patches^T @ cotangent.
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _im2col(x: jax.Array, kernel_hw: tuple, strides: tuple, padding, dilation: tuple,
-            out_hw: tuple) -> jax.Array:
-  """Patches [N, H', W', kh*kw*C] in (kh, kw, C) order, matching an HWIO kernel reshaped to [kh*kw*C, O]."""
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x.shape[1:3], [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)],
-                                  strides, padding)
-  x = jnp.pad(x, [(0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)])
-  cols = []
-  for i in range(kernel_hw[0]):
-    for j in range(kernel_hw[1]):
-      h0, w0 = i * dilation[0], j * dilation[1]
-      cols.append(lax.slice(x, (0, h0, w0, 0),
-                            (x.shape[0], h0 + strides[0] * (out_hw[0] - 1) + 1,
-                             w0 + strides[1] * (out_hw[1] - 1) + 1, x.shape[3]),
-                            (1, strides[0], strides[1], 1)))
-  return jnp.concatenate(cols, axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

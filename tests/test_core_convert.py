@@ -152,7 +152,8 @@ def test_step_major_equals_layer_major_bit_for_bit(neuron, readout):
 
 
 def contraction_batches(fn, *args):
-  """The leading (batch) size of the left operand of every matmul / convolution in the traced program of fn."""
+  """The leading (batch, or rows) size of the left operand of every matmul / convolution in the traced program of
+  fn."""
   sizes = []
 
   def visit(jaxpr):
@@ -176,7 +177,9 @@ def test_exact_layer_major_runs_every_contraction_with_the_step_major_batch(bloc
   step_major = contraction_batches(lambda s, x: jaxsnn.simulate(s, x, 37), snn, x)
   exact = contraction_batches(lambda s, x: jaxsnn.simulate(s, x, 37, block_size=block), snn, x)
   batched = contraction_batches(lambda s, x: jaxsnn.simulate(s, x, 37, block_size=block, exact=False), snn, x)
-  assert set(step_major) == {n} and set(exact) == {n}
+  # (a convolution with a 2x2 output runs as im2col + matmul on CPU: its rows are the batch times 4 positions)
+  assert set(step_major) <= {n, 4 * n} and n in step_major
+  assert set(exact) == set(step_major)
   assert block * n in batched
 
 
@@ -531,3 +534,84 @@ def test_a_neuron_that_changes_its_counters_dtype_is_named():
   snn = jaxsnn.convert(apply_fn, v, x, th, neuron=neuron)
   with pytest.raises(ValueError, match=r"neuron 'wide' declares \['m'\] as counters, so they are kept in int8"):
     jaxsnn.simulate(snn, x, 8)
+
+
+# ---- small convolutions as im2col + matmul (CPU) ------------------------------------------------------------------
+
+
+class TinyMapNet(nn.Module):
+  """VGG16's last stage in miniature: 3x3 convolutions on 2x2 maps (and one with stride 2 from 4x4)."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(6, (3, 3))(x))                    # 4x4: constant input current, run once
+    x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2))(x))    # 4x4 -> 2x2 on spikes: lowered
+    x = nn.relu(nn.Conv(8, (3, 3), kernel_dilation=(2, 2), padding=((2, 2), (2, 2)))(x))  # 2x2, dilated: lowered
+    x = nn.relu(nn.Conv(8, (3, 3))(x) + x)                 # 2x2 with a residual: lowered
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def tiny_map_setup():
+  """Dyadic inputs, weights and thresholds: every sum is exact in float32 whatever the order of summation."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.integers(-8, 9, (6, 4, 4, 3)) / 4, jnp.float32)
+  model = TinyMapNet()
+  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.integers(-4, 5, a.shape) / 16, a.dtype), variables)
+  stats = jaxsnn.calibrate(model.apply, variables, [x])
+  th = {k: jnp.maximum(2.0 ** jnp.round(jnp.log2(jnp.maximum(v, 1e-3))), 0.25)  # powers of two: dyadic
+        for k, v in jaxsnn.thresholds(stats).items()}
+  return model.apply, variables, x, th
+
+
+def spiking_convolutions(snn, x, steps=8, **kw):
+  """Convolution primitives run inside the time loop (per step), by the traced program of ``simulate``."""
+  names = []
+
+  def visit(jaxpr, inside):
+    for eqn in jaxpr.eqns:
+      if inside and eqn.primitive.name == "conv_general_dilated":
+        names.append(eqn.primitive.name)
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        visit(sub, inside or eqn.primitive.name in ("scan", "while"))
+
+  visit(jax.make_jaxpr(lambda s, x: jaxsnn.simulate(s, x, steps, **kw).outputs)(snn, x).jaxpr, False)
+  return len(names)
+
+
+def test_small_convolutions_run_as_matmuls_and_give_the_same_spikes(monkeypatch):
+  from jaxsnn._src import lowering
+  apply_fn, variables, x, th = tiny_map_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  assert jax.default_backend() == "cpu"
+  assert spiking_convolutions(snn, x) == 0  # all three spiking convolutions have 2x2 outputs
+  lowered = jaxsnn.simulate(snn, x, 40)
+  assert sum(int(c.sum()) for c in lowered.pos_spikes.values()) > 0
+  for block in (4, 40):  # the layer-major schedule lowers them the same way: still bit-identical
+    got = jaxsnn.simulate(snn, x, 40, block_size=block)
+    np.testing.assert_array_equal(np.asarray(got.outputs), np.asarray(lowered.outputs))
+  monkeypatch.setattr(lowering, "SMALL_CONV_POSITIONS", 0)  # XLA's convolution kernel everywhere
+  jax.clear_caches()
+  try:
+    assert spiking_convolutions(snn, x) == 3
+    plain = jaxsnn.simulate(snn, x, 40)
+  finally:
+    jax.clear_caches()
+  np.testing.assert_array_equal(np.asarray(lowered.outputs), np.asarray(plain.outputs))  # dyadic: exact
+  for site in plain.pos_spikes:
+    np.testing.assert_array_equal(lowered.pos_spikes[site], plain.pos_spikes[site], err_msg=site)
+    np.testing.assert_array_equal(lowered.neg_spikes[site], plain.neg_spikes[site], err_msg=site)
+
+
+@pytest.mark.parametrize("spatial,strides,padding,dilation", [
+    (2, (1, 1), ((1, 1), (1, 1)), (1, 1)), (4, (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    (4, (1, 1), ((0, 0), (0, 0)), (1, 1)), (3, (1, 2), ((2, 1), (0, 1)), (2, 1))])
+def test_conv_as_matmul_equals_the_convolution_on_dyadic_data(spatial, strides, padding, dilation):
+  from jaxsnn._src import lowering
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.integers(-8, 9, (3, spatial, spatial, 5)) / 4, jnp.float32)
+  k = jnp.asarray(rng.integers(-8, 9, (3, 3, 5, 4)) / 8, jnp.float32)
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation,  # noqa: E731
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  params = jax.make_jaxpr(conv)(x, k).jaxpr.eqns[0].params
+  np.testing.assert_array_equal(lowering.conv_as_matmul(x, k, params), conv(x, k))

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir, parallel, rules
+from jaxsnn._src import ir, lowering, parallel, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
 from jaxsnn._src.files import atomic_write, load_checkpoint
 from jaxsnn._src.ir import OUTPUT
@@ -233,14 +233,14 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
 
     def op_rule(op, args):
       if k is None:
-        return op.bind(*args)
+        return lowering.contract(op, args)
       axes = [0 if spiking(a) else None for a in op.ins]
       fixed = [None if ax == 0 else v for v, ax in zip(args, axes)]
       moving = tuple(v for v, ax in zip(args, axes) if ax == 0)
 
       def one(moving):
         it = iter(moving)
-        return op.bind(*[next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
+        return lowering.contract(op, [next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
 
       if exact and rules.is_contraction(op.prim):
         return jax.lax.map(one, moving)  # the step-major kernel, once per step of the block
@@ -458,8 +458,10 @@ def _windowed_readout(accs, delay):
 
 def job_fingerprint(snn: SpikingNetwork, num_steps, block_size, exact, record) -> str:
   """What a resumed evaluation must share with the run that wrote the checkpoint."""
+  # The kernels' lowering decides the float rounding: a checkpoint written under another one is not resumed.
+  lowered = (lowering.SMALL_CONV_POSITIONS, jax.default_backend())
   h = hashlib.sha256(repr((snn.traced.key, snn.neuron.name, snn.readout, str(snn.state_dtype), snn.fold, num_steps,
-                           block_size, exact, record)).encode())
+                           block_size, exact, record, lowered)).encode())
   for leaf in jax.tree_util.tree_leaves((snn.variables, snn.thresholds, snn.initial_potential, snn.offsets,
                                          snn.readout_delay)):
     h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
