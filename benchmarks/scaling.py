@@ -32,6 +32,18 @@ SHAPES = {"small_cnn": ((28, 28, 1), models.SmallCNN), "resnet20": ((32, 32, 3),
           "vgg16_w025": ((32, 32, 3), lambda **k: models.VGG16(width=0.25, **k))}
 
 
+def random_setup(name: str, batch: int):
+  """``(apply_fn, variables, x, snn)`` for a model's shapes with random weights: a batch of random inputs, the
+  thresholds calibrated on it, SNM, v0 = θ/2 (time per step does not depend on training)."""
+  shape, make = SHAPES[name]
+  model = make(num_classes=10)
+  x = jax.random.normal(jax.random.key(0), (batch,) + shape)
+  variables = model.init(jax.random.key(1), x[:1], train=False)
+  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  return apply_fn, variables, x, jaxsnn.convert(apply_fn, variables, x[:1], th, initial_potential=0.5)
+
+
 def lowered(snn, x, steps, block):
   return jax.jit(lambda s, x: jaxsnn.simulate(s, x, steps, block).outputs).lower(snn, x)
 
@@ -44,13 +56,8 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/scaling.json"))
   args = parser.parse_args()
 
-  shape, make = SHAPES[args.model]
-  model = make(num_classes=10)
-  x = jax.random.normal(jax.random.key(0), (args.batch,) + shape)
-  variables = model.init(jax.random.key(1), x[:1], train=False)
-  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
-  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
-  snn = jaxsnn.convert(apply_fn, variables, x[:1], th, initial_potential=0.5)
+  shape = SHAPES[args.model][0]
+  _, _, x, snn = random_setup(args.model, args.batch)
   out = {"model": args.model, "batch": args.batch, "jax": jax.__version__, "machine": platform.processor() or
          platform.machine(), "compile_seconds": {}, "memory_bytes": {}, "seconds_per_image_step": {}}
 

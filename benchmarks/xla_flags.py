@@ -51,16 +51,10 @@ def worker(args):
   import numpy as np
 
   import jaxsnn
-  from scaling import SHAPES
+  from scaling import random_setup
   from timing import timed
 
-  shape, make = SHAPES[args.model]
-  model = make(num_classes=10)
-  x = jax.random.normal(jax.random.key(0), (args.batch,) + shape)
-  variables = model.init(jax.random.key(1), x[:1], train=False)
-  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
-  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
-  snn = jaxsnn.convert(apply_fn, variables, x[:1], th, initial_potential=0.5)
+  apply_fn, variables, x, snn = random_setup(args.model, args.batch)
   ann = jax.jit(apply_fn)
   sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps).outputs)
   ann_first, ann_s = timed(lambda: ann(variables, x), args.repeats)
