@@ -1,0 +1,92 @@
+"""Where one simulation step's time goes: the contractions (the ANN pass) against the neuron updates alone.
+
+    python benchmarks/step_profile.py [--model resnet20] [--steps 32] [--batch 128]
+
+Three timings on one batch (compile first, then the median of ``--repeats``; time it on an idle machine):
+
+* the ANN pass (``jit(apply_fn)``): the convolutions with their BatchNorm + ReLU epilogues;
+* one SNN step (``jaxsnn.simulate`` over ``--steps`` steps, divided by the steps);
+* the neuron updates alone: every site's SNM state (potential, memory and spike counters as ``simulate`` carries
+  them) stepped ``--steps`` times on a constant current, the spikes kept in the carry as the next layer would read
+  them — no contraction at all.
+
+If step ≈ contractions + updates, the updates' memory traffic is the part of a step an ANN pass does not pay.
+"""
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import jaxsnn  # noqa: E402
+from jaxsnn._src import simulate as simulate_module  # noqa: E402
+from scaling import SHAPES, random_setup  # noqa: E402
+from timing import write_json  # noqa: E402
+
+
+def median_time(fn, repeats):
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="resnet20", choices=sorted(SHAPES))
+  parser.add_argument("--steps", type=int, default=32)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/step_profile_<model>.json)")
+  args = parser.parse_args()
+
+  apply_fn, variables, x, snn = random_setup(args.model, args.batch)
+  neuron, cdt = snn.neuron, simulate_module.count_dtype(args.steps)
+  shapes = {name: (args.batch,) + tuple(s.shape) for name, s in snn.thresholds.items()}
+  ths = {name: jnp.broadcast_to(snn.thresholds[name], shape) for name, shape in shapes.items()}
+  currents = {name: jax.random.uniform(jax.random.key(i), shape) * ths[name] * 0.3
+              for i, (name, shape) in enumerate(shapes.items())}
+
+  @jax.jit
+  def updates_only(currents):
+    def init(shape):
+      state = neuron.init(shape, jnp.float32)
+      return state._replace(**{f: getattr(state, f).astype(cdt) for f in neuron.counters})
+
+    carry = {k: (init(s), jnp.zeros(s, jnp.float32), jnp.zeros(s, cdt), jnp.zeros(s, cdt)) for k, s in shapes.items()}
+
+    def step(carry, _):
+      new = {}
+      for k, (state, _, pos, neg) in carry.items():
+        state, s = neuron.step(ths[k], state, currents[k])
+        new[k] = (state, s, pos + (s > 0).astype(cdt), neg + (s < 0).astype(cdt))
+      return new, None
+
+    return jax.lax.scan(step, carry, None, length=args.steps)[0]
+
+  ann = jax.jit(apply_fn)
+  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps).outputs)
+  ann_s = median_time(lambda: ann(variables, x), args.repeats)
+  step_s = median_time(lambda: sim(snn, x), args.repeats) / args.steps
+  upd_s = median_time(lambda: updates_only(currents), args.repeats) / args.steps
+  neurons = sum(int(jnp.prod(jnp.asarray(s))) for s in shapes.values())
+  out = {"model": args.model, "batch": args.batch, "steps": args.steps, "neurons_per_batch": neurons,
+         "ann_pass_s": ann_s, "snn_step_s": step_s, "neuron_updates_s": upd_s}
+  path = args.out or str(ROOT / f"benchmarks/results/step_profile_{args.model}.json")
+  write_json(path, out)
+  print(f"| model | neurons per batch | ANN pass ms | SNN step ms | neuron updates alone ms | ANN + updates ms |\n"
+        f"|---|---|---|---|---|---|\n| {args.model} | {neurons / 1e6:.1f} M | {ann_s * 1e3:.1f} | {step_s * 1e3:.1f} "
+        f"| {upd_s * 1e3:.1f} | {(ann_s + upd_s) * 1e3:.1f} |\n\nwrote {path}")
+
+
+if __name__ == "__main__":
+  main()
