@@ -4,8 +4,9 @@ narrower type? A micro-benchmark on the convolution shapes of the CIFAR-10 nets.
     python benchmarks/conv_lowering.py [--batch 128]
 
 For each shape: ``lax.conv_general_dilated`` in float32 (what the simulator runs), the same as im2col + matmul
-(``jaxsnn.models`` has the im2col helper for training), and the convolution with bfloat16 operands (spikes are +-θ or
-0 per channel: exact in bfloat16 when θ is; accumulation in float32). Inputs are spike-like: 8 % non-zero. Compile
+(``jaxsnn/_src/lowering.py``, shared by training and the simulator), and the convolution with bfloat16 operands (spikes are +-θ or
+0 per channel: exact in bfloat16 when θ is; accumulation in float32). Inputs are spike-like: 8 % non-zero; the
+convolution is also timed on inputs of other densities (``--densities``: does the kernel gain from zeros?). Compile
 first, then the median of repeats; time it on an idle machine.
 """
 import argparse
@@ -33,7 +34,9 @@ def main():
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/conv_lowering.json"))
+  parser.add_argument("--densities", default="0,0.08,1", help="input densities the convolution is also timed at")
   args = parser.parse_args()
+  args.densities = [float(d) for d in args.densities.split(",")]
   rows = []
   for h, w, cin, cout, stride in sorted(set(SHAPES)):
     key = jax.random.key(h * 1000 + cin)
@@ -52,10 +55,16 @@ def main():
     for name, f in (("conv", conv), ("im2col", im2col), ("bf16", bf16)):
       _, t = timed(lambda: f(x, k), args.repeats)
       row[name] = t
+    # Do XLA's kernels gain anything from zeros? The same convolution on inputs of other densities (0: no spike).
+    row["conv_by_density"] = {}
+    for density in args.densities:
+      xd = (jax.random.uniform(key, x.shape) < density).astype(jnp.float32)
+      row["conv_by_density"][str(density)] = timed(lambda: conv(xd, k), args.repeats)[1]
     rows.append(row)
     print(f"{h}x{w}x{cin}->{cout}/s{stride}: conv {row['conv'] * 1e3:.2f} ms, im2col {row['im2col'] * 1e3:.2f} ms "
           f"({row['conv'] / row['im2col']:.2f}x), bf16 {row['bf16'] * 1e3:.2f} ms "
-          f"({row['conv'] / row['bf16']:.2f}x)", flush=True)
+          f"({row['conv'] / row['bf16']:.2f}x); conv by input density: "
+          + ", ".join(f"{d}: {t * 1e3:.2f} ms" for d, t in row["conv_by_density"].items()), flush=True)
   write_json(args.out, {"batch": args.batch, "rows": rows})
 
 
