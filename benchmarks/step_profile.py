@@ -14,9 +14,7 @@ If step ≈ contractions + updates, the updates' memory traffic is the part of a
 """
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,17 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import jaxsnn  # noqa: E402
 from jaxsnn._src import simulate as simulate_module  # noqa: E402
 from scaling import SHAPES, random_setup  # noqa: E402
-from timing import write_json  # noqa: E402
-
-
-def median_time(fn, repeats):
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+from timing import timed, write_json  # noqa: E402
 
 
 def main():
@@ -75,9 +63,9 @@ def main():
 
   ann = jax.jit(apply_fn)
   sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps).outputs)
-  ann_s = median_time(lambda: ann(variables, x), args.repeats)
-  step_s = median_time(lambda: sim(snn, x), args.repeats) / args.steps
-  upd_s = median_time(lambda: updates_only(currents), args.repeats) / args.steps
+  ann_s = timed(lambda: ann(variables, x), args.repeats)[1]
+  step_s = timed(lambda: sim(snn, x), args.repeats)[1] / args.steps
+  upd_s = timed(lambda: updates_only(currents), args.repeats)[1] / args.steps
   neurons = sum(int(jnp.prod(jnp.asarray(s))) for s in shapes.values())
   out = {"model": args.model, "batch": args.batch, "steps": args.steps, "neurons_per_batch": neurons,
          "ann_pass_s": ann_s, "snn_step_s": step_s, "neuron_updates_s": upd_s}
