@@ -524,6 +524,30 @@ def test_counters_are_kept_in_the_narrowest_int_that_holds_num_steps():
   assert "int16" in carried(200) and "int8" not in carried(200)
 
 
+def test_spike_tallies_are_carried_in_int32_beside_the_narrow_counters():
+  # XLA:CPU accumulates an int8 tally 2.5x slower than an int32 one (benchmarks/tallies.py): the Trace's tallies are
+  # int32 in the loop itself, not only when returned, while SNM's own memory stays int8.
+  apply_fn, v, x, th = two_site_dyadic_net()
+  snn = jaxsnn.convert(apply_fn, v, x, th)
+  shapes = {(str(o.aval.dtype), o.aval.shape) for o in _scan_outvars(lambda s, x: jaxsnn.simulate(s, x, 64), snn, x)}
+  for site, count in jaxsnn.simulate(snn, x, 64).pos_spikes.items():
+    assert ("int32", count.shape) in shapes and ("int8", count.shape) in shapes, site
+
+
+def _scan_outvars(fn, *args):
+  out = []
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "scan":
+        out.extend(eqn.outvars)
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        visit(sub)
+
+  visit(jax.make_jaxpr(fn)(*args).jaxpr)
+  return out
+
+
 def test_a_neuron_that_changes_its_counters_dtype_is_named():
   def step(threshold, state, current):  # widens its memory back to int32
     state, s = jaxsnn.SNM().step(threshold, state, current)
