@@ -500,18 +500,23 @@ def test_narrow_counters_count_past_their_int8_range_exactly(steps):
       np.testing.assert_array_equal(trace.neg_spikes[site], neg, err_msg=f"{site}, block {block}")
 
 
-def scan_carry_dtypes(fn, *args):
-  dtypes = set()
+def scan_outvars(fn, *args):
+  """The outputs (carry and stacked) of every scan in ``fn``'s jaxpr, nested ones included."""
+  out = []
 
   def visit(jaxpr):
     for eqn in jaxpr.eqns:
       if eqn.primitive.name == "scan":
-        dtypes.update(str(o.aval.dtype) for o in eqn.outvars)
+        out.extend(eqn.outvars)
       for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         visit(sub)
 
   visit(jax.make_jaxpr(fn)(*args).jaxpr)
-  return dtypes
+  return out
+
+
+def scan_carry_dtypes(fn, *args):
+  return {str(o.aval.dtype) for o in scan_outvars(fn, *args)}
 
 
 def test_counters_are_kept_in_the_narrowest_int_that_holds_num_steps():
@@ -529,23 +534,9 @@ def test_spike_tallies_are_carried_in_int32_beside_the_narrow_counters():
   # int32 in the loop itself, not only when returned, while SNM's own memory stays int8.
   apply_fn, v, x, th = two_site_dyadic_net()
   snn = jaxsnn.convert(apply_fn, v, x, th)
-  shapes = {(str(o.aval.dtype), o.aval.shape) for o in _scan_outvars(lambda s, x: jaxsnn.simulate(s, x, 64), snn, x)}
+  shapes = {(str(o.aval.dtype), o.aval.shape) for o in scan_outvars(lambda s, x: jaxsnn.simulate(s, x, 64), snn, x)}
   for site, count in jaxsnn.simulate(snn, x, 64).pos_spikes.items():
     assert ("int32", count.shape) in shapes and ("int8", count.shape) in shapes, site
-
-
-def _scan_outvars(fn, *args):
-  out = []
-
-  def visit(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "scan":
-        out.extend(eqn.outvars)
-      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-        visit(sub)
-
-  visit(jax.make_jaxpr(fn)(*args).jaxpr)
-  return out
 
 
 def test_a_neuron_that_changes_its_counters_dtype_is_named():
