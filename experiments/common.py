@@ -273,6 +273,13 @@ def qcfs_methods(targets=(4, 8, 16)) -> list:
   return out
 
 
+def qcfs_and_lowlatency_methods(targets=(4, 8, 16)) -> list:
+  """The QCFS arms, then the ReLU nets' stacked SNM recipe on the same QCFS net: thresholds from the training
+  maxima tuned for each target T instead of λ, θ/2, calibration and the delayed readout."""
+  return qcfs_methods(targets) + [Method("SNM", potential=0.5, tuned=True, calibrated=True, delayed=True, target=t)
+                                  for t in targets]
+
+
 TUNE_IMAGES, TUNE_STEPS = 1024, 200  # end-to-end tuning: training images (batches of 128) and Adam steps
 DELAY_IMAGES = 1024  # training images on which jaxsnn.choose_readout_delay compares the SNN with the ANN
 
@@ -506,6 +513,7 @@ SETS = {
     "paper": lambda targets: paper_methods(),  # the paper's arms have no target T
     "lowlatency": lowlatency_methods,
     "qcfs": qcfs_methods,
+    "qcfs+lowlatency": qcfs_and_lowlatency_methods,
     "endtoend": end_to_end_methods,
 }
 

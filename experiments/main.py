@@ -6,7 +6,8 @@
 ``--methods``: ``readme`` (the paper's method, the usual IF + LayerNorm baseline, and jaxsnn's low-latency recipe),
 ``paper`` (the four arms of the paper's Fig. 4), ``lowlatency`` (the paper's method, each low-latency tool alone and
 stacked, for the ``--targets``), ``endtoend`` (the stacked recipe, then end-to-end tuning through the simulation),
-``qcfs`` (a QCFS network with its own thresholds), ``all``, or method names
+``qcfs`` (a QCFS network with its own thresholds), ``qcfs+lowlatency`` (those, and the stacked recipe on the
+QCFS network, thresholds tuned for each target instead of its own), ``all``, or method names
 separated by ``;``. Thresholds, tuning and calibration use training images only, never the test set.
 
 Writes ``experiments/runs/<run>/main.json`` (``{"test_images", "ann_accuracy", "methods": {name: {"accuracy":

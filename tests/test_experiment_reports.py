@@ -51,3 +51,15 @@ def test_plot_firing_rates_writes_a_png_also_when_nothing_fires(tmp_path):
     path = tmp_path / name
     plotting.plot_firing_rates(pos, neg, path, average=average, title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qcfs_and_lowlatency_set_adds_the_stacked_recipe_per_target_after_the_qcfs_arms():
+  methods = common.methods_from("qcfs+lowlatency", [4, 8])
+  qcfs = [m.name for m in common.qcfs_methods((4, 8))]
+  assert [m.name for m in methods[:len(qcfs)]] == qcfs
+  extra = methods[len(qcfs):]
+  assert [m.name for m in extra] == [
+      f"SNM + NeuronNorm + θ/2 + T-aware θ + calibration + delayed readout (T={t})" for t in (4, 8)]
+  assert all(m.norm == "neuron" and m.tuned and m.calibrated and m.delayed and m.potential == 0.5 for m in extra)
+  # The set's names resolve one by one too (a result file's methods can be re-run by name).
+  assert [m.name for m in common.methods_from(";".join(m.name for m in methods), [4, 8])] == [m.name for m in methods]
