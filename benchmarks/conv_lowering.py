@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxsnn._src.lowering import im2col as _im2col  # noqa: E402  (the patches of training and the simulator)
+from jaxsnn._src import lowering  # noqa: E402  (the patches of training and the simulator)
 from timing import timed, write_json  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -46,7 +46,7 @@ def main():
 
     conv = jax.jit(lambda x, k: lax.conv_general_dilated(x, k, (stride, stride), ((1, 1), (1, 1)),
                                                          dimension_numbers=NHWC))
-    im2col = jax.jit(lambda x, k: (_im2col(x, (3, 3), (stride, stride), ((1, 1), (1, 1)), (1, 1), out_hw)
+    im2col = jax.jit(lambda x, k: (lowering.im2col(x, (3, 3), (stride, stride), ((1, 1), (1, 1)), (1, 1), out_hw)
                                    .reshape(-1, 9 * cin) @ k.reshape(9 * cin, cout)).reshape(x.shape[0], *out_hw, cout))
     bf16 = jax.jit(lambda x, k: lax.conv_general_dilated(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
                                                          (stride, stride), ((1, 1), (1, 1)), dimension_numbers=NHWC,

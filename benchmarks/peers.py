@@ -18,8 +18,11 @@ torch modules (``benchmarks/_peers_torch.py``; the two ANNs' logits are compared
   time to accuracy = the smallest T whose accuracy is at least the Flax ANN's minus ``--drop`` (1 point), times the
   time per step, given as seconds for the 10,000 CIFAR-10 test images at that throughput.
 
-jaxsnn runs every recipe of ``JAXSNN_RECIPES`` (the paper's, and the best low-latency recipe) on the test set up to
-``--jaxsnn_max_T``. SpikingJelly 2.0's converter runs its rate-coding recipes (layer-wise max, layer-wise 99.9 %,
+jaxsnn's candidates (``JAXSNN_RECIPES``: the paper's method, and the low-latency recipe for T = 8, 16 and 32, each
+one call of ``jaxsnn.recipes``) and SpikingJelly's are chosen the same way, on the same validation images: each is
+first simulated on ``--select`` held-out validation images, and only the best there (smallest T reaching the
+validation ANN's accuracy minus 1 point) runs on the test set; jaxsnn's up to ``--jaxsnn_max_T``. SpikingJelly 2.0's
+converter runs its rate-coding recipes (layer-wise max, layer-wise 99.9 %,
 the channel-wise robust norm with half-threshold neurons, local threshold balancing; the last two also with its
 delayed readout): each is first simulated on ``--select`` held-out validation images (training split, never seen in
 training), and only the best there (smallest T reaching the validation ANN's accuracy minus 1 point) runs on the
@@ -190,78 +193,24 @@ def render_table(results: dict) -> str:
 # --- jaxsnn recipes -------------------------------------------------------------------------------------------------
 
 
-class RecipeUnavailable(Exception):
-  """A recipe needs a jaxsnn feature this checkout does not have yet (the run skips it with a note)."""
-
-
-class RecipeContext(NamedTuple):
-  """What a jaxsnn recipe may use: the ANN, an input batch, the calibration stats and the calibration images.
-
-  Attributes:
-    apply_fn: ``apply_fn(variables, x) -> logits``.
-    variables: the ANN's variables.
-    example: an input batch (shapes and dtype for ``jaxsnn.convert``).
-    stats: ``jaxsnn.calibrate`` over the calibration images (with histograms when a listed recipe asks for them).
-    train_batches: ``train_batches()`` gives a fresh iterator of normalized calibration batches (training images
-      only, no padding), e.g. for ``jaxsnn.ratio_histograms`` or ``jaxsnn.calibrate_snn``.
-  """
-  apply_fn: Callable
-  variables: Any
-  example: Any
-  stats: Any
-  train_batches: Callable[[], Iterator[np.ndarray]]
-
-
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """How jaxsnn converts: ``build(ctx: RecipeContext) -> SpikingNetwork``.
-
-  ``histogram`` asks ``jaxsnn.calibrate`` for the per-site histograms (percentile thresholds).
-  """
+  """A jaxsnn candidate: one call of :mod:`jaxsnn.recipes` (``low_latency_T`` None: the paper's method)."""
   label: str
-  build: Callable[[RecipeContext], Any]
-  histogram: bool = False
+  low_latency_T: int | None = None
+
+  def build(self, apply_fn, variables, train: list, stats, histograms):
+    import jaxsnn
+    if self.low_latency_T is None:
+      return jaxsnn.recipes.paper(apply_fn, variables, train, stats=stats, check_examples=0)[0]
+    return jaxsnn.recipes.low_latency(apply_fn, variables, train, self.low_latency_T, stats=stats,
+                                      histograms=histograms(), check_examples=0)[0]
 
 
-def _paper(ctx: RecipeContext):
-  import jaxsnn
-  return jaxsnn.convert(ctx.apply_fn, ctx.variables, ctx.example, jaxsnn.thresholds(ctx.stats, norm="neuron"),
-                        neuron=jaxsnn.SNM())
-
-
-LOW_LATENCY_T = 16  # the T the low-latency recipe's thresholds, calibration and readout delay are chosen for
-CALIBRATE_SNN_IMAGES = 256  # training images of jaxsnn.calibrate_snn (as experiments/main.py)
-DELAY_IMAGES = 1024  # training images of jaxsnn.choose_readout_delay (as experiments/main.py)
-
-
-def _first_images(batches, n: int) -> list:
-  out, got = [], 0
-  for x in batches:
-    out.append(x[:n - got])
-    got += len(out[-1])
-    if got >= n:
-      break
-  return out
-
-
-def _low_latency(ctx: RecipeContext):
-  """The best train-only low-latency recipe of experiments/RESULTS.md without end-to-end tuning: SNM, v0 = θ/2,
-  thresholds chosen for T = LOW_LATENCY_T from the training activations, calibrate_snn at that T, and the readout
-  delay that agrees best with the ANN on training images at that T."""
-  import jaxsnn
-  hist = jaxsnn.ratio_histograms(ctx.apply_fn, ctx.variables, ctx.train_batches(), ctx.stats)
-  th = jaxsnn.thresholds_for_steps(hist, LOW_LATENCY_T, 0.5)
-  snn = jaxsnn.convert(ctx.apply_fn, ctx.variables, ctx.example, th, neuron=jaxsnn.SNM(), initial_potential=0.5)
-  snn = jaxsnn.calibrate_snn(snn, _first_images(ctx.train_batches(), CALIBRATE_SNN_IMAGES), LOW_LATENCY_T)
-  snn, _ = jaxsnn.choose_readout_delay(snn, _first_images(ctx.train_batches(), DELAY_IMAGES), LOW_LATENCY_T)
-  return snn
-
-
-JAXSNN_RECIPES = {
-    "paper": Recipe("SNM + NeuronNorm (paper)", _paper),
-    "low_latency": Recipe(f"SNM + NeuronNorm, θ/2 + T-aware θ + calibration + delayed readout (T = {LOW_LATENCY_T})",
-                          _low_latency),
-}
+# The candidates, chosen among on the validation images by the rule that chooses SpikingJelly's recipe.
+JAXSNN_RECIPES = {"paper": Recipe("SNM + NeuronNorm (paper)")}
+JAXSNN_RECIPES.update({f"low_latency_T{t}": Recipe(f"low-latency recipe for T = {t} (θ/2, T-aware θ, calibration, "
+                                                   "delayed readout)", t) for t in (8, 16, 32)})
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
@@ -391,9 +340,23 @@ def _progress_path(net: Net, name: str) -> pathlib.Path:
   return CACHE / net.name / f"{name}.npz"
 
 
+def _jaxsnn_curve(net: Net, name: str, snn, x, y, max_T: int, args, split: str) -> list:
+  """Accuracy after every t of one jaxsnn network on (x, y), resumable (data_cache/peers/<net>/)."""
+  import jaxsnn
+  block = "" if args.jaxsnn_block is None else f"_K{args.jaxsnn_block}"
+  if os.environ.get("XLA_FLAGS"):  # other kernels may round differently: a curve of its own
+    block += "_x" + hashlib.sha256(os.environ["XLA_FLAGS"].encode()).hexdigest()[:8]
+  ckpt = _progress_path(net, f"jaxsnn_{name}_{split}_T{max_T}_n{len(y)}_b{args.batch}{block}")
+  ckpt.parent.mkdir(parents=True, exist_ok=True)
+  res = jaxsnn.evaluate(snn, padded(x, y, args.batch), max_T, args.jaxsnn_block, progress=True, checkpoint=ckpt,
+                        checkpoint_every=2)
+  return [float(v) for v in res.accuracy]
+
+
 def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
-  """The Flax ANN's accuracy and every jaxsnn recipe's accuracy after every t on the test set (resumable: each
-  evaluation checkpoints into data_cache/peers/<net>/ and a finished one is only read back).
+  """The Flax ANN's accuracy, jaxsnn's recipe chosen on the validation images by SpikingJelly's rule (the smallest
+  T reaching the validation ANN's accuracy minus ``--drop``), and its accuracy after every t on the test set
+  (resumable: each evaluation checkpoints into data_cache/peers/<net>/ and a finished one is only read back).
 
   Returns:
     (the "jaxsnn" entry of peers.json without speeds, {recipe: its SpikingNetwork} for the speed measurement).
@@ -407,39 +370,53 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
              for x, y in batched(a["test_x"], a["test_y"], args.batch))
   ann_acc = hits / len(a["test_y"])
   print(f"Flax ANN: test accuracy {ann_acc:.4f} on {len(a['test_y'])} images", flush=True)
-  xb = a["test_x"][:args.batch]
-  train_batches = lambda: batched(a["calib_x"], None, args.batch)  # noqa: E731
+  train = list(batched(a["calib_x"], None, args.batch))
   t0 = time.perf_counter()
-  stats = jaxsnn.calibrate(net.apply_fn, net.variables, train_batches(),
-                           histogram=any(JAXSNN_RECIPES[n].histogram for n in args.jaxsnn_recipes))
+  stats = jaxsnn.calibrate(net.apply_fn, net.variables, train)
   print(f"jaxsnn: calibrated on {stats.num_samples} training images in {time.perf_counter() - t0:.1f} s", flush=True)
+  hist = {}
+
+  def histograms():  # computed once, for every low-latency candidate
+    if "h" not in hist:
+      hist["h"] = jaxsnn.ratio_histograms(net.apply_fn, net.variables, train, stats)
+    return hist["h"]
+
   out = {"ann_accuracy": ann_acc, "version": jaxsnn.__version__, "jax": jax.__version__,
          "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "schedule": "step-major" if args.jaxsnn_block is None else f"layer-major K={args.jaxsnn_block}",
-         "recipes": {}, "skipped": {}}
+         "recipes": {}}
+  built, candidates = {}, list(args.jaxsnn_recipes)
+
+  def build(name):
+    if name not in built:
+      t0 = time.perf_counter()
+      built[name] = (JAXSNN_RECIPES[name].build(net.apply_fn, net.variables, train, stats, histograms),
+                     time.perf_counter() - t0)
+    return built[name]
+
+  if args.select:
+    val_ann = sum(int((np.asarray(ann_fn(net.variables, x)).argmax(-1) == y).sum())
+                  for x, y in batched(a["val_x"], a["val_y"], args.batch)) / len(a["val_y"])
+    val_target = val_ann - args.drop
+    sel = {}
+    for name in candidates:
+      acc = _jaxsnn_curve(net, name, build(name)[0], a["val_x"], a["val_y"], args.jaxsnn_max_T, args, "val")
+      sel[name] = {"label": JAXSNN_RECIPES[name].label, "accuracy": acc, **summarize(acc, val_target, None)}
+      print(_curve_line(f"  jaxsnn validation {name}", sel[name], val_target), flush=True)
+    chosen = best_recipe(sel)
+    print(f"jaxsnn: best recipe on validation: {chosen}", flush=True)
+    out["selection"] = {"split": net.val_split, "images": args.select, "ann_accuracy": val_ann,
+                        "target_accuracy": val_target, "chosen": chosen,
+                        "recipes": {k: {kk: vv for kk, vv in v.items() if kk != "accuracy"} for k, v in sel.items()}}
+    candidates = [chosen]
   snns = {}
-  for name in args.jaxsnn_recipes:
-    recipe = JAXSNN_RECIPES[name]
-    t0 = time.perf_counter()
-    try:
-      snn = recipe.build(RecipeContext(net.apply_fn, net.variables, xb, stats, train_batches))
-    except RecipeUnavailable as e:
-      print(f"jaxsnn {name}: skipped ({e})", flush=True)
-      out["skipped"][name] = str(e)
-      continue
-    build_s = time.perf_counter() - t0
+  for name in candidates:
+    snn, build_s = build(name)
     snns[name] = snn
-    block = "" if args.jaxsnn_block is None else f"_K{args.jaxsnn_block}"
-    if os.environ.get("XLA_FLAGS"):  # other kernels may round differently: a curve of its own
-      block += "_x" + hashlib.sha256(os.environ["XLA_FLAGS"].encode()).hexdigest()[:8]
-    ckpt = _progress_path(net, f"jaxsnn_{name}_T{args.jaxsnn_max_T}_n{len(a['test_y'])}_b{args.batch}{block}")
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    print(f"jaxsnn {name}: built in {build_s:.1f} s; test set to T = {args.jaxsnn_max_T} (checkpoint {ckpt})",
-          flush=True)
-    res = jaxsnn.evaluate(snn, padded(a["test_x"], a["test_y"], args.batch), args.jaxsnn_max_T, args.jaxsnn_block,
-                          progress=True, checkpoint=ckpt, checkpoint_every=2)
-    out["recipes"][name] = {"label": recipe.label, "build_s": build_s, "readout_delay": int(snn.readout_delay),
-                            "accuracy": [float(v) for v in res["accuracy"]]}
+    print(f"jaxsnn {name}: built in {build_s:.1f} s; test set to T = {args.jaxsnn_max_T}", flush=True)
+    acc = _jaxsnn_curve(net, name, snn, a["test_x"], a["test_y"], args.jaxsnn_max_T, args, "test")
+    out["recipes"][name] = {"label": JAXSNN_RECIPES[name].label, "build_s": build_s,
+                            "readout_delay": int(snn.readout_delay), "accuracy": acc}
   return out, snns
 
 
@@ -606,6 +583,8 @@ def main():
   if not PEERS_PYTHON.exists():
     sys.exit(f"peers.py: SpikingJelly's venv is missing ({PEERS_PYTHON.relative_to(ROOT)}). Install it (torch CPU "
              "wheel + spikingjelly 2.0, ~1 GB) with:\n    bash benchmarks/setup_peers.sh")
+  if args.select == 0 and len(args.jaxsnn_recipes) > 1:
+    print("peers.py: --select 0: every jaxsnn candidate runs on the test set; none is chosen there", flush=True)
   probe = subprocess.run([str(PEERS_PYTHON), "-c", "import torch, spikingjelly.activation_based.ann2snn"],
                          capture_output=True, text=True)
   if probe.returncode:

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.train import load_config  # noqa: E402
 from jaxsnn import data, training  # noqa: E402
 
 
@@ -36,7 +35,7 @@ def main():
   parser.add_argument("config")
   parser.add_argument("--steps", type=int, default=15)
   args = parser.parse_args()
-  config = load_config(args.config)
+  config = training.load_config(args.config)
   shape = data.spec(config.dataset).image_shape
   state = training.create_train_state(config, jax.random.key(0), steps_per_epoch=100)
   rng = np.random.default_rng(0)

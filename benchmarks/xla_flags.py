@@ -73,19 +73,21 @@ def real_data_predictions(args):
   import numpy as np
 
   import jaxsnn
-  from experiments import common
+  from jaxsnn import data, training
 
-  run = common.load_run(common.resolve_run(args.accuracy_run))
-  stats = jaxsnn.calibrate(run.apply_fn, run.variables, common.calibration_batches(run, 1000, 200))
-  example = run.normalize(run.test.images[:1])
-  snn = jaxsnn.convert(run.apply_fn, run.variables, example, jaxsnn.thresholds(stats, "neuron"),
-                       initial_potential=0.5)
-  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.accuracy_steps).outputs.argmax(-1))
+  config, model, variables = training.load_trained(ROOT / "experiments/checkpoints" / args.accuracy_run)
+  spec = data.spec(config.dataset)
+  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  train = data.load(config.dataset, "train[:1000]")
+  test = data.load(config.dataset, f"{spec.test_split}[:{args.accuracy_images}]")
+  snn, _ = jaxsnn.recipes.paper(apply_fn, variables,
+                                data.batches(train, 200, train=False, mean=spec.mean, std=spec.std),
+                                initial_potential=0.5, check_examples=0)
+  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.accuracy_steps, tallies=False).outputs.argmax(-1))
   preds, labels = [], []
-  for x, y, mask in common.eval_batches(run, common.first(run.test, args.accuracy_images), 200):
-    keep = np.asarray(mask, bool)
-    preds.append(np.asarray(sim(snn, x))[:, keep])
-    labels.append(np.asarray(y)[keep])
+  for b in data.batches(test, 200, train=False, mean=spec.mean, std=spec.std):
+    preds.append(np.asarray(sim(snn, b["image"]))[:, b["mask"]])
+    labels.append(b["label"][b["mask"]])
   return {"predictions": np.concatenate(preds, axis=1), "labels": np.concatenate(labels)}
 
 

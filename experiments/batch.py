@@ -53,7 +53,8 @@ def main():
   parser.add_argument("--stop_after", type=int, default=None, help=argparse.SUPPRESS)  # tests: a kill mid-way
   args, _ = parser.parse_known_args()
   if args.config:
-    defaults = common.load_config(args.config)
+    from jaxsnn import training
+    defaults = training.load_config(args.config)
     unknown = set(defaults) - {a.dest for a in parser._actions}
     if unknown:
       raise SystemExit(f"--config {args.config}: unknown keys {sorted(unknown)}")
@@ -94,25 +95,26 @@ def main():
     return jax.tree_util.tree_map(lambda a: np.asarray(a).sum(axis=0), multihost_utils.process_allgather(tree))
 
   # Calibration: this process's shard, then the maxima reduced over processes.
-  local = jaxsnn.calibrate(run.apply_fn, run.variables, common.calibration_batches(run, None, args.batch_size))
+  train = list(common.batches(run, run.train, args.batch_size))
+  local = jaxsnn.calibrate(run.apply_fn, run.variables, train)
   maxima = jax.tree_util.tree_map(lambda a: np.asarray(a).max(axis=0),
                                   multihost_utils.process_allgather({k: np.asarray(v) for k, v in local.max.items()}))
   stats = jaxsnn.Stats(max={k: jax.numpy.asarray(v) for k, v in maxima.items()},
                        num_samples=int(gather_sum(np.asarray(local.num_samples))))
-  snn = common.make_snn(run, method, stats, args.steps)
+  snn = common.build_snn(run, method, args.steps, train, stats, progress=index == 0)
 
-  batches = common.eval_batches(run, run.test, args.batch_size)
+  batches = common.batches(run, run.test, args.batch_size)
   if args.stop_after is not None:
     batches = _stopping(batches, args.stop_after)
-  res = jaxsnn.evaluate(snn, batches, args.steps, args.block_size, progress=index == 0,
+  res = jaxsnn.evaluate(snn, batches, args.steps, args.block_size, progress=index == 0, tallies=True,
                         checkpoint=out / f"progress_{index}.npz", checkpoint_every=args.checkpoint_every)
   ann_local = training.evaluate(run.model.apply, run.variables, run.test, args.batch_size, run.spec.mean,
                                 run.spec.std)
-  totals = gather_sum({"correct": res["correct"], "count": np.asarray(res["count"]),
-                       "non_finite": np.asarray(res["non_finite"]),
+  totals = gather_sum({"correct": res.correct, "count": np.asarray(res.count),
+                       "non_finite": np.asarray(res.non_finite),
                        "ann_correct": np.asarray(round(ann_local["accuracy"] * ann_local["count"])),
-                       "pos": {k: np.asarray(v) for k, v in res["pos_spikes"].items()},
-                       "neg": {k: np.asarray(v) for k, v in res["neg_spikes"].items()}})
+                       "pos": {k: np.asarray(v) for k, v in res.pos_spikes.items()},
+                       "neg": {k: np.asarray(v) for k, v in res.neg_spikes.items()}})
   if index == 0:
     n = int(totals["count"])
     report = {"checkpoint": run.name, "dataset": run.config.dataset, "model": run.config.model, "test_images": n,
@@ -120,7 +122,7 @@ def main():
               "methods": {method.name: {
                   "accuracy": (np.asarray(totals["correct"], np.float64) / n).tolist(),
                   "non_finite": int(totals["non_finite"]),
-                  "spikes": {k: int(totals["pos"][k] + totals["neg"][k]) for k in totals["pos"]}}}}
+                  "spikes": {k: int(totals["pos"][k] + totals["neg"][k]) for k in res.pos_spikes}}}}
     common.write_json(out / "result.json", report)
     acc = report["methods"][method.name]["accuracy"]
     print(json.dumps({"test_images": n, "ann_accuracy": report["ann_accuracy"], "final_accuracy": acc[-1]}))

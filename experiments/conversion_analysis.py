@@ -72,8 +72,8 @@ def main():
   b = args.examples
   test_batches = [norm(test.images[i:i + b]) for i in range(0, len(test.labels) - b + 1, b)]
   train_batches = [norm(train.images[i:i + b]) for i in range(0, args.calib_examples - b + 1, b)]
-  slots = jaxsnn.authors_thresholds(apply_fn, variables, test_batches + train_batches)
-  trace = jaxsnn.simulate_authors(snn, x, slots, args.num_steps, block_size=16)
+  slots = jaxsnn.authors_protocol.thresholds(apply_fn, variables, test_batches + train_batches)
+  trace = jaxsnn.authors_protocol.simulate(snn, x, slots, args.num_steps, block_size=16)
   results["authors (leaks test)"] = summarize(snn, x, y, trace, checkpoints)
   print("authors", results["authors (leaks test)"]["accuracy"], flush=True)
 

@@ -5,7 +5,7 @@ Prints one JSON line: loss, accuracy and the number of test images counted (ever
 import argparse
 import json
 
-import common
+import common  # noqa: F401  (puts the repository root on sys.path for the configs)
 from jaxsnn import data, training
 
 
@@ -16,7 +16,7 @@ def main():
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--split", default=None, help="tfds split (default: the dataset's test split)")
   args = parser.parse_args()
-  config = common.load_config(args.config)
+  config = training.load_config(args.config)
   spec = data.spec(config.dataset)
   arrays = data.load(config.dataset, args.split or spec.test_split, args.data_dir or config.data_dir)
   variables = training.load_variables(args.checkpoint)

@@ -34,7 +34,7 @@ def main():
   run = common.load_run(args.run)
   config, apply_fn, variables, test, norm = run.config, run.apply_fn, run.variables, run.test, run.normalize
 
-  stats = jaxsnn.calibrate(apply_fn, variables, common.calibration_batches(run, args.calib_examples, 500))
+  stats = jaxsnn.calibrate(apply_fn, variables, common.train_batches(run, args.calib_examples, 500))
   sites = [k for k in stats.max if k != "output"]
   site = sites[args.site]
   acts = analysis.site_activations(apply_fn, variables, norm(test.images[:args.eval_examples]))[site]

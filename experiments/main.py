@@ -8,7 +8,13 @@
 stacked, for the ``--targets``), ``endtoend`` (the stacked recipe, then end-to-end tuning through the simulation),
 ``qcfs`` (a QCFS network with its own thresholds), ``qcfs+lowlatency`` (those, and the stacked recipe on the
 QCFS network, thresholds tuned for each target instead of its own), ``all``, or method names
-separated by ``;``. Thresholds, tuning and calibration use training images only, never the test set.
+separated by ``;``. Thresholds, tuning and calibration use training images only, never the test set; every
+method is one call of ``jaxsnn.recipes`` (``common.build_snn``).
+
+``--select N`` also scores every method on the first N images of the validation split (the last training images,
+held out from training and from every threshold): the tables' "best recipe at T" is the one chosen there, never on
+the test set. ``--from_results PATH`` seeds the work dir with the test results of a committed JSON of the same
+settings, so that only what is missing runs (e.g. the validation scores of a committed table).
 
 Writes ``experiments/runs/<run>/main.json`` (``{"test_images", "ann_accuracy", "methods": {name: {"accuracy":
 [after t = 1..T], ...}}}``) and a PNG beside it (accuracy vs T; for more than 8 methods with targets, accuracy and
@@ -17,6 +23,7 @@ written only when ``--out`` says so (see experiments/RESULTS.md). Each method's 
 soon as it is done (and its evaluation checkpoints every few batches): run the same command again to resume.
 """
 import argparse
+import json
 import pathlib
 
 import common
@@ -37,6 +44,10 @@ def main():
   parser.add_argument("--data_dir", default=None, help="tfds data dir (default: tfds's own)")
   parser.add_argument("--work", default=None, help="where method results are kept (default experiments/runs/<run>)")
   parser.add_argument("--out", default=None, help="results JSON (default <work>/main.json)")
+  parser.add_argument("--select", type=int, default=0,
+                      help="validation images on which every method is also scored (the choice of the best at T)")
+  parser.add_argument("--from_results", default=None,
+                      help="a results JSON whose test results (same settings) are reused instead of run again")
   parser.add_argument("--report_only", action="store_true",
                       help="report the methods already done in the work dir (the rest listed as pending); run none")
   args = parser.parse_args()
@@ -46,7 +57,10 @@ def main():
   methods = common.methods_from(args.methods, targets)
   num_test = None if args.full else args.num_test
   work = pathlib.Path(args.work) if args.work else common.RUNS / run.name
-  job = common.Job(run, work, num_test, args.calib_examples, args.batch_size, block_size=args.block_size)
+  job = common.Job(run, work, num_test, args.calib_examples, args.batch_size, block_size=args.block_size,
+                   select=args.select)
+  if args.from_results:
+    job.seed(json.loads(pathlib.Path(args.from_results).read_text())["methods"])
   ann = common.ann_accuracy(run, job.test, args.batch_size)
   print(f"{run.name}: ANN accuracy on {job.settings['test_images']} test images {100 * ann:.2f} %", flush=True)
   out = pathlib.Path(args.out) if args.out else work / "main.json"
@@ -56,6 +70,8 @@ def main():
       cached = job.cached(method, args.steps)
       if cached is not None:
         results[method.name] = cached
+        if args.select and job.path_of(method, "validation").exists():
+          cached["validation"] = job.validation(method, args.steps)
       continue
     print(f"-- {method.name}", flush=True)
     results[method.name] = job.result(method, args.steps)
@@ -63,6 +79,9 @@ def main():
     common.write_json(out, common.report(job, results, ann, [m.name for m in methods[i + 1:]]))
   pending = [m.name for m in methods if m.name not in results]
   report = common.report(job, results, ann, pending)
+  if args.select:
+    report["selection"] = {"validation_images": args.select, "rule": "best accuracy at T on the validation images",
+                           "chosen": {str(t): p and p[0] for t, p in common.chosen(report, targets).items()}}
   common.write_json(out, report)
   if pending:
     print(f"pending (not run yet): {len(pending)} of {len(methods)} methods")
@@ -73,6 +92,8 @@ def main():
     plotting.plot_accuracy_vs_time({k: v["accuracy"] for k, v in results.items()}, out.with_suffix(".png"), ann,
                                    title=title)
   print(common.table(report))
+  if args.select:
+    print(common.cost_table(report, targets))
   print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

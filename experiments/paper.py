@@ -24,7 +24,6 @@ import argparse
 import pathlib
 
 import common
-import jaxsnn
 from jaxsnn import plotting
 
 
@@ -60,11 +59,7 @@ def main():
   snm = results["SNM + NeuronNorm"]
   t = "32" if "32" in snm.get("at", {}) else max(snm.get("at", {"1": None}), key=int)
   at = snm["at"][t]
-  # Rates come back keyed in sorted order (JAX returns dicts sorted by key); the figure is in network order.
-  order = jaxsnn.convert(run.apply_fn, run.variables, run.normalize(run.test.images[:1]),
-                         jaxsnn.thresholds(job.stats)).site_names
-  positive = {n: at["positive_rates"][n] for n in order if n in at["positive_rates"]}
-  plotting.plot_firing_rates(positive, at["negative_rates"], out_dir / f"{run.name}_fig5.png",
+  plotting.plot_firing_rates(at["positive_rates"], at["negative_rates"], out_dir / f"{run.name}_fig5.png",
                              average=at["average_firing_rate"],
                              title=f"{run.name}, SNM + NeuronNorm, T = {t} (Fig. 5)")
   print(common.table(report))

@@ -19,7 +19,7 @@ def main():
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args()
-  config = common.load_config(args.config)
+  config = training.load_config(args.config)
   if args.data_dir:
     config.data_dir = args.data_dir
   summary = training.train_and_evaluate(config, args.workdir, max_steps=args.max_steps,

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
 
-from jaxsnn._src.lowering import im2col as _im2col
+from jaxsnn._src import lowering
 from jaxsnn._src.qcfs import qcfs
 
 ModuleDef = Any
@@ -257,7 +257,7 @@ def _conv_nhwc_bwd(strides, padding, dilation, res, g):
                                           dimension_numbers=_NHWC), x)
   (dx,) = input_vjp(g)
   kh, kw, c, o = w.shape
-  patches = _im2col(x, (kh, kw), strides, padding, dilation, g.shape[1:3])
+  patches = lowering.im2col(x, (kh, kw), strides, padding, dilation, g.shape[1:3])
   dw = jnp.dot(patches.reshape(-1, kh * kw * c).T, g.reshape(-1, o),
                preferred_element_type=jnp.float32).reshape(w.shape).astype(w.dtype)
   return dx, dw

@@ -239,6 +239,65 @@ def load_variables(path: os.PathLike | str) -> dict:
   return jax.tree.map(jnp.asarray, restored)
 
 
+def load_config(path: os.PathLike | str) -> TrainConfig:
+  """The ``TrainConfig`` of a config file: a Python file defining ``get_config()`` (``experiments/configs/*.py``), or
+  the ``config.json`` a run writes (``NAME.config.json`` beside a committed checkpoint).
+
+  Raises:
+    ValueError: if the file is neither.
+  """
+  path = pathlib.Path(path)
+  if path.suffix == ".json":  # JSON has lists where the config has tuples
+    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(path.read_text()).items()})
+  if path.suffix != ".py":
+    raise ValueError(f"load_config: {os.fspath(path)!r} is neither a config file (.py with get_config()) nor a run's "
+                     "config.json.")
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"jaxsnn_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"load_config: {os.fspath(path)!r} defines no get_config().")
+  return module.get_config()
+
+
+def checkpoint_files(path: os.PathLike | str) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """``(config, variables, metrics)`` paths of a run directory (``config.json``, ``best.msgpack``,
+  ``metrics.jsonl``) or of a saved checkpoint ``NAME[.msgpack]`` (``NAME.config.json``, ``NAME.msgpack``,
+  ``NAME.metrics.jsonl``, as in ``experiments/checkpoints/``).
+
+  Raises:
+    FileNotFoundError: naming the missing files.
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    files = path / "config.json", path / "best.msgpack", path / "metrics.jsonl"
+  else:
+    stem = str(path)[:-len(".msgpack")] if path.name.endswith(".msgpack") else str(path)
+    files = tuple(pathlib.Path(stem + ext) for ext in (".config.json", ".msgpack", ".metrics.jsonl"))
+  missing = [str(f) for f in files if not f.is_file()]
+  if missing:
+    raise FileNotFoundError(
+        f"{os.fspath(path)}: missing {', '.join(missing)}. Pass a run directory of experiments/train.py (config.json, "
+        "best.msgpack, metrics.jsonl) or a saved checkpoint such as experiments/checkpoints/cifar10_resnet20 "
+        "(.msgpack, .config.json, .metrics.jsonl).")
+  return files
+
+
+def load_trained(path: os.PathLike | str) -> tuple[TrainConfig, nn.Module, dict]:
+  """A trained network: its config, its (convertible) model and its variables, from a run directory or a saved
+  checkpoint (see :func:`checkpoint_files`).
+
+  Example:
+    >>> config, model, variables = training.load_trained("experiments/checkpoints/cifar10_resnet20")
+    >>> logits = model.apply(variables, x, train=False)
+  """
+  config_file, variables_file, _ = checkpoint_files(path)
+  config = load_config(config_file)
+  variables = load_variables(variables_file)
+  return config, build_model(config), {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
 def _state_target(state: TrainState, epoch: int, batch: int) -> dict:
   return {"state": state, "epoch": epoch, "batch": batch}
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 import jaxsnn  # noqa: E402
-from random_nets import random_net  # noqa: E402
+from conftest import random_net  # noqa: E402
 
 
 def same(a, b) -> bool:
@@ -41,14 +41,14 @@ def main():
   labels = np.asarray(apply_fn(variables, x)).argmax(-1)
   eval_batches = [(x[:7], labels[:7]), (x[7:], labels[7:], np.array([True, True, True, False, True]))]
   for block in (None, 4):
-    e1 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9), mesh=one)
-    e4 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9))
-    out[f"evaluate_block_{block}"] = (same(e1["correct"], e4["correct"]) and e1["count"] == e4["count"] == 11
-                                      and e1["pos_spikes"] == e4["pos_spikes"] and e1["neg_spikes"] == e4["neg_spikes"]
-                                      and same(e1["recorded"], e4["recorded"]))
+    e1 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9), tallies=True, mesh=one)
+    e4 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9), tallies=True)
+    out[f"evaluate_block_{block}"] = (same(e1.correct, e4.correct) and e1.count == e4.count == 11
+                                      and e1.pos_spikes == e4.pos_spikes and e1.neg_spikes == e4.neg_spikes
+                                      and same(e1.recorded, e4.recorded))
   for target, field in (("offset", "offsets"), ("potential", "initial_potential")):
-    c1 = jaxsnn.calibrate_snn(snn, batches, 5, target=target, mesh=one)
-    c4 = jaxsnn.calibrate_snn(snn, batches, 5, target=target)
+    c1, _ = jaxsnn.calibrate_snn(snn, batches, 5, target=target, mesh=one)
+    c4, _ = jaxsnn.calibrate_snn(snn, batches, 5, target=target)
     # Equal on one and four devices, and the calibration did change the field (the comparison is not of zeros).
     moved = any(bool((np.asarray(a) != np.asarray(b)).any())
                 for a, b in zip(jax.tree_util.tree_leaves(getattr(c1, field)),
@@ -58,7 +58,7 @@ def main():
   # Explicit sharding: a mesh with an explicit batch axis, the input sharded over it.
   single = {b: jaxsnn.simulate(snn, x[:8], 9, b, record_steps=(9,)) for b in (None, 4)}
   single_max = jaxsnn.calibrate(apply_fn, variables, [x[:8]], mesh=one).max
-  single_correct = jaxsnn.evaluate(snn, [(x[:8], labels[:8])], 9, mesh=one)["correct"]
+  single_correct = jaxsnn.evaluate(snn, [(x[:8], labels[:8])], 9, mesh=one).correct
   mesh = jax.make_mesh((4,), ("batch",), axis_types=(AxisType.Explicit,))
   with jax.set_mesh(mesh):
     xs = jax.device_put(x[:8], NamedSharding(mesh, PartitionSpec("batch")))
@@ -68,7 +68,7 @@ def main():
     st = jaxsnn.calibrate(apply_fn, variables, [xs])
     out["explicit_calibrate"] = same(st.max, single_max)
     ev = jaxsnn.evaluate(snn, [(xs, labels[:8])], 9)
-    out["explicit_evaluate"] = same(ev["correct"], single_correct)
+    out["explicit_evaluate"] = same(ev.correct, single_correct)
   print(json.dumps(out))
 
 

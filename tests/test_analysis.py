@@ -9,13 +9,7 @@ import pytest
 
 import jaxsnn
 from jaxsnn import analysis
-
-
-def init_params(model, x, seed):
-  """Random variables of the model's shapes, drawn in numpy (no compilation: keeps the tests fast)."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), shapes)
+from conftest import init_params
 
 
 # ---- information loss (Eq. 12-13) -------------------------------------------------------------------------------

@@ -47,8 +47,11 @@ def test_two_processes_write_the_same_json_as_one(single, tmp_path):
 def test_a_killed_job_resumes_to_the_same_json(single, tmp_path):
   _, _, rc = batch(tmp_path, "--stop_after", "2")
   assert rc == 3 and not (tmp_path / "result.json").exists()
+  from jaxsnn._src import files
   with np.load(tmp_path / "progress_0.npz") as f:
-    assert int(f["batches"]) == 2 and int(f["count"]) == 100  # two batches of 50 are done and on disk
+    job = str(f["__fingerprint__"])
+  saved = files.load_checkpoint(tmp_path / "progress_0.npz", job, "test", "")
+  assert saved["batches"] == 2 and saved["count"] == 100  # two batches of 50 are done and on disk
   _, err, rc = batch(tmp_path)
   assert rc == 0, err[-3000:]
   assert (tmp_path / "result.json").read_bytes() == single

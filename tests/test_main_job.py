@@ -27,6 +27,18 @@ def test_main_runs_resumes_from_its_work_dir_and_reports_partial_results(tmp_pat
   assert list(report["methods"]) == [PAPER] and len(report["methods"][PAPER]["accuracy"]) == 4
   assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
   first = report["methods"][PAPER]
+  # The numbers are the library's: the paper's recipe from the first 200 training images, the first 50 test images.
+  from jaxsnn import data, training
+  import jaxsnn
+  config, model, variables = training.load_trained(ROOT / "experiments/checkpoints/fashion_mnist_small_cnn")
+  spec = data.spec(config.dataset)
+  train = data.load(config.dataset, "train[:200]")  # the training split's first images (validation is its end)
+  test = data.load(config.dataset, "test[:50]")
+  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  snn, _ = jaxsnn.recipes.paper(apply_fn, variables, data.batches(train, 50, train=False, mean=spec.mean,
+                                                                  std=spec.std))
+  want = jaxsnn.evaluate(snn, data.batches(test, 50, train=False, mean=spec.mean, std=spec.std), 4)
+  assert first["accuracy"] == want.accuracy.tolist()
 
   # Both methods asked for, report only: the done one comes from the work dir, the other is pending, none runs.
   stdout = main_py("--methods", f"{PAPER};{HALF}", "--work", str(work), "--out", str(out), "--report_only",

@@ -12,7 +12,7 @@ import pytest
 
 import jaxsnn
 from jaxsnn import models
-from random_nets import randomise_batch_stats
+from conftest import randomise_batch_stats
 
 
 def numpy_qcfs(z, lam, levels):

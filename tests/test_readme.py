@@ -1,16 +1,18 @@
-"""The README's quick start runs as written (with a small trained-shape model in its namespace)."""
+"""The README: its quick start and low-latency snippet run as written, and its main-job table is its result file's."""
 
-import pathlib
+import json
 import re
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+from conftest import ROOT
+
+README = ROOT / "README.md"
 
 
-class Tiny(nn.Module):
+class TinyCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
@@ -18,19 +20,51 @@ class Tiny(nn.Module):
     return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
 
-def test_quick_start_runs_as_written():
-  text = README.read_text()
-  block = re.search(r"## Quick start\s+```python\n(.*?)```", text, re.S).group(1)
-  assert len(block.strip().splitlines()) == 7
-  model = Tiny()
+def blocks():
+  """The quick start's python blocks, in order."""
+  section = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+  return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def namespace():
+  model = TinyCNN()
   x = jax.random.normal(jax.random.PRNGKey(0), (12, 6, 6, 1))
   variables = model.init(jax.random.PRNGKey(1), x)
-  namespace = {"model": model, "variables": variables, "x_train": x[:6], "x_test": x[6:],
-               "y_test": np.arange(6) % 3}
-  exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
-  acc = namespace["acc"]
+  y = np.asarray(model.apply(variables, x).argmax(-1), np.int32)
+  return {"model": model, "variables": variables, "x_train": x[:6], "x_test": x[6:], "y_test": y[6:],
+          "test_batches": [(x[6:], y[6:])]}, model, variables, x, y
+
+
+def test_quick_start_runs_as_written():
+  quick, low = blocks()[:2]
+  assert len(quick.strip().splitlines()) <= 6 and len(low.strip().splitlines()) <= 3
+  ns, model, variables, x, y = namespace()
+  exec(compile(quick, str(README), "exec"), ns)  # noqa: S102
+  acc = np.asarray(ns["acc"])
   assert acc.shape == (256,)
-  snn_pred = np.asarray(namespace["trace"].outputs[-1].argmax(-1))
-  ann_pred = np.asarray(model.apply(variables, x[6:]).argmax(-1))
-  assert (snn_pred == ann_pred).sum() >= 5  # converged to the ANN's answers (a near-tie may differ)
-  assert round(float(acc[-1]) * 6) == (snn_pred == np.arange(6) % 3).sum()
+  snn_pred = np.asarray(ns["trace"].outputs[-1].argmax(-1))
+  assert (snn_pred == y[6:]).sum() >= 5  # converged to the ANN's answers (a near-tie may differ)
+  assert ns["report"].recipe == "paper"
+  exec(compile(low, str(README), "exec"), ns)  # noqa: S102
+  assert ns["ev"].num_steps == 8 and ns["ev"].count == 6
+  assert [s.tool for s in ns["report"].stages][-2:] == ["calibrate_snn", "readout_delay"]
+
+
+def test_the_main_jobs_table_is_its_result_file():
+  """Every accuracy in the README's "Results of the main job" table is the committed experiments/results/main.json's
+  (the file that `bash scripts/run.sh` with its defaults writes)."""
+  result = json.loads((ROOT / "experiments/results/main.json").read_text())
+  section = README.read_text().split("## Results of the main job", 1)[1].split("\n## ", 1)[0]
+  header = next(line for line in section.splitlines() if line.startswith("| method |"))
+  steps = [int(t) for t in re.findall(r"T=(\d+)", header.split("E_SNN")[0])]
+  rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(("| method", "|---"))]
+  assert len(rows) == len(result["methods"]) >= 4
+  for row in rows:
+    cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+    name = cells[0].replace(" (the paper)", "").replace(" (the usual baseline)", "")
+    acc = result["methods"][name]["accuracy"]
+    for t, cell in zip(steps, cells[1:1 + len(steps)]):
+      if cell:
+        assert float(cell) == round(100 * acc[t - 1], 2), (name, t, cell)
+      else:
+        assert t > len(acc), (name, t)

@@ -197,24 +197,29 @@ def test_committed_checkpoint_matches_its_model(path):
   assert np.all(np.isfinite(logits)) and np.ptp(np.asarray(logits)) > 0
 
 
-def test_experiment_scripts_read_committed_checkpoints_and_run_dirs(tmp_path):
-  fig3 = importlib.import_module("experiments.common")
-  assert fig3.DEFAULT_RUN.with_suffix(".msgpack").is_file()  # the default works on a fresh clone
-  assert fig3.resolve_run("cifar10_resnet20") == ROOT / "experiments/checkpoints/cifar10_resnet20"
-  for arg in (fig3.DEFAULT_RUN, fig3.DEFAULT_RUN.with_suffix(".msgpack")):
-    config, checkpoint, metrics = fig3.run_files(arg)
+def test_committed_checkpoints_and_run_dirs_load_through_the_library(tmp_path):
+  common = importlib.import_module("experiments.common")
+  assert common.DEFAULT_RUN.with_suffix(".msgpack").is_file()  # the default works on a fresh clone
+  assert common.resolve_run("cifar10_resnet20") == ROOT / "experiments/checkpoints/cifar10_resnet20"
+  for arg in (common.DEFAULT_RUN, common.DEFAULT_RUN.with_suffix(".msgpack")):
+    config, checkpoint, metrics = training.checkpoint_files(arg)
     stem = "fashion_mnist_small_cnn"
     assert (config.name, checkpoint.name, metrics.name) == (
         f"{stem}.config.json", f"{stem}.msgpack", f"{stem}.metrics.jsonl")
-  assert fig3.best_epoch(fig3.DEFAULT_RUN)["val_accuracy"] > 0.9
+  config, model, variables = training.load_trained(common.DEFAULT_RUN)
+  assert config.model == "small_cnn" and set(variables) == {"params", "batch_stats"}
+  assert training.load_config(ROOT / "experiments/configs/fashion_mnist_small_cnn.py") == config
+  assert common.best_epoch(common.DEFAULT_RUN)["val_accuracy"] > 0.9
   for name in ("config.json", "best.msgpack", "metrics.jsonl"):
     (tmp_path / name).write_text("")
-  assert fig3.run_files(tmp_path)[1] == tmp_path / "best.msgpack"
+  assert training.checkpoint_files(tmp_path)[1] == tmp_path / "best.msgpack"
   (tmp_path / "metrics.jsonl").unlink()
-  with pytest.raises(SystemExit, match=r"missing .*metrics\.jsonl\. Pass a run directory"):
-    fig3.run_files(tmp_path)
-  with pytest.raises(SystemExit, match=r"missing .*nope\.config\.json"):
-    fig3.run_files(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match=r"missing .*metrics\.jsonl\. Pass a run directory"):
+    training.checkpoint_files(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"missing .*nope\.config\.json"):
+    training.checkpoint_files(tmp_path / "nope")
+  with pytest.raises(ValueError, match="neither a config file"):
+    training.load_config(tmp_path / "best.msgpack")
 
 
 @pytest.mark.parametrize("name,base,levels", [("cifar10_resnet20_qcfs", "cifar10_resnet20", 4),

@@ -6,7 +6,6 @@ Fig. 5); the SNN value of a neuron after T steps is its net spike count times it
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -15,16 +14,9 @@ import numpy as np
 
 from jaxsnn._src import ir
 from jaxsnn._src.convert import SpikingNetwork
+from jaxsnn._src.evaluate import Evaluation
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.simulate import Trace
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _activations(traced: ir.Traced, variables, x):
-  program = ir.build_program(traced.fn, variables, x, caller="jaxsnn.site_activations")
-  rec, out = ir.site_values(program, variables, x)
-  rec[OUTPUT] = out
-  return rec
 
 
 def site_activations(apply_fn: Callable, variables: Any, x: Any) -> dict:
@@ -36,13 +28,15 @@ def site_activations(apply_fn: Callable, variables: Any, x: Any) -> dict:
     x: an input batch.
 
   Returns:
-    ``{site: [batch, *site_shape]}`` (ReLU outputs) and ``"output": [batch, *output_shape]`` (the logits).
+    ``{site: [batch, *site_shape]}`` (ReLU outputs) in network order, and ``"output": [batch, *output_shape]`` (the
+    logits).
 
   Example:
     >>> acts = jaxsnn.analysis.site_activations(apply_fn, variables, x_train[:256])
   """
-  _, traced = ir.trace(apply_fn, variables, x, caller="jaxsnn.site_activations")
-  return _activations(traced, variables, x)
+  program, traced = ir.trace(apply_fn, variables, x, caller="jaxsnn.site_activations")
+  rec, out = ir.ann_outputs(traced, variables, x)
+  return {**{s.name: rec[s.name] for s in program.sites}, OUTPUT: out}
 
 
 class SpikeCounts(NamedTuple):
@@ -63,28 +57,48 @@ class SpikeCounts(NamedTuple):
 
 
 def spike_counts(trace: Trace | SpikeCounts) -> SpikeCounts:
-  """The :class:`SpikeCounts` of a :class:`jaxsnn.Trace` (its batch summed); a ``SpikeCounts`` as it is."""
+  """The :class:`SpikeCounts` of a :class:`jaxsnn.Trace` (its batch summed); a ``SpikeCounts`` as it is.
+
+  Args:
+    trace: a trace simulated with tallies (the default), or :class:`SpikeCounts`.
+
+  Returns:
+    :class:`SpikeCounts`.
+
+  Raises:
+    ValueError: for a trace without tallies.
+  """
   if isinstance(trace, SpikeCounts):
     return trace
+  if trace.pos_spikes is None:
+    raise ValueError("jaxsnn.analysis: this trace carries no spike tallies (simulated with tallies=False); simulate "
+                     "with tallies=True (the default) for firing rates, SynOps, energy or conversion error.")
   batch = int(trace.outputs.shape[1])
   total = lambda c: np.asarray(c, np.float64).sum(axis=0)  # noqa: E731
   return SpikeCounts({k: total(v) for k, v in trace.pos_spikes.items()},
                      {k: total(v) for k, v in trace.neg_spikes.items()}, batch, trace.num_steps)
 
 
-def recorded_counts(evaluation: dict, num_steps: int) -> SpikeCounts:
+def recorded_counts(evaluation: Evaluation, num_steps: int) -> SpikeCounts:
   """The :class:`SpikeCounts` at step ``num_steps`` of ``jaxsnn.evaluate(..., record_steps=...)``'s result.
+
+  Args:
+    evaluation: a :class:`jaxsnn.Evaluation` with recorded steps.
+    num_steps: one of the recorded steps.
+
+  Returns:
+    :class:`SpikeCounts` over all the evaluated examples.
 
   Raises:
     ValueError: if that step was not recorded.
   """
-  rec = evaluation.get("recorded")
-  if not rec or num_steps not in rec["steps"]:
+  rec = evaluation.recorded
+  if rec is None or num_steps not in rec.steps:
     raise ValueError(f"jaxsnn.analysis.recorded_counts: step {num_steps} was not recorded; pass it in "
-                     f"jaxsnn.evaluate(..., record_steps=...) (recorded: {rec['steps'] if rec else []}).")
-  k = list(rec["steps"]).index(num_steps)
-  return SpikeCounts({s: np.asarray(v[k], np.float64) for s, v in rec["pos"].items()},
-                     {s: np.asarray(v[k], np.float64) for s, v in rec["neg"].items()}, int(evaluation["count"]),
+                     f"jaxsnn.evaluate(..., record_steps=...) (recorded: {list(rec.steps) if rec else []}).")
+  k = list(rec.steps).index(num_steps)
+  return SpikeCounts({s: np.asarray(v[k], np.float64) for s, v in rec.pos.items()},
+                     {s: np.asarray(v[k], np.float64) for s, v in rec.neg.items()}, int(evaluation.count),
                      int(num_steps))
 
 
@@ -169,8 +183,11 @@ def conversion_error(snn: SpikingNetwork, x: Any, trace: Trace) -> dict:
     >>> err = jaxsnn.analysis.conversion_error(snn, x, jaxsnn.simulate(snn, x, 64))
     >>> {k: float(e.relative) for k, e in err.items()}
   """
-  acts = _activations(snn.traced, snn.variables, x)
-  n = np.shape(acts[OUTPUT])[0]
+  if trace.pos_spikes is None:
+    raise ValueError("jaxsnn.conversion_error: the trace carries no spike tallies; simulate with tallies=True.")
+  rec, out = ir.ann_outputs(snn.traced, snn.variables, x)
+  acts = {**rec, OUTPUT: out}
+  n = np.shape(out)[0]
   if trace.outputs.shape[1] != n:
     raise ValueError(f"jaxsnn.conversion_error: the trace has batch {trace.outputs.shape[1]} but x has {n}; pass "
                      "the input the trace was simulated on.")

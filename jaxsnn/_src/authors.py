@@ -1,9 +1,8 @@
 """The authors' threshold protocol, for comparison only: it leaks the test set into the thresholds.
 
 The authors' code keeps one max per neuron *and per batch slot*, over the test loader and then the train loader, so a
-test image's thresholds are at least its own activations. jaxsnn reproduces it under explicit names
-(:func:`authors_thresholds`, :func:`simulate_authors`) to measure how much the leak flatters low-T accuracy; it is never
-a default.
+test image's thresholds are at least its own activations. jaxsnn reproduces it in its own namespace,
+:mod:`jaxsnn.authors_protocol`, to measure how much the leak flatters low-T accuracy; it is never a default.
 """
 
 from __future__ import annotations
@@ -16,22 +15,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir
-from jaxsnn._src.calibrate import check_batches
+from jaxsnn._src import ir, runner
+from jaxsnn._src import simulate as simulation
 from jaxsnn._src.convert import SpikingNetwork
+from jaxsnn._src.evaluate import Evaluation, stream_evaluation
 from jaxsnn._src.ir import OUTPUT
-from jaxsnn._src.simulate import Trace, simulate, stream
+from jaxsnn._src.simulate import Trace
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _slot_max_step(traced: ir.Traced, variables, x, running):
-  program = ir.build_program(traced.fn, variables, x, caller="jaxsnn.authors_thresholds")
-  rec, out = ir.site_values(program, variables, x)
+  rec, out = ir.ann_pass(traced, variables, x)
   rec[OUTPUT] = out
   return {k: jnp.maximum(running[k], v) for k, v in rec.items()}
 
 
-def authors_thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any]) -> dict:
+def thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any], *, progress: bool = False,
+               input_key: str = "image") -> dict:
   """The authors' threshold protocol, for comparison only: it LEAKS THE TEST SET into the thresholds.
 
   The authors' code (``snnInference_VGG16_CIFAR10.py``) records, for every ReLU site and the output, the max
@@ -39,14 +39,17 @@ def authors_thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any
   over the test loader (batch 256, not shuffled, last partial batch dropped) and then the train loader; it then runs
   the SNN on the test loader with those thresholds, so test sample ``i`` of a batch gets the thresholds of slot ``i``,
   which are at least that very sample's own activations. This flatters accuracy at small T. To reproduce it, pass
-  ``batches`` = the test batches followed by the train batches, all of one batch size, then run
-  :func:`simulate_authors` on the test batches in the same order. Never use it for reported jaxsnn results: use
-  :func:`calibrate` on training data.
+  ``batches`` = the test batches followed by the train batches, all of one batch size, then run :func:`simulate`
+  on the test batches in the same order. Never use it for reported jaxsnn results: use :func:`jaxsnn.calibrate` on
+  training data.
 
   Args:
     apply_fn: the ANN's apply function.
     variables: the ANN's variables.
-    batches: input batches, all of the same batch size B (drop the last partial batch, as the authors do).
+    batches: input batches (any form of the batch protocol; labels are not read), all of the same batch size B,
+      none padded (drop the last partial batch, as the authors do).
+    progress: a tqdm bar.
+    input_key: the input's key in dict batches.
 
   Returns:
     ``{site: array [B, *site_shape]}`` including ``"output"`` (``[B, *output_shape]``, also started at 0): the
@@ -55,37 +58,39 @@ def authors_thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any
   Raises:
     ValueError: if ``batches`` is empty or the batch sizes differ.
   """
-  caller = "jaxsnn.authors_thresholds"
-  check_batches(batches, caller)
-  running, size, traced = None, None, None
-  for i, x in enumerate(batches):
-    b = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
-    if running is None:
-      size = b
-      program, traced = ir.trace(apply_fn, variables, x, caller=caller)
-      shapes = jax.eval_shape(lambda v, x: ir.site_values(program, v, x), variables, x)
-      running = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes[0].items()}
-      running[OUTPUT] = jnp.zeros(shapes[1].shape, shapes[1].dtype)
-    elif b != size:
-      raise ValueError(f"{caller}: batch {i} has {b} samples but the first had {size}; the protocol keeps one "
-                       "threshold per batch slot, so all batches need one size (drop the last partial batch).")
-    running = _slot_max_step(traced, variables, x, running)
-  if running is None:
-    raise ValueError(f"{caller}: batches is empty.")
-  return running
+  caller = "jaxsnn.authors_protocol.thresholds"
+  net = {}
+
+  def init(batch):
+    program, net["traced"] = ir.trace(apply_fn, variables, batch.x, caller=caller)
+    net["size"], net["order"] = batch.size, [s.name for s in program.sites] + [OUTPUT]
+    shapes = jax.eval_shape(lambda v, x: ir.site_values(program, v, x), variables, batch.x)
+    running = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes[0].items()}
+    running[OUTPUT] = jnp.zeros(shapes[1].shape, shapes[1].dtype)
+    return running
+
+  def step(running, p: runner.Prepared):
+    if p.mask.shape[0] != net["size"] or p.count != net["size"]:
+      raise ValueError(f"{caller}: a batch has {p.count} real samples but the first had {net['size']}; the protocol "
+                       "keeps one threshold per batch slot, so all batches need one size, unpadded (drop the last "
+                       "partial batch).")
+    return _slot_max_step(net["traced"], variables, p.x, running)
+
+  running, _ = runner.fold(batches, step, init, caller=caller, input_key=input_key, progress=progress)
+  return {k: running[k] for k in net["order"]}
 
 
-def simulate_authors(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, Any], num_steps: int,
-                     block_size: int | None = None):
+def simulate(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, Any], num_steps: int,
+             block_size: int | None = None) -> Trace:
   """Simulates ``snn`` on batch ``x`` with per-batch-slot thresholds (the authors' protocol; comparison only).
 
   Sample ``i`` of ``x`` runs with ``slot_thresholds[site][i]`` (``jax.vmap`` of :func:`jaxsnn.simulate` over the
-  batch). See :func:`authors_thresholds` for why this protocol leaks the test set.
+  batch). See :func:`thresholds` for why this protocol leaks the test set.
 
   Args:
     snn: a converted network (its own thresholds are ignored).
     x: an input batch of size N <= B.
-    slot_thresholds: from :func:`authors_thresholds` (``[B, *site_shape]`` per site).
+    slot_thresholds: from :func:`thresholds` (``[B, *site_shape]`` per site).
     num_steps: T.
     block_size: as in :func:`jaxsnn.simulate`.
 
@@ -95,13 +100,13 @@ def simulate_authors(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, 
   Raises:
     ValueError: if the slot thresholds do not cover the batch or the sites.
   """
-  caller = "jaxsnn.simulate_authors"
+  caller = "jaxsnn.authors_protocol.simulate"
   n = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
   keys = set(snn.site_names) | ({OUTPUT} if snn.readout == "spike" else set())
   missing = keys - set(slot_thresholds)
   if missing:
     raise ValueError(f"{caller}: slot_thresholds lacks sites {sorted(missing)}; build it with "
-                     "jaxsnn.authors_thresholds for this apply_fn.")
+                     "jaxsnn.authors_protocol.thresholds for this apply_fn.")
   th = {k: jnp.asarray(slot_thresholds[k]) for k in keys}
   slots = {np.shape(v)[0] for v in th.values()}
   if len(slots) != 1 or slots.pop() < n:
@@ -111,7 +116,7 @@ def simulate_authors(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, 
 
   def one(th_i, x_i):
     x_i = jax.tree_util.tree_map(lambda a: a[None], x_i)
-    return simulate(snn.replace(thresholds=th_i), x_i, num_steps, block_size)
+    return simulation.simulate(snn.replace(thresholds=th_i), x_i, num_steps, block_size)
 
   tr = jax.vmap(one)(th, x)
   return Trace(outputs=jnp.moveaxis(tr.outputs[:, :, 0], 0, 1),
@@ -119,17 +124,25 @@ def simulate_authors(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, 
                neg_spikes={k: v[:, 0] for k, v in tr.neg_spikes.items()})
 
 
-def evaluate_authors(snn: SpikingNetwork, batches: Iterable[Any], slot_thresholds: Mapping[str, Any], num_steps: int,
-                     block_size: int | None = None, *, progress: bool = False) -> dict:
+def evaluate(snn: SpikingNetwork, batches: Iterable[Any], slot_thresholds: Mapping[str, Any], num_steps: int,
+             block_size: int | None = None, *, progress: bool = False, input_key: str = "image") -> Evaluation:
   """:func:`jaxsnn.evaluate` under the authors' protocol (comparison only: it leaks the test set).
 
-  Each batch of ``(x, labels[, mask])`` (at most as many samples as there are slots; a shorter last batch uses the
-  first slots) runs with :func:`simulate_authors`.
+  Each labelled batch (at most as many samples as there are slots; a shorter last batch uses the first slots) runs
+  with :func:`simulate`.
+
+  Args:
+    snn: a converted network (its own thresholds are ignored).
+    batches: labelled batches (any form of the batch protocol).
+    slot_thresholds: from :func:`thresholds`.
+    num_steps: T.
+    block_size: as in :func:`jaxsnn.simulate`.
+    progress: a tqdm bar.
+    input_key: the input's key in dict batches.
 
   Returns:
-    As :func:`jaxsnn.evaluate` (without recorded steps).
+    An :class:`jaxsnn.Evaluation` with the spike totals (no recorded steps).
   """
-  def run(x, mask):
-    return simulate_authors(snn, x, slot_thresholds, num_steps, block_size)
-
-  return stream(run, batches, num_steps, progress=progress, caller="jaxsnn.evaluate_authors")
+  return stream_evaluation(lambda p: simulate(snn, p.x, slot_thresholds, num_steps, block_size), snn, batches,
+                           num_steps, tallies=True, caller="jaxsnn.authors_protocol.evaluate", progress=progress,
+                           input_key=input_key)

@@ -10,8 +10,8 @@ numpy's exact (linearly interpolated) percentile of the same data, for any data 
 range to fix in advance. (Values below about 9e-41 share the zero bin.) Counts are exact: int32 on the device,
 moved to int64 on the host before they could overflow.
 
-Calibration batches may carry a mask (``(x, mask)``, ``mask`` a boolean ``[batch]`` array): rows where it is False
-(the padding of a last, partial batch) never enter the statistics. Non-finite activations are an error that names the
+Calibration batches follow the batch protocol (:mod:`jaxsnn._src.batches`); a batch's mask marks its real examples:
+rows where it is False (the padding of a last, partial batch) never enter the statistics. Non-finite activations are an error that names the
 site. The pass is jitted once per network program and batch shape, at module level: calling it again with an equal
 ``apply_fn`` (even a fresh ``lambda``) does not compile again.
 
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir, parallel
-from jaxsnn._src.files import atomic_write
+from jaxsnn._src import ir, parallel, runner
+from jaxsnn._src.files import atomic_write, fingerprint
 from jaxsnn._src.ir import OUTPUT
 
 HIST_MANTISSA_BITS = 7
@@ -46,8 +46,8 @@ class Stats(NamedTuple):
   """Calibration statistics.
 
   Attributes:
-    max: ``{site: array of the site's shape}``: each neuron's max ANN activation over the calibration data, and
-      ``"output"``: the max logit per output unit.
+    max: ``{site: array of the site's shape}`` in network order: each neuron's max ANN activation over the
+      calibration data, and ``"output"``: the max logit per output unit.
     num_samples: number of samples seen.
     hist: None, or (``calibrate(..., histogram=True)``) ``{site: int64 [HIST_BINS]}``: how many activations of the
       site (all neurons, all samples) fell in each bin. Bin ``k`` holds the float32 values whose bit pattern shifted
@@ -84,36 +84,9 @@ def hist_bin_points() -> np.ndarray:
   return np.concatenate([[0.0], 2 * lo * hi / (lo + hi), [np.inf]])
 
 
-def split_batch(batch, caller: str):
-  """``batch`` -> ``(x, mask)``: a batch is an input pytree, or ``(x, mask)`` with ``mask`` a boolean ``[batch]``."""
-  if isinstance(batch, tuple) and len(batch) == 2:
-    x, mask = batch
-    leaves = jax.tree_util.tree_leaves(x)
-    if (leaves and np.ndim(mask) == 1 and jnp.result_type(mask) == jnp.bool_
-        and np.shape(mask)[0] == np.shape(leaves[0])[0]):
-      return x, jnp.asarray(mask)
-  return batch, None
-
-
-def check_batches(batches, caller: str) -> None:
-  """Rejects one array (or one dict of arrays) passed where an iterable of batches belongs."""
-  if isinstance(batches, (np.ndarray, jax.Array)) or isinstance(batches, dict):
-    shape = np.shape(batches) if not isinstance(batches, dict) else "a dict"
-    raise ValueError(
-        f"{caller}: batches must be an iterable of input batches (a list or a generator of arrays with a leading "
-        f"batch axis), but got one {type(batches).__name__} of shape {shape}: iterating over it would feed single "
-        "examples without their batch axis. Pass [x] for one batch, or e.g. "
-        "(x[i:i + 500] for i in range(0, len(x), 500)).")
-
-
-def _rows(mask, batch: int):
-  return jnp.ones(batch, bool) if mask is None else mask
-
-
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _calibration_step(traced: ir.Traced, variables, x, mask, state, histogram: bool):
-  program = ir.build_program(traced.fn, variables, x, caller="jaxsnn.calibrate")
-  rec, out = ir.site_values(program, variables, x)
+  rec, out = ir.ann_pass(traced, variables, x)
   running, hist, bad = state
 
   def rows(v, fill):
@@ -133,7 +106,8 @@ def _calibration_step(traced: ir.Traced, variables, x, mask, state, histogram: b
 
 
 def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histogram: bool = False, *,
-              mesh=None) -> Stats:
+              mesh=None, progress: bool = False, checkpoint=None, checkpoint_every: int = 10,
+              input_key: str = "image") -> Stats:
   """Runs the ANN over ``batches`` once and records the per-neuron max activation of every site and the output.
 
   The pass is jit-compiled (once per network program and batch shape, at module level, so calling ``calibrate``
@@ -142,17 +116,22 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
   Args:
     apply_fn: ``apply_fn(variables, x)``, the same function later given to :func:`jaxsnn.convert`.
     variables: the ANN's variables.
-    batches: an iterable of input batches (training data only: never the test set). A batch is an input (arrays
-      with a leading batch axis) or ``(x, mask)`` with ``mask`` a boolean ``[batch]`` array marking real examples:
-      masked-out rows (padding) never enter the statistics.
+    batches: training batches in any form of the batch protocol (arrays, ``(x, labels[, mask])`` tuples, dicts
+      ``{"image", "label", "mask"}``; labels are not read): never the test set. Masked-out rows (padding) never enter
+      the statistics.
     histogram: also keep a per-site histogram of activations (``Stats.hist``), needed for percentile thresholds
       (``jaxsnn.thresholds(stats, "layer", percentile=99.99)``). It costs one scatter-add over every activation per
       batch, so it is off by default.
     mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices (see
       :mod:`jaxsnn._src.parallel`: padded and masked, results equal to one device's).
+    progress: a tqdm progress bar.
+    checkpoint: a file path: the running statistics are written there atomically every ``checkpoint_every``
+      batches, and a run that finds it (same network, variables and settings) skips the batches it covers.
+    checkpoint_every: batches between checkpoint writes.
+    input_key: the input's key in dict batches.
 
   Returns:
-    :class:`Stats`.
+    :class:`Stats`, its dicts in network order.
 
   Raises:
     ValueError: if ``batches`` is one array instead of an iterable of batches, is empty, or holds no unmasked
@@ -162,44 +141,45 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
     >>> stats = jaxsnn.calibrate(apply_fn, variables, [x_train[i:i + 500] for i in range(0, 10000, 500)])
   """
   caller = "jaxsnn.calibrate"
-  check_batches(batches, caller)
   mesh = parallel.batch_mesh(mesh, caller)
   variables = parallel.replicate(mesh, variables)
-  traced, state, n = None, None, 0
-  host_hist, pending, per_sample = {}, 0, {}
-  for batch in batches:
-    x, mask = split_batch(batch, caller)
-    size = int(np.shape(jax.tree_util.tree_leaves(x)[0])[0])
-    if traced is None:
-      program, traced = ir.trace(apply_fn, variables, x, caller=caller)
-      shapes, out_shape = jax.eval_shape(lambda v, x: ir.site_values(program, v, x), variables, x)
-      running = {k: jnp.zeros(s.shape[1:], s.dtype) for k, s in shapes.items()}
-      running[OUTPUT] = jnp.full(out_shape.shape[1:], -jnp.inf, out_shape.dtype)
-      per_sample = {k: int(np.prod(s.shape[1:], dtype=np.int64)) for k, s in shapes.items()}
-      hist = {k: jnp.zeros(HIST_BINS, jnp.int32) for k in shapes} if histogram else {}
-      host_hist = {k: np.zeros(HIST_BINS, np.int64) for k in hist}
-      state = (running, hist, {k: jnp.zeros((), jnp.int32) for k in list(shapes) + [OUTPUT]})
+  net = {}
+
+  def init(batch):
+    program, net["traced"] = ir.trace(apply_fn, variables, batch.x, caller=caller)
+    net["order"] = [s.name for s in program.sites]
+    shapes, out_shape = jax.eval_shape(lambda v, x: ir.site_values(program, v, x), variables, batch.x)
+    running = {k: jnp.zeros(s.shape[1:], s.dtype) for k, s in shapes.items()}
+    running[OUTPUT] = jnp.full(out_shape.shape[1:], -jnp.inf, out_shape.dtype)
+    net["per_sample"] = {k: int(np.prod(s.shape[1:], dtype=np.int64)) for k, s in shapes.items()}
+    return {"max": running, "hist": {k: jnp.zeros(HIST_BINS, jnp.int32) for k in shapes} if histogram else {},
+            "host_hist": {k: np.zeros(HIST_BINS, np.int64) for k in shapes} if histogram else {},
+            "pending": 0, "bad": {k: jnp.zeros((), jnp.int32) for k in list(shapes) + [OUTPUT]}}
+
+  def step(state, p: runner.Prepared):
+    state = dict(state)
     if histogram:
       # Device counts are int32: move them to the host's int64 before any bin could overflow.
-      grow = size * max(per_sample.values(), default=0)
+      grow = p.mask.shape[0] * max(net["per_sample"].values(), default=0)
       if grow > _INT32_MAX:
-        raise ValueError(f"{caller}: a batch of {size} has {grow} activations at one site, more than an int32 "
-                         "histogram count holds; use smaller batches with histogram=True.")
-      if pending + grow > _INT32_MAX:
-        running, hist, bad = state
-        for k in host_hist:
-          host_hist[k] += np.asarray(hist[k], np.int64)
-        state = (running, {k: jnp.zeros_like(v) for k, v in hist.items()}, bad)
-        pending = 0
-      pending += grow
-    rows = _rows(mask, size)
-    n += int(np.sum(np.asarray(rows)))
-    x, rows = parallel.shard_batch(mesh, x, parallel.pad(rows, parallel.padded_size(mesh, size), False))
-    state = _calibration_step(traced, variables, x, rows, state, bool(histogram))
-  if state is None:
-    raise ValueError(f"{caller}: batches is empty; pass at least one batch of training inputs.")
-  running, hist, bad = state
-  bad = {k: int(v) for k, v in bad.items() if int(v)}
+        raise ValueError(f"{caller}: a batch of {p.mask.shape[0]} has {grow} activations at one site, more than an "
+                         "int32 histogram count holds; use smaller batches with histogram=True.")
+      if state["pending"] + grow > _INT32_MAX:
+        state["host_hist"] = {k: np.asarray(v, np.int64) + np.asarray(state["hist"][k], np.int64)
+                              for k, v in state["host_hist"].items()}
+        state["hist"] = {k: jnp.zeros_like(v) for k, v in state["hist"].items()}
+        state["pending"] = 0
+      state["pending"] = int(state["pending"]) + grow
+    state["max"], state["hist"], state["bad"] = _calibration_step(
+        net["traced"], variables, p.x, p.device_mask, (state["max"], state["hist"], state["bad"]), bool(histogram))
+    return state
+
+  job = lambda batch: fingerprint(caller, net["traced"].key, bool(histogram), HIST_MANTISSA_BITS,  # noqa: E731
+                                  arrays=variables)
+  state, n = runner.fold(batches, step, init, caller=caller, mesh=mesh, input_key=input_key, progress=progress,
+                         checkpoint=checkpoint, fingerprint=job, checkpoint_every=checkpoint_every,
+                         differs="another network, variables or histogram setting")
+  bad = {k: int(v) for k, v in state["bad"].items() if int(v)}
   if bad:
     raise ValueError(f"{caller}: the ANN produced non-finite activations (NaN or inf) on the calibration data: "
                      + ", ".join(f"site '{k}': {v} values" for k, v in bad.items())
@@ -207,12 +187,14 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
                      "would be NaN.")
   if n == 0:
     raise ValueError(f"{caller}: every example of the calibration batches is masked out; nothing was measured.")
+  order = net["order"] + [OUTPUT]
   out_hist = None
   if histogram:
-    out_hist = {k: host_hist[k] + np.asarray(hist[k], np.int64) for k in host_hist}
+    out_hist = {k: np.asarray(state["host_hist"][k], np.int64) + np.asarray(state["hist"][k], np.int64)
+                for k in net["order"]}
   # Plain arrays on the default device, not tied to the mesh the pass ran on (a threshold used under another mesh
   # would otherwise clash with it).
-  running = {k: jnp.asarray(np.asarray(v)) for k, v in running.items()}
+  running = {k: jnp.asarray(np.asarray(state["max"][k])) for k in order}
   return Stats(max=running, num_samples=n, hist=out_hist)
 
 
@@ -223,7 +205,12 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
   """Saves :class:`Stats` to an ``.npz`` file, keyed by site name (exact round trip with :func:`load_stats`).
 
-  Site names come from the model's module paths, so they are the same every time the same model is traced.
+  Site names come from the model's module paths, so they are the same every time the same model is traced. The file
+  is written atomically.
+
+  Args:
+    path: the file.
+    stats: from :func:`calibrate`.
   """
   arrays = {"__format__": np.asarray(_FORMAT), "__num_samples__": np.asarray(stats.num_samples, np.int64),
             "__hist_bits__": np.asarray(HIST_MANTISSA_BITS)}
@@ -235,6 +222,12 @@ def save_stats(path: str | os.PathLike, stats: Stats) -> None:
 
 def load_stats(path: str | os.PathLike) -> Stats:
   """Loads :class:`Stats` saved by :func:`save_stats`.
+
+  Args:
+    path: the file.
+
+  Returns:
+    :class:`Stats`.
 
   Raises:
     ValueError: if the file is not a jaxsnn stats file or was written with a different histogram resolution.

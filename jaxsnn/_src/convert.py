@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -329,6 +330,14 @@ def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: 
   neuron = SNM() if neuron is None else neuron
   if not isinstance(neuron, Neuron):
     raise ValueError(f"{caller}: neuron must be a jaxsnn.neurons.Neuron (e.g. jaxsnn.SNM()); got {neuron!r}.")
+  try:
+    inspect.signature(neuron.step).bind(None, None, None, None)
+  except TypeError:
+    raise ValueError(f"{caller}: neuron {neuron.name!r}: its step must take (threshold, state, current, fire) and take "
+                     "every firing decision as fire(v, threshold) (see jaxsnn.neurons.Neuron): that is where a "
+                     "surrogate gradient enters, and where differentiating exact spikes is refused.") from None
+  except ValueError:  # no signature to read (a builtin): trust the declaration
+    pass
   if readout not in READOUTS:
     raise ValueError(f"{caller}: readout must be one of {READOUTS}; got {readout!r}.")
   input_spec = _input_spec(example_input, caller)

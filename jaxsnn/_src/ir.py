@@ -29,6 +29,7 @@ ANN reference and both simulation schedules are the same walk with different rul
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -803,3 +804,16 @@ def site_values(program: Program, variables, x) -> tuple[dict, Any]:
 
   walk(program, env, site_rule=record)
   return rec, jnp.asarray(read(env, program.out))
+
+
+def ann_pass(traced: Traced, variables, x) -> tuple[dict, Any]:
+  """The one ANN pass of jaxsnn: the activation at every site and the output, for use inside a jitted function
+  (calibration, histograms and the ANN references of the low-latency tools all call this)."""
+  return site_values(build_program(traced.fn, variables, x), variables, x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def ann_outputs(traced: Traced, variables, x) -> tuple[dict, Any]:
+  """:func:`ann_pass`, jitted (compiled once per program and input shape). Its dict comes back key-sorted (as every
+  dict out of jit): reorder by the network's site names where order matters."""
+  return ann_pass(traced, variables, x)

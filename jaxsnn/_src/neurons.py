@@ -4,7 +4,10 @@ A neuron is a :class:`Neuron` NamedTuple ``(init, step)``:
 
 * ``init(shape, dtype=jnp.float32, v0=None) -> State`` builds the initial state: membrane potential ``v0``
   (broadcast to ``shape``; 0 when None), everything else at rest;
-* ``step(threshold, state, current) -> (state, spikes)`` advances one time step.
+* ``step(threshold, state, current, fire=exact_fire) -> (state, spikes)`` advances one time step; ``fire(v, threshold)``
+  is the firing decision ``v >= threshold``, the one place where a surrogate gradient enters
+  (:mod:`jaxsnn.surrogates`): the simulator passes the exact decision (whose derivative is refused) or a surrogate
+  one (0/1 with a surrogate derivative). The forward spikes are the same either way, bit for bit.
 
 ``spikes`` are in activation units: ``+threshold``, ``-threshold`` or ``0`` per neuron, so that the affine operations of
 the ANN can be applied to them unchanged (see DESIGN.md, "Why spikes carry θ"). Hyper-parameters (the reset rule) are
@@ -26,6 +29,8 @@ import functools
 from typing import Any, Callable, NamedTuple
 
 import jax.numpy as jnp
+
+from jaxsnn._src.surrogates import exact_fire
 
 Array = Any
 
@@ -58,7 +63,10 @@ class Neuron(NamedTuple):
   Attributes:
     init: ``init(shape, dtype=jnp.float32, v0=None) -> State``; ``v0`` is the initial membrane potential
       (broadcastable to ``shape``, in the units of the current; None for 0).
-    step: ``step(threshold, state, current) -> (state, spikes)``; ``spikes`` are ``+threshold``, ``-threshold`` or 0.
+    step: ``step(threshold, state, current, fire=exact_fire) -> (state, spikes)``; ``spikes`` are ``+threshold``,
+      ``-threshold`` or 0, in the threshold's dtype. Every firing decision must be taken as ``fire(v, threshold)``
+      (or ``fire(-v, threshold)`` for ``v <= -threshold``), which returns a bool (exact) or 0/1 floats (with a
+      surrogate gradient); combine them with :func:`gate` and :func:`amplitude` so both work.
     name: a short human-readable name (used in reports).
     counters: names of integer fields of the state that count spikes, so that their magnitude never exceeds the
       number of steps run (SNM's memory ``m``). The simulator may keep them in the narrowest signed integer type
@@ -78,11 +86,22 @@ def _potential(shape, dtype, v0):
   return jnp.broadcast_to(jnp.asarray(v0, dtype), shape)
 
 
-def _amplitude(threshold: Array, pos: Array, neg: Array) -> Array:
-  # A select rather than ``threshold * (pos - neg)``: no multiply, so no fused multiply-add can round differently
-  # in different XLA fusions, which keeps the two simulation schedules bit-identical.
-  zero = jnp.zeros_like(threshold)
-  return jnp.where(pos, threshold, jnp.where(neg, -threshold, zero))
+def gate(decision: Array, condition: Array) -> Array:
+  """``decision`` where ``condition`` holds, else no spike (works for exact bools and surrogate 0/1 floats)."""
+  return jnp.where(condition, decision, jnp.zeros_like(decision))
+
+
+def amplitude(threshold: Array, pos: Array, neg: Array) -> Array:
+  """The spikes ``+threshold`` / ``-threshold`` / 0 of the decisions ``pos`` and ``neg``, in the threshold's dtype.
+
+  Exact decisions (bools) select: no multiply, so no fused multiply-add can round differently in different XLA
+  fusions, which keeps the two simulation schedules bit-identical. Surrogate decisions (0/1 floats) multiply, which
+  carries their gradient; the values are the same (``θ · 1 = θ`` exactly).
+  """
+  if pos.dtype == jnp.bool_:
+    zero = jnp.zeros_like(threshold)
+    return jnp.where(pos, threshold, jnp.where(neg, -threshold, zero))
+  return (jnp.asarray(threshold, pos.dtype) * (pos - neg)).astype(jnp.result_type(threshold))
 
 
 def SNM() -> Neuron:
@@ -109,12 +128,12 @@ def _snm_init(shape, dtype=jnp.float32, v0=None) -> SNMState:
   return SNMState(v=_potential(shape, dtype, v0), m=jnp.zeros(shape, jnp.int32))
 
 
-def _snm_step(threshold, state: SNMState, current):
+def _snm_step(threshold, state: SNMState, current, fire=exact_fire):
   v = state.v + current
   live = threshold > 0
-  pos = live & (v >= threshold)
-  neg = live & (v <= -threshold) & (state.m > 0)
-  s = _amplitude(threshold, pos, neg)
+  pos = gate(fire(v, threshold), live)
+  neg = gate(fire(-v, threshold), live & (state.m > 0))
+  s = amplitude(threshold, pos, neg)
   m = state.m + pos.astype(state.m.dtype) - neg.astype(state.m.dtype)
   return SNMState(v=v - s, m=m), s
 
@@ -144,11 +163,14 @@ def _if_init(shape, dtype=jnp.float32, v0=None) -> IFState:
   return IFState(v=_potential(shape, dtype, v0))
 
 
-def _if_step(reset: str, threshold, state: IFState, current):
+def _if_step(reset: str, threshold, state: IFState, current, fire=exact_fire):
   v = state.v + current
-  pos = (threshold > 0) & (v >= threshold)
-  s = _amplitude(threshold, pos, jnp.zeros_like(pos))
-  v = v - s if reset == "subtract" else jnp.where(pos, jnp.zeros_like(v), v)
+  pos = gate(fire(v, threshold), threshold > 0)
+  s = amplitude(threshold, pos, jnp.zeros_like(pos))
+  # Reset to zero keeps the charge below threshold as it is: v (1 - pos) carries the surrogate's gradient and is
+  # exactly v or 0 in the forward pass.
+  v = v - s if reset == "subtract" else (jnp.where(pos, jnp.zeros_like(v), v) if pos.dtype == jnp.bool_
+                                         else v * (1 - pos))
   return IFState(v=v), s
 
 
@@ -169,12 +191,12 @@ def SignedIF() -> Neuron:
   return _SIGNED_IF
 
 
-def _signed_if_step(threshold, state: IFState, current):
+def _signed_if_step(threshold, state: IFState, current, fire=exact_fire):
   v = state.v + current
   live = threshold > 0
-  pos = live & (v >= threshold)
-  neg = live & (v <= -threshold)
-  s = _amplitude(threshold, pos, neg)
+  pos = gate(fire(v, threshold), live)
+  neg = gate(fire(-v, threshold), live)
+  s = amplitude(threshold, pos, neg)
   return IFState(v=v - s), s
 
 

@@ -2,7 +2,7 @@
 
 Each rule turns calibration statistics (:class:`jaxsnn.Stats`, from training data) into a thresholds pytree
 ``{site: array of the site's shape}`` for :func:`jaxsnn.convert`. Rules that pick thresholds for a target number of
-time steps are in :mod:`jaxsnn._src.lowlatency`.
+time steps are in :mod:`jaxsnn._src.thresholds`.
 """
 
 from __future__ import annotations
@@ -127,14 +127,26 @@ def thresholds(stats: Stats, norm: str = "neuron", alpha: float = 1.0, percentil
 # ----------------------------------------------------------------------------------------------------------------
 
 def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, Any]) -> None:
-  """Saves a thresholds dict ``{site: array}`` to an ``.npz`` file (exact round trip with :func:`load_thresholds`)."""
+  """Saves a thresholds dict ``{site: array}`` to an ``.npz`` file (exact round trip with :func:`load_thresholds`),
+  atomically.
+
+  Args:
+    path: the file.
+    thresholds: ``{site: array}`` (e.g. from :func:`thresholds`).
+  """
   arrays = {"__format__": np.asarray(_FORMAT)}
   arrays.update({f"th:{k}": np.asarray(v) for k, v in thresholds.items()})
   atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_thresholds(path: str | os.PathLike) -> dict:
-  """Loads thresholds saved by :func:`save_thresholds`: ``{site: jax array}``.
+  """Loads thresholds saved by :func:`save_thresholds`.
+
+  Args:
+    path: the file.
+
+  Returns:
+    ``{site: jax array}``, in the saved order.
 
   Raises:
     ValueError: if the file is not a jaxsnn thresholds file.

@@ -80,7 +80,30 @@ RULES: dict[Any, Rule] = {}
 
 
 def register(primitive, rule: Rule) -> None:
-  """Adds (or replaces) the rule of ``primitive`` (a ``jax.extend.core.Primitive``)."""
+  """Teaches jaxsnn what a primitive may do with spiking operands (public as ``jaxsnn.register_rule``).
+
+  The converter, both simulation schedules and the cost analysis read the same registry, so one entry makes a new
+  primitive convert, simulate and count. A primitive without a rule converts only where none of its operands depends
+  on spikes. Registering a rule that is not true of the primitive (a non-linear op declared ``"linear"``) gives a
+  wrong SNN: the rule is a promise about the primitive's mathematics.
+
+  Args:
+    primitive: a ``jax.extend.core.Primitive`` (e.g. one of your own, or ``jax.lax.cumsum_p``).
+    rule: a :class:`Rule`: its ``kind`` (``"linear"``, ``"product"``, ``"quotient"``, ``"max"`` or ``"cast"``) and, for
+      linear primitives, which operand positions it is linear in.
+
+  Example:
+    >>> double_p = jax.extend.core.Primitive("double")     # a linear primitive of your own
+    >>> double_p.def_impl(lambda x: 2 * x)
+    >>> double_p.def_abstract_eval(lambda x: x)
+    >>> jaxsnn.register_rule(double_p, jaxsnn.Rule("linear"))
+    >>> snn = jaxsnn.convert(lambda v, x: jax.nn.relu(double_p.bind(x @ v)) @ v.T, w, x, thresholds)
+  """
+  if not isinstance(rule, Rule):
+    raise ValueError(f"jaxsnn.register_rule: rule must be a jaxsnn.Rule; got {rule!r}.")
+  if rule.kind not in (LINEAR, PRODUCT, QUOTIENT, MAX, CAST):
+    raise ValueError(f"jaxsnn.register_rule: a rule's kind is one of 'linear', 'product', 'quotient', 'max', 'cast'; "
+                     f"got {rule.kind!r}.")
   RULES[primitive] = rule
 
 

@@ -1,19 +1,24 @@
-"""Simulation of a converted network: the only place that scans over time.
+"""Simulation of a converted network: the pure step function, and the only scans over time.
 
 Time convention: time-major, ``[num_steps, batch, ...]``, step ``t`` (1-based) is index ``t - 1``.
 
-Two schedules from the same program:
+The dynamics are defined once, in :func:`step`: ``state, out = step(snn, state, x_t)`` advances every neuron site,
+max site and the readout by one step; ``init_state(snn, x)`` builds the state before the first step. Both are pure and
+jitted, and ``step`` can be scanned by the caller (``lax.scan``), vmapped, or called in a Python loop with an early
+stop. :func:`simulate` is that step scanned over T steps with a constant input (direct coding), in one of two
+schedules of the same program:
 
 * step-major (``block_size=None``): ``lax.scan`` over steps, each step runs the whole network once;
 * time-blocked layer-major (``block_size=K``): for each block of K steps, each op runs once on the K steps (``vmap``
   over the block axis, which XLA folds into the batch), each neuron site scans its K steps elementwise; the state is
   carried across blocks. Memory grows with K.
 
-They give bit-identical spikes and readouts (``exact=True``, the default). XLA's matmul and convolution kernels pick
-their blocking, and so their summation order, from the operand shapes: the same rows can round differently in a batch
-of N and in a batch of K*N (measured on XLA:CPU: differences of 1e-7..1e-5). So with ``exact=True`` the layer-major
-schedule runs those contractions once per step of the block (``lax.map``, the step-major kernel) and batches everything
-else; ``exact=False`` batches the contractions too, for speed where that pays, equal only up to float rounding.
+They give bit-identical spikes and readouts (``exact=True``, the default), and a caller's own ``lax.scan`` over
+:func:`step` gives the same bits as the step-major schedule. XLA's matmul and convolution kernels pick their blocking,
+and so their summation order, from the operand shapes: the same rows can round differently in a batch of N and in a
+batch of K*N (measured on XLA:CPU: differences of 1e-7..1e-5). So with ``exact=True`` the layer-major schedule runs
+those contractions once per step of the block (``lax.map``, the step-major kernel) and batches everything else;
+``exact=False`` batches the contractions too, for speed where that pays, equal only up to float rounding.
 
 Per-site data of the network (thresholds, initial potentials, current offsets) are leaves of the
 :class:`SpikingNetwork` pytree: changing them never recompiles. A sample whose input holds a NaN or an infinity reads
@@ -22,48 +27,74 @@ out NaN at every step (as its ANN would), never a confident answer.
 Max of spiking values (max pooling, ``jnp.maximum(a, b)``) uses the **cumulative-max rule**: the site keeps the
 cumulative sum ``C_t`` of its inputs and emits ``g(C_t) - g(C_{t-1})`` where ``g`` is the ANN's max operation. The sum
 of its outputs up to t is ``g(C_t) = t * g(mean input)`` (max is positively homogeneous), so its average equals the max
-of the average inputs exactly, at every t.
+of the average inputs exactly, at every t. ``C_t`` is kept in the state dtype (float32 for a bfloat16 network).
+
+Gradients: forward spikes are exact and their derivative is zero almost everywhere. ``surrogate=`` (a
+:mod:`jaxsnn.surrogates` choice) gives every firing decision a surrogate derivative in the backward pass, so
+``jax.grad`` reaches the input, the variables, thresholds, initial potentials and offsets while the spikes stay the
+same bit for bit; without one, differentiating through a firing decision raises.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir, lowering, parallel, rules
+from jaxsnn._src import ir, lowering, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
-from jaxsnn._src.files import atomic_write, load_checkpoint
 from jaxsnn._src.ir import OUTPUT
+from jaxsnn._src.surrogates import Surrogate, fire as fire_fn
 
 
-class Trace(NamedTuple):
-  """What one simulation run records.
+class Tallies(NamedTuple):
+  """Each neuron's spikes so far, per sample.
 
   Attributes:
-    outputs: ``[num_steps, batch, *output_shape]``: the readout averaged over steps 1..t (after the first
-      ``snn.readout_delay`` steps where t allows), for every t (so ``outputs[t - 1]`` is the answer after t steps).
-    pos_spikes: ``{site: int32 [batch, *site_shape]}``: positive spikes per neuron over the whole run
-      (``readout="spike"`` adds ``"output"``).
-    neg_spikes: same for negative spikes.
-    recorded: None, or (``simulate(..., record_steps=...)``) ``{"steps": (t, ...), "pos": {site: int32 [K,
-      *site_shape]}, "neg": {...}}``: each neuron's spikes over steps 1..t for every recorded t, summed over the
-      batch (weighted by ``sample_weights``): firing rates and SynOps at every recorded T from one run.
+    pos: ``{site: int32 [batch, *site_shape]}``: positive spikes (``"output"`` too for ``readout="spike"``).
+    neg: the same for negative spikes.
   """
 
-  outputs: Any
-  pos_spikes: dict
-  neg_spikes: dict
-  recorded: Any = None
+  pos: dict
+  neg: dict
 
-  @property
-  def num_steps(self) -> int:
-    return self.outputs.shape[0]
+
+class MaxState(NamedTuple):
+  """State of a max site: the cumulative sum of each operand and the max of the sums at the last step."""
+
+  cum: tuple
+  last: Any
+
+
+class State(NamedTuple):
+  """The state of a simulated network after ``t`` steps: a pytree, carried through ``lax.scan`` by the caller or
+  by :func:`simulate`.
+
+  Attributes:
+    neurons: ``{site: neuron state}`` (e.g. :class:`jaxsnn.neurons.SNMState` ``(v, m)``), in network order, plus
+      ``"output"`` for ``readout="spike"``.
+    maxes: ``{max site: MaxState}``.
+    readout: ``[batch, *output_shape]``: the output summed over steps 1..t (in ``snn.state_dtype``).
+    window_start: ``[batch, *output_shape]``: the sum over steps 1..s where the readout window starts
+      (``s = min(readout_delay, t - 1)``; see :func:`readout`).
+    t: int32 scalar: steps done.
+    finite: bool ``[batch]``: every input value seen so far was finite (else the sample reads out NaN).
+    constants: values computed before the time loop and read every step: the weights' folded forms and the input's
+      contribution (the first layer's current); a new input at a step replaces the input's part.
+    tallies: :class:`Tallies`, or None when not counted (``init_state(..., tallies=False)``).
+  """
+
+  neurons: dict
+  maxes: dict
+  readout: Any
+  window_start: Any
+  t: Any
+  finite: Any
+  constants: dict
+  tallies: Tallies | None
 
 
 def _positive_int(value, name, caller):
@@ -74,8 +105,342 @@ def _positive_int(value, name, caller):
   return int(value)
 
 
+def count_dtype(num_steps: int):
+  """The narrowest signed int type that holds every count in ``-num_steps .. num_steps``."""
+  for dtype in (jnp.int8, jnp.int16):
+    if num_steps <= jnp.iinfo(dtype).max:
+      return dtype
+  return jnp.int32
+
+
+def _program(snn: SpikingNetwork, x, caller: str) -> ir.Program:
+  return ir.build_program(snn.apply_fn, snn.variables, x, caller=caller, fold=snn.fold)
+
+
+def _boundary(program: ir.Program) -> list:
+  """Ids of the constant and input-only values that the spiking part of the program reads."""
+  ids = set()
+  for op in program.ops:
+    if isinstance(op, ir.Site):
+      reads = op.ins
+    else:
+      inner = op.op if isinstance(op, ir.MaxSite) else op
+      if program.kinds[inner.outs[0]] != ir.SPIKE:
+        continue
+      reads = inner.ins
+    ids.update(a for a in reads if not isinstance(a, ir.Lit) and program.kinds[a] != ir.SPIKE)
+  if not isinstance(program.out, ir.Lit) and program.kinds[program.out] != ir.SPIKE:
+    ids.add(program.out)
+  return sorted(ids)
+
+
+def _constants(program: ir.Program, variables, x) -> dict:
+  env = ir.initial_env(program, variables, x)
+  ir.walk(program, env, kinds=frozenset({ir.CONST, ir.INPUT}))  # sites are spiking: never run here
+  return {str(i): env[i] for i in _boundary(program)}
+
+
+def finite_samples(x) -> jax.Array:
+  """``[batch]`` bool: every value of the sample's input is finite."""
+  ok = None
+  for leaf in jax.tree_util.tree_leaves(x):
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    f = jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
+    ok = f if ok is None else ok & f
+  if ok is None:
+    ok = jnp.ones(jax.tree_util.tree_leaves(x)[0].shape[0], bool)
+  return ok
+
+
+def _init_state(snn: SpikingNetwork, x, program: ir.Program, counters, tallies: bool) -> State:
+  th, state_dtype, neuron = snn.thresholds, snn.state_dtype, snn.neuron
+  first = jax.tree_util.tree_leaves(x)[0]
+  batch = first.shape[0]
+  # Zeros of the batch's sharding: built from the input, so that a batch sharded over a mesh (explicit sharding
+  # included) gives every piece of state the same sharding, and the time loop's carry keeps one type.
+  batch_zeros = jnp.zeros_like(first.reshape(batch, -1)[:, 0], jnp.int32)
+
+  def zeros(shape, dtype):
+    if len(shape) and shape[0] == batch:
+      return jnp.broadcast_to(batch_zeros.astype(dtype).reshape((batch,) + (1,) * (len(shape) - 1)), shape)
+    return jnp.zeros(shape, dtype)
+
+  def neuron_state(name, shape):
+    v0 = snn.initial_potential[name].astype(state_dtype) * th[name].astype(state_dtype)
+    state = neuron.init(shape, state_dtype, v0)
+    if neuron.counters:
+      state = state._replace(**{f: getattr(state, f).astype(counters) for f in neuron.counters})
+    return jax.tree_util.tree_map(lambda a: a + zeros(a.shape, a.dtype), state)
+
+  shapes = {s.name: program.avals[s.x].shape for s in program.sites}
+  out_aval = program.aval(program.out)
+  if snn.readout == "spike":
+    shapes[OUTPUT] = out_aval.shape
+  neurons = {name: neuron_state(name, shape) for name, shape in shapes.items()}
+  maxes = {}
+  for m in program.max_sites:
+    # The cumulative sums of a max site in the state dtype: a bfloat16 network's running sums would otherwise stop
+    # absorbing small inputs after a few hundred steps.
+    cum = tuple(zeros(program.avals[a].shape, jnp.promote_types(program.avals[a].dtype, state_dtype))
+                for a in m.op.ins)
+    maxes[m.name] = MaxState(cum, m.op.bind(*cum)[0])
+  acc = zeros(out_aval.shape, state_dtype)
+  counts = None
+  if tallies:
+    # int32, not the narrow counter type: XLA:CPU accumulates (s > 0) into an int8 or int16 carry several times
+    # slower (ResNet-20, batch 64, T = 32: 657 / 1,138 / 1,632 images*steps/s with int8 / int16 / int32 tallies).
+    counts = Tallies({k: zeros(s, jnp.int32) for k, s in shapes.items()},
+                     {k: zeros(s, jnp.int32) for k, s in shapes.items()})
+  return State(neurons=neurons, maxes=maxes, readout=acc, window_start=acc, t=jnp.zeros((), jnp.int32),
+               finite=finite_samples(x), constants=_constants(program, snn.variables, x), tallies=counts)
+
+
+def _cummax(op: ir.Op, state: MaxState, args, out_dtype):
+  cum = tuple(c + a.astype(c.dtype) for c, a in zip(state.cum, args))
+  current = op.bind(*cum)[0]
+  return MaxState(cum, current), (current - state.last).astype(out_dtype)
+
+
+def _advance(program: ir.Program, snn: SpikingNetwork, state: State, k: int | None, fire, counters,
+             record=None, exact: bool = True) -> tuple[State, Any, tuple]:
+  """Runs k steps layer-major (spiking values carry a leading k axis), or one step if k is None.
+
+  Returns:
+    ``(state, z, sums)``: the new state, the output of each step (``[k, batch, ...]`` for a block) and
+    ``(readout, window_start, t)`` after each step (stacked over the block).
+  """
+  neuron, th = snn.neuron, snn.thresholds
+  spiking = lambda a: program.kind(a) == ir.SPIKE  # noqa: E731
+  neurons, maxes = dict(state.neurons), dict(state.maxes)
+  tallies = None if state.tallies is None else Tallies(dict(state.tallies.pos), dict(state.tallies.neg))
+  env = {int(i): v for i, v in state.constants.items()}
+
+  def one_step(threshold, st, z):
+    st, s = neuron.step(threshold, st, z, fire)
+    changed = [f for f in neuron.counters if getattr(st, f).dtype != counters]
+    if changed:
+      raise ValueError(f"jaxsnn.simulate: neuron {neuron.name!r} declares {changed} as counters, so they are kept "
+                       f"in {jnp.dtype(counters).name}, but its step returned them as "
+                       f"{[getattr(st, f).dtype.name for f in changed]}: keep the dtype of the state it is given "
+                       f"(e.g. `m + pos.astype(m.dtype)`).")
+    return st, s
+
+  def neuron_steps(threshold, st, z, name):
+    if k is None:
+      st, s = one_step(threshold, st, z)
+    else:
+      st, s = jax.lax.scan(lambda c, zk: one_step(threshold, c, zk), st, z)
+    if tallies is not None:
+      pos, neg = (s > 0).astype(jnp.int32), (s < 0).astype(jnp.int32)
+      if k is not None:
+        pos, neg = pos.sum(axis=0), neg.sum(axis=0)
+      tallies.pos[name], tallies.neg[name] = tallies.pos[name] + pos, tallies.neg[name] + neg
+    if record is not None:
+      record(name, s, state.t, k)
+    return st, s
+
+  def site_rule(site, args):
+    z = args[0] + snn.offsets[site.name]
+    if k is not None and not spiking(site.x):  # the first layer's current: constant, same for every step
+      z = jnp.broadcast_to(z, (k,) + z.shape)
+    neurons[site.name], s = neuron_steps(th[site.name], neurons[site.name], z, site.name)
+    return s
+
+  def max_rule(msite, args):
+    dtype = program.avals[msite.op.outs[0]].dtype
+    cummax = lambda st, a: _cummax(msite.op, st, a, dtype)  # noqa: E731
+    if k is None:
+      maxes[msite.name], y = cummax(maxes[msite.name], args)
+    else:
+      maxes[msite.name], y = jax.lax.scan(cummax, maxes[msite.name], args)
+    return y
+
+  def op_rule(op, args):
+    if k is None:
+      return lowering.contract(op, args)
+    axes = [0 if spiking(a) else None for a in op.ins]
+    fixed = [None if ax == 0 else v for v, ax in zip(args, axes)]
+    moving = tuple(v for v, ax in zip(args, axes) if ax == 0)
+
+    def one(moving):
+      it = iter(moving)
+      return lowering.contract(op, [next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
+
+    if exact and rules.is_contraction(op.prim):
+      return jax.lax.map(one, moving)  # the step-major kernel, once per step of the block
+    return jax.vmap(one)(moving)
+
+  ir.walk(program, env, kinds=frozenset({ir.SPIKE}), op_rule=op_rule, site_rule=site_rule, max_rule=max_rule)
+  z = ir.read(env, program.out)
+  if k is not None and not spiking(program.out):
+    z = jnp.broadcast_to(z, (k,) + z.shape)
+  if snn.readout == "spike":
+    neurons[OUTPUT], z = neuron_steps(th[OUTPUT], neurons[OUTPUT], z, OUTPUT)
+  z = z.astype(snn.state_dtype)
+  delay = snn.readout_delay
+
+  def accumulate(carry, zk):
+    acc, start, t = carry  # t: steps done before this one
+    start = jnp.where(t <= delay, acc, start)  # the window starts after step min(delay, t)
+    acc = acc + zk
+    return (acc, start, t + 1), acc
+
+  if k is None:
+    (acc, start, t), _ = accumulate((state.readout, state.window_start, state.t), z)
+    sums = (acc, start, t)
+  else:
+    (acc, start, t), sums = jax.lax.scan(
+        lambda c, zk: (lambda c2: (c2, c2))(accumulate(c, zk)[0]), (state.readout, state.window_start, state.t), z)
+  new = State(neurons=neurons, maxes=maxes, readout=acc, window_start=start, t=t, finite=state.finite,
+              constants=state.constants, tallies=tallies)
+  return new, z, sums
+
+
+def readout(snn: SpikingNetwork, state: State) -> jax.Array:
+  """The network's answer after ``state.t`` steps: the output averaged over steps ``s + 1 .. t`` with
+  ``s = min(snn.readout_delay, t - 1)`` (with no delay: over all t steps); NaN for a sample whose input was not
+  finite. Equal, bit for bit, to ``simulate(snn, x, t).outputs[t - 1]``.
+
+  Args:
+    snn: the network.
+    state: its state after t >= 1 steps (from :func:`step`).
+
+  Returns:
+    ``[batch, *output_shape]`` in ``snn.state_dtype``.
+  """
+  t = state.t
+  start = jnp.minimum(jnp.asarray(snn.readout_delay, jnp.int32), t - 1)
+  count = (t - start).astype(state.readout.dtype)
+  out = (state.readout - jnp.where(start > 0, state.window_start, jnp.zeros((), state.readout.dtype))) / count
+  finite = state.finite.reshape((-1,) + (1,) * (out.ndim - 1))
+  return jnp.where(finite, out, jnp.nan)
+
+
+def _check_snn(snn, caller):
+  if not isinstance(snn, SpikingNetwork):
+    raise ValueError(f"{caller}: snn must be a SpikingNetwork from jaxsnn.convert; got {type(snn).__name__}.")
+
+
+def init_state(snn: SpikingNetwork, x: Any, *, tallies: bool = True) -> State:
+  """The state of ``snn`` before its first step on input ``x``.
+
+  Every neuron starts at ``v = initial_potential * threshold``, every counter at 0; the weights' folded forms and
+  the input's contribution (input-only layers, e.g. the first layer's current) are computed here once.
+
+  Args:
+    snn: a converted network.
+    x: an input batch (the converted per-sample shape and dtype; any batch size). Its values are the input of every
+      step that does not pass its own.
+    tallies: count each neuron's spikes (:attr:`State.tallies`: firing rates, energy); False carries none, which
+      saves memory traffic every step.
+
+  Returns:
+    A :class:`State`.
+
+  Raises:
+    ValueError: for an input that does not match the network.
+
+  Example:
+    >>> state = jaxsnn.init_state(snn, x)
+    >>> for t in range(64):
+    ...   state, out = jaxsnn.step(snn, state)
+    ...   if (jax.nn.softmax(jaxsnn.readout(snn, state)).max(-1) > 0.9).all():
+    ...     break                                     # early stop once every sample is confident
+  """
+  caller = "jaxsnn.init_state"
+  _check_snn(snn, caller)
+  check_input(snn, x, caller)
+  return _init_state_jit(snn, x, bool(tallies))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _init_state_jit(snn, x, tallies):
+  return _init_state(snn, x, _program(snn, x, "jaxsnn.init_state"), jnp.int32, tallies)
+
+
+def step(snn: SpikingNetwork, state: State, x: Any = None, *, surrogate: Surrogate | None = None,
+         ) -> tuple[State, jax.Array]:
+  """Advances every neuron, max site and the readout of ``snn`` by one time step: the SNN's pure step function.
+
+  Jitted, vmap-able, and usable inside the caller's own ``lax.scan``; :func:`simulate` is this step scanned (one
+  definition of the dynamics), and a ``lax.scan`` over it gives the same bits as ``simulate``'s step-major schedule.
+
+  Args:
+    snn: a converted network.
+    state: from :func:`init_state` or a previous step.
+    x: this step's input (same shapes as the input of :func:`init_state`; e.g. a frame of a video or a rate-coded
+      image); input-only layers are then computed from it this step, and it stays the input of later steps that pass
+      none. None: the last input given (direct coding).
+    surrogate: a :mod:`jaxsnn.surrogates` choice: gradients through the firing decisions (the forward spikes do not
+      change); None: differentiating through spikes raises.
+
+  Returns:
+    ``(state, out)``: the new state and this step's output ``[batch, *output_shape]`` (the output layer's current,
+    or its spikes for ``readout="spike"``); :func:`readout` gives the averaged answer so far.
+
+  Raises:
+    ValueError: for an input that does not match the network.
+
+  Example:
+    >>> def body(state, frame):
+    ...   state, out = jaxsnn.step(snn, state, frame)
+    ...   return state, jaxsnn.readout(snn, state)
+    >>> state, answers = jax.lax.scan(body, jaxsnn.init_state(snn, frames[0]), frames)   # frames [T, batch, ...]
+  """
+  caller = "jaxsnn.step"
+  _check_snn(snn, caller)
+  if not isinstance(state, State):
+    raise ValueError(f"{caller}: state must be a jaxsnn.State from jaxsnn.init_state; got {type(state).__name__}.")
+  if x is not None:
+    check_input(snn, x, caller)
+  fire_fn(surrogate)  # validates the surrogate before tracing
+  return _step_jit(snn, state, x, surrogate)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _step_jit(snn, state, x, surrogate):
+  counters = next((getattr(s, f).dtype for s in state.neurons.values() for f in snn.neuron.counters), jnp.int32)
+  if x is None:
+    batch = state.readout.shape[0]
+    treedef, spec = snn.input_spec
+    x_spec = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct((batch,) + s, d) for s, d in spec])
+    program = _program(snn, x_spec, "jaxsnn.step")
+  else:
+    program = _program(snn, x, "jaxsnn.step")
+    state = state._replace(constants=_constants(program, snn.variables, x),
+                           finite=state.finite & finite_samples(x))
+  state, z, _ = _advance(program, snn, state, None, fire_fn(surrogate), counters)
+  return state, z
+
+
+class Trace(NamedTuple):
+  """What one simulation run records.
+
+  Attributes:
+    outputs: ``[num_steps, batch, *output_shape]``: the readout averaged over steps 1..t (after the first
+      ``snn.readout_delay`` steps where t allows), for every t (so ``outputs[t - 1]`` is the answer after t steps).
+    pos_spikes: ``{site: int32 [batch, *site_shape]}``: positive spikes per neuron over the whole run, in network
+      order (``readout="spike"`` adds ``"output"``); None with ``tallies=False``.
+    neg_spikes: same for negative spikes.
+    recorded: None, or (``simulate(..., record_steps=...)``) ``{"steps": (t, ...), "pos": {site: int32 [K,
+      *site_shape]}, "neg": {...}}``: each neuron's spikes over steps 1..t for every recorded t, summed over the
+      batch (weighted by ``sample_weights``): firing rates and SynOps at every recorded T from one run.
+  """
+
+  outputs: Any
+  pos_spikes: dict | None
+  neg_spikes: dict | None
+  recorded: Any = None
+
+  @property
+  def num_steps(self) -> int:
+    return self.outputs.shape[0]
+
+
 def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None = None, *,
-             exact: bool = True, record_steps=(), sample_weights=None) -> Trace:
+             exact: bool = True, record_steps=(), sample_weights=None, tallies: bool = True,
+             surrogate: Surrogate | None = None) -> Trace:
   """Simulates ``snn`` on input ``x`` (a constant analog current every step) for ``num_steps`` steps.
 
   Args:
@@ -94,6 +459,10 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
       (``Trace.recorded``); empty (the default) records nothing.
     sample_weights: ``[batch]`` ints weighting each sample in the recorded sums (0 for the padding of a last
       batch); default all 1.
+    tallies: count each neuron's spikes over the run (``Trace.pos_spikes`` / ``neg_spikes``: firing rates, energy,
+      conversion error); False (accuracy only) carries no counts and is faster.
+    surrogate: a :mod:`jaxsnn.surrogates` choice, for ``jax.grad`` through the simulation (same forward spikes);
+      None: differentiating through spikes raises.
 
   Returns:
     A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t (over steps
@@ -104,12 +473,11 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
     ValueError: for num_steps or block_size that are not positive ints, or an input that does not match the network.
 
   Example:
-    >>> trace = jaxsnn.simulate(snn, x_test, num_steps=256, block_size=64)
+    >>> trace = jaxsnn.simulate(snn, x_test, num_steps=256)
     >>> acc = jaxsnn.accuracy_vs_time(trace, y_test)   # accuracy after every t = 1..256
   """
   caller = "jaxsnn.simulate"
-  if not isinstance(snn, SpikingNetwork):
-    raise ValueError(f"{caller}: snn must be a SpikingNetwork from jaxsnn.convert; got {type(snn).__name__}.")
+  _check_snn(snn, caller)
   num_steps = _positive_int(num_steps, "num_steps", caller)
   if block_size is not None:
     block_size = min(_positive_int(block_size, "block_size", caller), num_steps)
@@ -120,373 +488,67 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   weights = jnp.ones(batch, jnp.int32) if sample_weights is None else jnp.asarray(sample_weights, jnp.int32)
   if weights.shape != (batch,):
     raise ValueError(f"{caller}: sample_weights must have shape ({batch},); got {weights.shape}.")
-  return _simulate(snn, x, weights, num_steps, block_size, bool(exact), record)
+  fire_fn(surrogate)
+  trace = _simulate(snn, x, weights, num_steps, block_size, bool(exact), record, bool(tallies or record), surrogate)
+  order = list(snn.site_names) + ([OUTPUT] if snn.readout == "spike" else [])
+  ordered = lambda d: None if d is None else {k: d[k] for k in order}  # noqa: E731  (jit returns sorted keys)
+  recorded = trace.recorded and dict(trace.recorded, pos=ordered(trace.recorded["pos"]),
+                                     neg=ordered(trace.recorded["neg"]))
+  if not tallies:
+    return Trace(trace.outputs, None, None, recorded)
+  return Trace(trace.outputs, ordered(trace.pos_spikes), ordered(trace.neg_spikes), recorded)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None, exact: bool,
-              record: tuple) -> Trace:
-  program = ir.build_program(snn.apply_fn, snn.variables, x, caller="jaxsnn.simulate", fold=snn.fold)
-  env = ir.initial_env(program, snn.variables, x)
-  ir.walk(program, env, kinds=frozenset({ir.CONST, ir.INPUT}))  # sites are spiking: never run here
-  static_env = env
-  neuron, th, state_dtype = snn.neuron, snn.thresholds, snn.state_dtype
-  spiking = lambda a: program.kind(a) == ir.SPIKE  # noqa: E731
-  first = jax.tree_util.tree_leaves(x)[0]
-  batch = first.shape[0]
-  # Zeros of the batch's sharding: built from the input, so that a batch sharded over a mesh (explicit sharding
-  # included) gives every piece of state the same sharding, and the time loop's carry keeps one type.
-  batch_zeros = jnp.zeros_like(first.reshape(batch, -1)[:, 0], jnp.int32)
-
-  def zeros(shape, dtype):
-    if len(shape) and shape[0] == batch:
-      return jnp.broadcast_to(batch_zeros.astype(dtype).reshape((batch,) + (1,) * (len(shape) - 1)), shape)
-    return jnp.zeros(shape, dtype)
-
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None, exact: bool, record: tuple,
+              tallies: bool, surrogate) -> Trace:
+  program = _program(snn, x, "jaxsnn.simulate")
   # A neuron's own counters (SNM's memory) never exceed num_steps in magnitude: kept in the narrowest int type that
   # holds it, they cost less memory traffic every step.
-  cdt = count_dtype(num_steps)
-
-  def initial_state(name, aval):
-    v0 = snn.initial_potential[name].astype(state_dtype) * th[name].astype(state_dtype)
-    state = neuron.init(aval.shape, state_dtype, v0)
-    if neuron.counters:
-      state = state._replace(**{f: getattr(state, f).astype(cdt) for f in neuron.counters})
-    return jax.tree_util.tree_map(lambda a: a + zeros(a.shape, a.dtype), state)
-
-  # Initial state.
-  neurons = {s.name: initial_state(s.name, program.avals[s.x]) for s in program.sites}
-  maxes = {}
-  for m in program.max_sites:
-    cum = [zeros(program.avals[a].shape, program.avals[a].dtype) for a in m.op.ins]
-    maxes[m.name] = (cum, m.op.bind(*cum)[0])
-  out_aval = program.aval(program.out)
-  acc = zeros(out_aval.shape, state_dtype)
-  # The Trace's tallies of each neuron's positive and negative spikes are int32 instead: XLA:CPU accumulates (s > 0)
-  # into an int8 or int16 carry several times slower (ResNet-20, batch 64, T = 32: 657 / 1,138 / 1,632 images*steps/s
-  # with int8 / int16 / int32 tallies, 1,759 without any; benchmarks/RESULTS.md).
-  counts = {s.name: zeros(program.avals[s.x].shape, jnp.int32) for s in program.sites}
-  shapes = {s.name: program.avals[s.x].shape[1:] for s in program.sites}
-  if snn.readout == "spike":
-    neurons[OUTPUT] = initial_state(OUTPUT, out_aval)
-    counts[OUTPUT] = zeros(out_aval.shape, jnp.int32)
-    shapes[OUTPUT] = out_aval.shape[1:]
-  recorded = {k: jnp.zeros((len(record),) + shape, jnp.int32) for k, shape in shapes.items()}
-  carry = (neurons, maxes, acc, counts, counts, recorded, recorded, jnp.zeros((), jnp.int32))
+  counters = count_dtype(num_steps)
+  fire = fire_fn(surrogate)
+  state = _init_state(snn, x, program, counters, tallies)
+  shapes = {k: v.shape[1:] for k, v in state.tallies.pos.items()} if tallies else {}
+  rec0 = {k: jnp.zeros((len(record),) + s, jnp.int32) for k, s in shapes.items()} if record else {}
   record_at = jnp.asarray(record, jnp.int32)
-
-  def count(s, axis=None):
-    pos, neg = (s > 0).astype(jnp.int32), (s < 0).astype(jnp.int32)
-    return (pos, neg) if axis is None else (pos.sum(axis), neg.sum(axis))
 
   def batch_sum(c, batch_axis):  # the weighted sum over samples of per-step counts
     w = weights.reshape((1,) * batch_axis + (-1,) + (1,) * (c.ndim - batch_axis - 1))
     return (c * w).sum(axis=batch_axis)
 
-  def run(carry, k: int | None):
-    """Runs k steps layer-major (spiking values carry a leading k axis), or one step if k is None."""
-    neurons, maxes, acc, pos, neg, rec_pos, rec_neg, t0 = carry  # t0: steps already done
-    neurons, maxes, pos, neg = dict(neurons), dict(maxes), dict(pos), dict(neg)
+  def run(carry, k):
+    state, (rec_pos, rec_neg) = carry
     rec_pos, rec_neg = dict(rec_pos), dict(rec_neg)
-    env = dict(static_env)
 
-    def step(threshold, state, z):
-      state, s = neuron.step(threshold, state, z)
-      changed = [f for f in neuron.counters if getattr(state, f).dtype != cdt]
-      if changed:
-        raise ValueError(f"jaxsnn.simulate: neuron {neuron.name!r} declares {changed} as counters, so they are kept "
-                         f"in {jnp.dtype(cdt).name}, but its step returned them as "
-                         f"{[getattr(state, f).dtype.name for f in changed]}: keep the dtype of the state it is given "
-                         f"(e.g. `m + pos.astype(m.dtype)`).")
-      return state, s
+    def recorder(name, s, t0, k):
+      pos, neg = (s > 0).astype(jnp.int32), (s < 0).astype(jnp.int32)
+      if k is None:  # step t0 + 1 counts towards every recorded t >= t0 + 1
+        upto = (t0 + 1 <= record_at).astype(jnp.int32)
+        ps, ns = batch_sum(pos, 0)[None], batch_sum(neg, 0)[None]
+      else:  # steps t0 + 1 .. t0 + k of the block
+        upto = (t0 + 1 + jnp.arange(k, dtype=jnp.int32)[None, :] <= record_at[:, None]).astype(jnp.int32)
+        ps, ns = batch_sum(pos, 1), batch_sum(neg, 1)
+      mix = lambda c: jnp.tensordot(upto.reshape(len(record), -1), c, axes=1)  # noqa: E731
+      rec_pos[name], rec_neg[name] = rec_pos[name] + mix(ps), rec_neg[name] + mix(ns)
 
-    def neuron_steps(threshold, state, z, name):
-      if k is None:
-        state, s = step(threshold, state, z)
-        p, n = count(s)
-      else:
-        state, s = jax.lax.scan(lambda st, zk: step(threshold, st, zk), state, z)
-        p, n = count(s, axis=0)
-      pos[name], neg[name] = pos[name] + p, neg[name] + n
-      if record:
-        if k is None:  # step t0 + 1 counts towards every recorded t >= t0 + 1
-          upto = (t0 + 1 <= record_at).astype(jnp.int32)
-          ps, ns = batch_sum(count(s)[0], 0)[None], batch_sum(count(s)[1], 0)[None]
-        else:  # steps t0 + 1 .. t0 + k of the block
-          upto = (t0 + 1 + jnp.arange(k, dtype=jnp.int32)[None, :] <= record_at[:, None]).astype(jnp.int32)
-          ps, ns = (batch_sum(c, 1) for c in count(s))
-        mix = lambda c: jnp.tensordot(upto.reshape(len(record), -1), c, axes=1)  # noqa: E731
-        rec_pos[name], rec_neg[name] = rec_pos[name] + mix(ps), rec_neg[name] + mix(ns)
-      return state, s
+    state, _, sums = _advance(program, snn, state, k, fire, counters, recorder if record else None, exact)
+    return (state, (rec_pos, rec_neg)), sums
 
-    def site_rule(site, args):
-      z = args[0] + snn.offsets[site.name]
-      if k is not None and not spiking(site.x):  # the first layer's current: constant, same for every step
-        z = jnp.broadcast_to(z, (k,) + z.shape)
-      neurons[site.name], s = neuron_steps(th[site.name], neurons[site.name], z, site.name)
-      return s
-
-    def max_rule(msite, args):
-      spiking_max = lambda st, a: _cummax_step(msite.op, st, a)  # noqa: E731
-      if k is None:
-        maxes[msite.name], y = spiking_max(maxes[msite.name], args)
-      else:
-        maxes[msite.name], y = jax.lax.scan(spiking_max, maxes[msite.name], args)
-      return y
-
-    def op_rule(op, args):
-      if k is None:
-        return lowering.contract(op, args)
-      axes = [0 if spiking(a) else None for a in op.ins]
-      fixed = [None if ax == 0 else v for v, ax in zip(args, axes)]
-      moving = tuple(v for v, ax in zip(args, axes) if ax == 0)
-
-      def one(moving):
-        it = iter(moving)
-        return lowering.contract(op, [next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
-
-      if exact and rules.is_contraction(op.prim):
-        return jax.lax.map(one, moving)  # the step-major kernel, once per step of the block
-      return jax.vmap(one)(moving)
-
-    ir.walk(program, env, kinds=frozenset({ir.SPIKE}), op_rule=op_rule, site_rule=site_rule, max_rule=max_rule)
-    z = ir.read(env, program.out)
-    if k is not None and not spiking(program.out):
-      z = jnp.broadcast_to(z, (k,) + z.shape)
-    if snn.readout == "spike":
-      neurons[OUTPUT], z = neuron_steps(th[OUTPUT], neurons[OUTPUT], z, OUTPUT)
-    z = z.astype(state_dtype)
-    if k is None:
-      acc = acc + z
-      accs = acc
-    else:
-      acc, accs = jax.lax.scan(lambda a, zk: (a + zk, a + zk), acc, z)
-    return (neurons, maxes, acc, pos, neg, rec_pos, rec_neg, t0 + (1 if k is None else k)), accs
-
+  carry = (state, (rec0, rec0))
   if block is None:
-    carry, accs = jax.lax.scan(lambda c, _: run(c, None), carry, None, length=num_steps)
+    carry, sums = jax.lax.scan(lambda c, _: run(c, None), carry, None, length=num_steps)
   else:
     n_full, rest = divmod(num_steps, block)
-    carry, accs = jax.lax.scan(lambda c, _: run(c, block), carry, None, length=n_full)
-    accs = accs.reshape((n_full * block,) + accs.shape[2:])
+    # One block's sums are those after its last step: the readouts inside a block come from the per-step sums.
+    carry, sums = jax.lax.scan(lambda c, _: run(c, block), carry, None, length=n_full)
+    sums = jax.tree_util.tree_map(lambda a: a.reshape((n_full * block,) + a.shape[2:]), sums)
     if rest:
       carry, tail = run(carry, rest)
-      accs = jnp.concatenate([accs, tail], axis=0)
-  outputs = _windowed_readout(accs, snn.readout_delay)
-  # A sample whose input holds a NaN or an infinity reads out NaN at every step, as its ANN would: no neuron can
-  # fire on a NaN current, and the readout would otherwise be a confident answer made of the biases alone.
-  finite = _finite_samples(x)
-  outputs = jnp.where(finite.reshape((1, -1) + (1,) * (outputs.ndim - 2)), outputs, jnp.nan)
-  _, _, _, pos, neg, rec_pos, rec_neg, _ = carry
+      sums = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), sums, tail)
+  state, (rec_pos, rec_neg) = carry
+  acc, start, t = sums
+  outputs = jax.vmap(lambda a, s, tt: readout(snn, state._replace(readout=a, window_start=s, t=tt)))(acc, start, t)
   recorded = {"steps": record, "pos": rec_pos, "neg": rec_neg} if record else None
+  pos, neg = (state.tallies.pos, state.tallies.neg) if tallies else (None, None)
   return Trace(outputs=outputs, pos_spikes=pos, neg_spikes=neg, recorded=recorded)
 
-
-def count_dtype(num_steps: int):
-  """The narrowest signed int type that holds every count in ``-num_steps .. num_steps``."""
-  for dtype in (jnp.int8, jnp.int16):
-    if num_steps <= jnp.iinfo(dtype).max:
-      return dtype
-  return jnp.int32
-
-
-def _finite_samples(x) -> jax.Array:
-  """``[batch]`` bool: every value of the sample's input is finite."""
-  ok = None
-  for leaf in jax.tree_util.tree_leaves(x):
-    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-      continue
-    f = jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
-    ok = f if ok is None else ok & f
-  if ok is None:
-    ok = jnp.ones(jax.tree_util.tree_leaves(x)[0].shape[0], bool)
-  return ok
-
-
-def _cummax_step(op: ir.Op, state, args):
-  cum, previous = state
-  cum = [c + a for c, a in zip(cum, args)]
-  current = op.bind(*cum)[0]
-  return (cum, current), current - previous
-
-
-def accuracy_vs_time(trace: Trace, labels: Any) -> jax.Array:
-  """Top-1 accuracy after every number of steps t = 1..T, from one run.
-
-  Args:
-    trace: a :class:`Trace` whose outputs are ``[T, batch, classes]``.
-    labels: integer labels ``[batch]`` or one-hot ``[batch, classes]``.
-
-  Returns:
-    ``[T]`` float array: the fraction of correct predictions after t steps.
-
-  Raises:
-    ValueError: if the labels do not match the outputs' batch or classes.
-  """
-  out = trace.outputs
-  labels = jnp.asarray(labels)
-  if out.ndim != 3:
-    raise ValueError(f"jaxsnn.accuracy_vs_time: outputs must be [T, batch, classes]; got shape {out.shape}.")
-  if labels.ndim == 2:
-    if labels.shape != out.shape[1:]:
-      raise ValueError(f"jaxsnn.accuracy_vs_time: one-hot labels of shape {labels.shape} do not match outputs "
-                       f"[batch, classes] = {out.shape[1:]}.")
-    labels = labels.argmax(-1)
-  if labels.shape != out.shape[1:2]:
-    raise ValueError(f"jaxsnn.accuracy_vs_time: labels of shape {labels.shape} do not match the batch size "
-                     f"{out.shape[1]}.")
-  return (out.argmax(-1) == labels[None]).mean(axis=1)
-
-
-def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int | None = None, *,
-             exact: bool = True, progress: bool = False, record_steps=(), checkpoint=None,
-             checkpoint_every: int = 10, mesh=None) -> dict:
-  """Accuracy after every t = 1..T over a whole dataset, streamed batch by batch, resumable.
-
-  Args:
-    snn: a converted network.
-    batches: an iterable of ``(x, labels)`` or ``(x, labels, mask)`` (``mask`` marks real examples in a padded last
-      batch), labels as ints. The same sequence every time the job runs (to resume).
-    num_steps: time steps T.
-    block_size: schedule, as in :func:`simulate`.
-    exact: as in :func:`simulate`.
-    progress: show a tqdm progress bar (images per second) if tqdm is installed.
-    record_steps: steps t at which to total each neuron's spikes (see :func:`simulate`): ``"recorded"`` in the
-      result, for firing rates and energy at every recorded T from this one run.
-    checkpoint: a file path: progress is written there atomically every ``checkpoint_every`` batches, and a run
-      that finds it (killed and started again with the same network, data order and arguments) skips the batches it
-      covers, so the result equals an uninterrupted run's. A checkpoint of another job (other network data, T or
-      arguments) is refused.
-    checkpoint_every: batches between checkpoint writes.
-    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices
-      (padded and masked: results equal to one device's).
-
-  Returns:
-    ``{"accuracy": float64 [T], "correct": int64 [T], "count": int, "pos_spikes": {site: total},
-    "neg_spikes": {site: total}, "non_finite": int, "recorded": {"steps": [...], "pos": {site: int64 [K,
-    *site_shape]}, "neg": {...}} or None}``: the accuracy after t steps is ``accuracy[t - 1]``; spike totals are
-    summed over examples, neurons and steps (for firing rates: divide by count, neurons and T). ``non_finite``
-    counts the examples whose input held a NaN or an infinity: their readout is NaN (see :func:`simulate`), they
-    count as wrong, and a warning says how many there were.
-
-  Raises:
-    ValueError: for an empty iterable, a bad batch (see :func:`simulate`), or a checkpoint of another job.
-  """
-  record = tuple(sorted(set(int(t) for t in record_steps)))
-  mesh = parallel.batch_mesh(mesh, "jaxsnn.evaluate")
-  fingerprint = job_fingerprint(snn, num_steps, block_size, exact, record) if checkpoint is not None else None
-  snn = parallel.replicate(mesh, snn)
-
-  def run(x, mask):
-    return simulate(snn, x, num_steps, block_size, exact=exact, record_steps=record, sample_weights=mask)
-
-  return stream(run, batches, num_steps, record, progress=progress, checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every, fingerprint=fingerprint, caller="jaxsnn.evaluate", mesh=mesh)
-
-
-def stream(simulate_batch: Callable[[Any, np.ndarray], Trace], batches, num_steps: int, record: tuple = (), *,
-           progress: bool = False, checkpoint=None, checkpoint_every: int = 10, fingerprint: str | None = None,
-           caller: str = "jaxsnn.evaluate", mesh=None) -> dict:
-  """The streaming, resumable loop of :func:`evaluate` around any ``simulate_batch(x, mask) -> Trace``.
-
-  With a mesh, every batch is padded to a multiple of its batch axis (the padding masked out) and sharded over it.
-  """
-  state = _load_progress(checkpoint, fingerprint, caller) if checkpoint is not None else None
-  if state is None:
-    state = {"batches": 0, "correct": np.zeros(num_steps, np.int64), "count": 0, "non_finite": 0, "pos": {},
-             "neg": {}, "rec_pos": {}, "rec_neg": {}}
-  bar = None
-  if progress:
-    try:
-      from tqdm.auto import tqdm
-      bar = tqdm(unit="img", desc=f"SNN T={num_steps}", initial=state["count"])
-    except ImportError:  # progress is a nicety, not a dependency
-      bar = None
-  done_before = state["batches"]
-  for i, batch in enumerate(batches):
-    if i < done_before:
-      continue  # covered by the checkpoint
-    x, labels, *rest = batch
-    mask = np.asarray(rest[0], bool) if rest else np.ones(np.shape(labels)[0], bool)
-    size = parallel.padded_size(mesh, int(mask.shape[0]))
-    labels, mask = np.asarray(parallel.pad(np.asarray(labels), size)), np.asarray(parallel.pad(mask, size, False))
-    x, device_mask = parallel.shard_batch(mesh, x, mask)
-    trace = simulate_batch(x, device_mask)
-    finite = np.asarray(_finite_samples(x))
-    hits = np.asarray(trace.outputs.argmax(-1) == jnp.asarray(labels)[None]) & finite[None]  # [T, B]
-    state["non_finite"] += int((~finite & mask).sum())
-    state["correct"] = state["correct"] + hits[:, mask].sum(axis=1)
-    state["count"] += int(mask.sum())
-    for totals, spikes in ((state["pos"], trace.pos_spikes), (state["neg"], trace.neg_spikes)):
-      for site, c in spikes.items():
-        totals[site] = totals.get(site, 0) + int(np.asarray(c)[mask].sum())
-    if record:
-      for totals, rec in ((state["rec_pos"], trace.recorded["pos"]), (state["rec_neg"], trace.recorded["neg"])):
-        for site, c in rec.items():
-          totals[site] = totals.get(site, 0) + np.asarray(c, np.int64)
-    state["batches"] = i + 1
-    if checkpoint is not None and (i + 1 - done_before) % checkpoint_every == 0:
-      _save_progress(checkpoint, fingerprint, state)
-    if bar is not None:
-      bar.update(int(mask.sum()))
-      bar.set_postfix(acc=f"{state['correct'][-1] / max(state['count'], 1):.4f}")
-  if bar is not None:
-    bar.close()
-  if state["count"] == 0:
-    raise ValueError(f"{caller}: batches is empty.")
-  if checkpoint is not None:
-    _save_progress(checkpoint, fingerprint, state)
-  if state["non_finite"]:
-    warnings.warn(f"{caller}: {state['non_finite']} of {state['count']} examples had a NaN or infinite input; their "
-                  "readout is NaN and they count as wrong.", stacklevel=2)
-  correct = np.asarray(state["correct"], np.int64)
-  return {"accuracy": correct / state["count"], "correct": correct, "count": state["count"],
-          "pos_spikes": state["pos"], "neg_spikes": state["neg"], "non_finite": state["non_finite"],
-          "recorded": {"steps": list(record), "pos": state["rec_pos"], "neg": state["rec_neg"]} if record else None}
-
-
-def _windowed_readout(accs, delay):
-  """``accs[t - 1]`` sums the readout over steps 1..t; the readout after t steps is its mean over steps s + 1..t with
-  ``s = min(delay, t - 1)``: the first ``delay`` steps are left out wherever a later step is left (delay 0: the
-  plain mean, bit for bit)."""
-  num_steps = accs.shape[0]
-  steps = jnp.arange(1, num_steps + 1, dtype=jnp.int32)
-  start = jnp.minimum(jnp.asarray(delay, jnp.int32), steps - 1)
-  before = jnp.where((start > 0).reshape((num_steps,) + (1,) * (accs.ndim - 1)),
-                     jnp.take(accs, jnp.maximum(start - 1, 0), axis=0), jnp.zeros((), accs.dtype))
-  count = (steps - start).astype(accs.dtype).reshape((num_steps,) + (1,) * (accs.ndim - 1))
-  return (accs - before) / count
-
-
-def job_fingerprint(snn: SpikingNetwork, num_steps, block_size, exact, record) -> str:
-  """What a resumed evaluation must share with the run that wrote the checkpoint."""
-  # The kernels' lowering decides the float rounding: a checkpoint written under another one is not resumed.
-  lowered = (lowering.SMALL_CONV_POSITIONS, jax.default_backend())
-  h = hashlib.sha256(repr((snn.traced.key, snn.neuron.name, snn.readout, str(snn.state_dtype), snn.fold, num_steps,
-                           block_size, exact, record, lowered)).encode())
-  for leaf in jax.tree_util.tree_leaves((snn.variables, snn.thresholds, snn.initial_potential, snn.offsets,
-                                         snn.readout_delay)):
-    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-  return h.hexdigest()
-
-
-def _save_progress(path, fingerprint: str, state: dict) -> None:
-  arrays = {"fingerprint": np.asarray(fingerprint), "batches": np.asarray(state["batches"]),
-            "correct": state["correct"], "count": np.asarray(state["count"]),
-            "non_finite": np.asarray(state["non_finite"])}
-  for key in ("pos", "neg", "rec_pos", "rec_neg"):
-    arrays.update({f"{key}:{site}": np.asarray(v) for site, v in state[key].items()})
-  atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _load_progress(path, fingerprint: str, caller: str) -> dict | None:
-  f = load_checkpoint(path, fingerprint, caller, "other network data, T, schedule or recorded steps")
-  if f is None:
-    return None
-  state = {"batches": int(f["batches"]), "correct": np.asarray(f["correct"], np.int64), "count": int(f["count"]),
-           "non_finite": int(f["non_finite"])}
-  for key in ("pos", "neg", "rec_pos", "rec_neg"):
-    prefix = f"{key}:"
-    state[key] = {k[len(prefix):]: (int(f[k]) if key in ("pos", "neg") else np.asarray(f[k], np.int64))
-                  for k in f if k.startswith(prefix)}
-  return state

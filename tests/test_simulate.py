@@ -1,4 +1,6 @@
-"""Conversion + simulation: convergence to the ANN, exact schedules, no recompilation, nice errors."""
+"""Simulation: convergence to the ANN on random architectures, the exact schedules, streamed and resumable evaluation,
+recorded counts, folding, narrow counters, small-convolution lowering, bfloat16 networks, initial potentials,
+offsets and the readout delay."""
 
 import functools
 
@@ -10,13 +12,10 @@ import pytest
 
 import jaxsnn
 from jaxsnn._src import simulate as simulate_module
-from random_nets import random_net, randomise_batch_stats
+from conftest import (count_compiles, dyadic_two_layer, numpy_neuron_run, random_net, rel_error,
+                      residual_setup)
 
 STEPS = (64, 128, 256, 512, 1024)
-
-
-def rel_error(out, ann):
-  return float(jnp.abs(out - ann).max() / jnp.abs(ann).max())
 
 
 # ---- convergence on random architectures ---------------------------------------------------------------------------
@@ -43,28 +42,6 @@ def test_spike_readout_converges_to_relu_of_logits():
   # The spike readout is the output layer's net spike count times its threshold, averaged over time.
   net = trace.pos_spikes["output"] - trace.neg_spikes["output"]
   np.testing.assert_allclose(trace.outputs[-1], net * th["output"] / 1024, rtol=1e-5, atol=1e-6)
-
-
-class PreprocessNet(nn.Module):
-  """Non-affine operations on the input alone are fine: the input is a constant current, computed once."""
-
-  @nn.compact
-  def __call__(self, x):
-    x = jnp.tanh(x) * x ** 2
-    x = nn.relu(nn.Conv(4, (3, 3))(x))
-    h = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(3)(jnp.concatenate([h, jnp.pad(h[:, :2], ((0, 0), (1, 1)))], axis=1))
-
-
-def test_input_only_nonlinearity_concat_pad_and_slices_convert():
-  model = PreprocessNet()
-  x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 2))
-  variables = model.init(jax.random.PRNGKey(1), x)
-  apply_fn = model.apply
-  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
-  snn = jaxsnn.convert(apply_fn, variables, x, th)
-  trace = jaxsnn.simulate(snn, x, 1024)
-  assert rel_error(trace.outputs[-1], apply_fn(variables, x)) < 2e-2
 
 
 def test_first_site_spike_counts_match_a_direct_neuron_run():
@@ -112,29 +89,6 @@ def test_accuracy_vs_time():
 
 
 # ---- the two schedules are bit-identical ----------------------------------------------------------------------------
-class ResidualConvNet(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(6, (3, 3))(x)))
-    y = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(6, (3, 3))(x)))
-    y = nn.BatchNorm(use_running_average=True)(nn.Conv(6, (3, 3))(y))
-    x = nn.relu(x + y)
-    x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
-    x = nn.avg_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Dense(12)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(4)(x)
-
-
-@functools.cache
-def residual_setup():
-  model = ResidualConvNet()
-  x = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 3))
-  variables = randomise_batch_stats(model.init(jax.random.PRNGKey(1), x), np.random.default_rng(0))
-  th = jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [x]))
-  return model.apply, variables, x, th
-
-
 @pytest.mark.parametrize("neuron,readout", [(jaxsnn.SNM(), "membrane"), (jaxsnn.SNM(), "spike"),
                                             (jaxsnn.IF(), "membrane"), (jaxsnn.SignedIF(), "spike")])
 def test_step_major_equals_layer_major_bit_for_bit(neuron, readout):
@@ -233,105 +187,6 @@ def test_no_recompilation_when_only_values_change():
 
 
 # ---- nice errors --------------------------------------------------------------------------------------------------
-class Act(nn.Module):
-  act: object
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.relu(nn.Dense(6)(x))
-    x = self.act(nn.Dense(6)(x))
-    return nn.Dense(2)(x)
-
-
-def product(x):
-  return x * jnp.roll(x, 1, axis=-1)
-
-
-def batchnorm_train(x):
-  mean = x.mean(0)
-  return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(0) + 1e-5)
-
-
-@pytest.mark.parametrize("act,primitive", [
-    (jnp.tanh, "tanh"), (jax.nn.sigmoid, "logistic"), (functools.partial(jax.nn.gelu, approximate=False), "erfc"),
-    (jax.nn.softmax, "exp"), (product, "mul"), (jax.nn.relu6, "min"), (jax.nn.leaky_relu, "ge"),
-    (batchnorm_train, "integer_pow"), (lambda x: jnp.maximum(x, 0.5), "max"),
-])
-def test_unsupported_primitive_is_named_with_its_source_line(act, primitive):
-  model = Act(act)
-  x = jnp.ones((2, 4))
-  variables = model.init(jax.random.PRNGKey(0), x)
-  with pytest.raises(jaxsnn.ConversionError) as info:
-    jaxsnn.convert(model.apply, variables, x, {})
-  msg = str(info.value)
-  assert msg.startswith("jaxsnn.convert:") and f"primitive '{primitive}'" in msg
-  assert ".py:" in msg and "in module: Act" in msg
-
-
-def test_multiple_outputs_rejected():
-  with pytest.raises(jaxsnn.ConversionError, match="must return one array"):
-    jaxsnn.convert(lambda v, x: (x @ v, x @ v), jnp.ones((3, 2)), jnp.ones((4, 3)), {})
-
-
-def small():
-  model = Act(nn.relu)
-  x = jnp.ones((3, 4))
-  variables = model.init(jax.random.PRNGKey(0), x)
-  th = jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [x]))
-  return model.apply, variables, x, th
-
-
-def test_threshold_errors():
-  apply_fn, variables, x, th = small()
-  names = [k for k in th if k != "output"]
-  with pytest.raises(ValueError, match=r"missing: \['Act/relu_1'\]"):
-    jaxsnn.convert(apply_fn, variables, x, {names[0]: th[names[0]]})
-  with pytest.raises(ValueError, match=r"unexpected: \['bogus'\]"):
-    jaxsnn.convert(apply_fn, variables, x, {**th, "bogus": jnp.ones(3)})
-  with pytest.raises(ValueError, match=r"has shape \(3,\), but the site has shape \(6,\)"):
-    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: jnp.ones(3)})
-  with pytest.raises(ValueError, match="negative or non-finite"):
-    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: -jnp.ones(6)})
-  with pytest.raises(ValueError, match="must be floating point"):
-    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: jnp.ones(6, jnp.int32)})
-  with pytest.raises(ValueError, match="must be a dict"):
-    jaxsnn.convert(apply_fn, variables, x, [th[n] for n in names])
-  with pytest.raises(ValueError, match="readout='spike' also needs 'output'"):
-    jaxsnn.convert(apply_fn, variables, x, {n: th[n] for n in names}, readout="spike")
-  snn = jaxsnn.convert(apply_fn, variables, x, th)
-  with pytest.raises(ValueError, match="SpikingNetwork.replace: threshold"):
-    snn.replace(thresholds={**th, names[1]: jnp.ones((2, 6))})
-  with pytest.raises(ValueError, match="differ in structure, shape or dtype"):
-    snn.replace(variables={"params": {}})
-
-
-def test_argument_errors():
-  apply_fn, variables, x, th = small()
-  snn = jaxsnn.convert(apply_fn, variables, x, th)
-  for steps in (0, -3):
-    with pytest.raises(ValueError, match="num_steps must be >= 1"):
-      jaxsnn.simulate(snn, x, steps)
-  for steps in (2.5, True, None):
-    with pytest.raises(ValueError, match="num_steps must be a positive int"):
-      jaxsnn.simulate(snn, x, steps)
-  with pytest.raises(ValueError, match="block_size must be >= 1"):
-    jaxsnn.simulate(snn, x, 4, block_size=0)
-  with pytest.raises(ValueError, match=r"per-sample shape \(5,\).*per-sample shape \(4,\)"):
-    jaxsnn.simulate(snn, jnp.ones((3, 5)), 4)
-  with pytest.raises(ValueError, match="dtype int32"):
-    jaxsnn.simulate(snn, jnp.ones((3, 4), jnp.int32), 4)
-  with pytest.raises(ValueError, match="leading batch axis"):
-    jaxsnn.simulate(snn, jnp.float32(1.0), 4)
-  with pytest.raises(ValueError, match="snn must be a SpikingNetwork"):
-    jaxsnn.simulate(apply_fn, x, 4)
-  with pytest.raises(ValueError, match="readout must be one of"):
-    jaxsnn.convert(apply_fn, variables, x, th, readout="rate")
-  with pytest.raises(ValueError, match="neuron must be a jaxsnn.neurons.Neuron"):
-    jaxsnn.convert(apply_fn, variables, x, th, neuron="SNM")
-  with pytest.raises(ValueError, match="batches is empty"):
-    jaxsnn.calibrate(apply_fn, variables, [])
-  # a different batch size is fine
-  assert jaxsnn.simulate(snn, jnp.ones((7, 4)), 3).outputs.shape == (3, 7, 2)
 
 
 def test_evaluate_streams_batches_and_counts_only_masked_examples():
@@ -342,37 +197,19 @@ def test_evaluate_streams_batches_and_counts_only_masked_examples():
   padded_x = jnp.concatenate([x[3:], jnp.zeros_like(x[:1])])
   padded_y = jnp.concatenate([labels[3:], jnp.array([-1])])
   batches = [(x[:3], labels[:3]), (padded_x, padded_y, np.array([True, True, False]))]
-  res = jaxsnn.evaluate(snn, batches, 12)
-  assert res["count"] == 5
-  np.testing.assert_array_equal(res["correct"], np.round(np.asarray(whole, np.float64) * 5).astype(np.int64))
-  np.testing.assert_array_equal(res["accuracy"], res["correct"] / 5)
+  res = jaxsnn.evaluate(snn, batches, 12, tallies=True)
+  assert isinstance(res, jaxsnn.Evaluation) and res.count == 5 and res.num_steps == 12
+  np.testing.assert_array_equal(res.correct, np.round(np.asarray(whole, np.float64) * 5).astype(np.int64))
+  np.testing.assert_array_equal(res.accuracy, res.correct / 5)
   full = jaxsnn.simulate(snn, x, 12)
-  assert res["pos_spikes"] == {k: int(v.sum()) for k, v in full.pos_spikes.items()}
+  assert res.pos_spikes == {k: int(v.sum()) for k, v in full.pos_spikes.items()}
+  assert list(res.pos_spikes) == list(snn.site_names)  # network order
+  # Accuracy alone carries no tallies, and gives the same accuracies.
+  plain = jaxsnn.evaluate(snn, batches, 12)
+  assert plain.pos_spikes is None and plain.neg_spikes is None
+  np.testing.assert_array_equal(plain.correct, res.correct)
   with pytest.raises(ValueError, match="batches is empty"):
     jaxsnn.evaluate(snn, [], 12)
-
-
-def test_ops_with_constant_operands_convert_and_spiking_ones_do_not():
-  rng = np.random.default_rng(0)
-  w = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
-  mask = jnp.asarray(rng.random(6) < 0.5)
-  idx = jnp.array([5, 0, 2])
-
-  def good(v, x):
-    h = jax.nn.relu(x @ v)
-    return jnp.where(mask, h, 0.0)[:, idx] / 2.0 + jnp.flip(h, 1)[:, :3]
-
-  x = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
-  th = jaxsnn.thresholds(jaxsnn.calibrate(good, w, [x]))
-  trace = jaxsnn.simulate(jaxsnn.convert(good, w, x, th), x, 1024, block_size=100)
-  assert rel_error(trace.outputs[-1], good(w, x)) < 2e-2
-
-  def bad(v, x):
-    h = jax.nn.relu(x @ v)
-    return h[:, :3] / (1.0 + h[:, 3:])
-
-  with pytest.raises(jaxsnn.ConversionError, match="primitive 'div' operand 1 .* is spiking"):
-    jaxsnn.convert(bad, w, x, {})
 
 
 # ---- recorded spike counts and resumable evaluation ---------------------------------------------------------------
@@ -401,7 +238,7 @@ def test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_pa
   snn = jaxsnn.convert(apply_fn, variables, x, th)
   labels = np.asarray(apply_fn(variables, x)).argmax(-1)
   batches = [(x[i:i + 1], labels[i:i + 1]) for i in range(5)]
-  whole = jaxsnn.evaluate(snn, batches, 11, record_steps=(4, 11))
+  whole = jaxsnn.evaluate(snn, batches, 11, record_steps=(4, 11), tallies=True)
   path = tmp_path / "progress.npz"
 
   def killed_after(n):
@@ -411,7 +248,8 @@ def test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_pa
       yield b
 
   with pytest.raises(Interrupted):
-    jaxsnn.evaluate(snn, killed_after(3), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2)
+    jaxsnn.evaluate(snn, killed_after(3), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2,
+                    tallies=True)
   simulated = []
 
   def watching():
@@ -419,13 +257,16 @@ def test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_pa
       simulated.append(1)
       yield b
 
-  resumed = jaxsnn.evaluate(snn, watching(), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2)
-  np.testing.assert_array_equal(resumed["correct"], whole["correct"])
-  assert resumed["count"] == whole["count"] == 5 and resumed["pos_spikes"] == whole["pos_spikes"]
+  resumed = jaxsnn.evaluate(snn, watching(), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2,
+                            tallies=True)
+  assert len(simulated) == 5  # every batch was read again (to keep the order), but only the last 3 simulated
+  np.testing.assert_array_equal(resumed.correct, whole.correct)
+  assert resumed.count == whole.count == 5 and resumed.pos_spikes == whole.pos_spikes
   for site in snn.site_names:
-    np.testing.assert_array_equal(resumed["recorded"]["pos"][site], whole["recorded"]["pos"][site])
+    np.testing.assert_array_equal(resumed.recorded.pos[site], whole.recorded.pos[site])
   with pytest.raises(ValueError, match="belongs to another job"):
-    jaxsnn.evaluate(snn.replace(initial_potential=0.5), batches, 11, record_steps=(4, 11), checkpoint=path)
+    jaxsnn.evaluate(snn.replace(initial_potential=0.5), batches, 11, record_steps=(4, 11), checkpoint=path,
+                    tallies=True)
   counts = jaxsnn.analysis.recorded_counts(whole, 4)
   direct = jaxsnn.analysis.spike_counts(jaxsnn.simulate(snn, x, 4))
   for site in snn.site_names:
@@ -540,8 +381,8 @@ def test_spike_tallies_are_carried_in_int32_beside_the_narrow_counters():
 
 
 def test_a_neuron_that_changes_its_counters_dtype_is_named():
-  def step(threshold, state, current):  # widens its memory back to int32
-    state, s = jaxsnn.SNM().step(threshold, state, current)
+  def step(threshold, state, current, fire):  # widens its memory back to int32
+    state, s = jaxsnn.SNM().step(threshold, state, current, fire)
     return state._replace(m=state.m.astype(jnp.int32)), s
 
   neuron = jaxsnn.Neuron(init=jaxsnn.SNM().init, step=step, name="wide", counters=("m",))
@@ -549,6 +390,10 @@ def test_a_neuron_that_changes_its_counters_dtype_is_named():
   snn = jaxsnn.convert(apply_fn, v, x, th, neuron=neuron)
   with pytest.raises(ValueError, match=r"neuron 'wide' declares \['m'\] as counters, so they are kept in int8"):
     jaxsnn.simulate(snn, x, 8)
+  # A step without the firing decision's hook is named, with what to write instead.
+  old = jaxsnn.Neuron(init=jaxsnn.SNM().init, step=lambda th, st, z: jaxsnn.SNM().step(th, st, z), name="old")
+  with pytest.raises(ValueError, match=r"neuron 'old': its step must take \(threshold, state, current, fire\)"):
+    jaxsnn.simulate(jaxsnn.convert(apply_fn, v, x, th, neuron=old), x, 8)
 
 
 # ---- small convolutions as im2col + matmul (CPU) ------------------------------------------------------------------
@@ -630,3 +475,179 @@ def test_conv_as_matmul_equals_the_convolution_on_dyadic_data(spatial, strides, 
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
   params = jax.make_jaxpr(conv)(x, k).jaxpr.eqns[0].params
   np.testing.assert_array_equal(lowering.conv_as_matmul(x, k, params), conv(x, k))
+
+
+def test_bfloat16_network_keeps_float32_state_converges_and_matches_float32_spikes():
+  apply_fn, variables, x = random_net(4)
+  bf16 = lambda v, x: apply_fn(jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), v), x)  # noqa: E731
+  xb = x.astype(jnp.bfloat16)
+  th = jaxsnn.thresholds(jaxsnn.calibrate(bf16, variables, [xb]))
+  snn = jaxsnn.convert(bf16, variables, xb, th)
+  ann = np.asarray(bf16(variables, xb), np.float32)
+  trace = jaxsnn.simulate(snn, xb, 512, block_size=128)
+  errors = [rel_error(trace.outputs[t - 1], ann) for t in (32, 128, 512)]
+  assert errors[0] > errors[1] > errors[2] and errors[2] < 0.05, errors
+  # With bfloat16 state the membrane stops absorbing small currents; float32 state is the default, and asking for
+  # bfloat16 state shows the difference.
+  narrow = jaxsnn.convert(bf16, variables, xb, th, state_dtype=jnp.bfloat16)
+  assert rel_error(jaxsnn.simulate(narrow, xb, 512, block_size=128).outputs[-1], ann) > errors[2]
+
+  # Currents exact in bfloat16 (dyadic, few bits): the same spikes as the float32 network.
+  rng = np.random.default_rng(0)
+  w1 = jnp.asarray(rng.integers(-8, 9, (6, 8)) / 8, jnp.float32)
+  w2 = jnp.asarray(rng.integers(-8, 9, (8, 3)) / 8, jnp.float32)
+  xd = jnp.asarray(rng.integers(-4, 5, (16, 6)) / 4, jnp.float32)
+  f = lambda v, x: jax.nn.relu(x @ v[0]) @ v[1]  # noqa: E731
+  th32 = {"relu": jnp.asarray(rng.integers(1, 9, (8,)) / 4, jnp.float32)}
+  s32 = jaxsnn.simulate(jaxsnn.convert(f, (w1, w2), xd, th32), xd, 40)
+  vb = (w1.astype(jnp.bfloat16), w2.astype(jnp.bfloat16))
+  s16 = jaxsnn.simulate(jaxsnn.convert(f, vb, xd.astype(jnp.bfloat16), th32), xd.astype(jnp.bfloat16), 40)
+  np.testing.assert_array_equal(s16.pos_spikes["relu"], s32.pos_spikes["relu"])
+  np.testing.assert_array_equal(s16.neg_spikes["relu"], s32.neg_spikes["relu"])
+
+
+@pytest.mark.parametrize("neuron", [jaxsnn.SNM(), jaxsnn.IF()])
+@pytest.mark.parametrize("potential", ["scalar", "per_neuron"])
+def test_initial_potential_against_numpy_exactly(neuron, potential):
+  apply_fn, variables, x, th, currents = dyadic_two_layer()
+  if potential == "scalar":
+    ip, frac = 0.5, np.full(5, 0.5)
+  else:
+    frac = np.array([0.0, 0.25, 0.5, 0.75, -0.5])
+    ip = {"relu": jnp.asarray(frac, jnp.float32)}
+  snn = jaxsnn.convert(apply_fn, variables, x, th, neuron=neuron, initial_potential=ip)
+  steps = 16  # a power of two: the readout's division by T is exact
+  theta = np.asarray(th["relu"], np.float64)
+  pos, neg, out = numpy_neuron_run(neuron.name[:3], currents, theta, frac * theta, steps)
+  for block in (None, 3, 16):
+    trace = jaxsnn.simulate(snn, x, steps, block_size=block)
+    np.testing.assert_array_equal(trace.pos_spikes["relu"], pos)
+    np.testing.assert_array_equal(trace.neg_spikes["relu"], neg)
+    np.testing.assert_array_equal(trace.outputs[-1], (out @ np.asarray(variables[2], np.float64)) / steps)
+
+
+def test_half_threshold_start_rounds_instead_of_flooring():
+  # A constant current a reaches clip(floor(a T / theta + p), 0, T) spikes: p = 1/2 rounds (QCFS Theorem 2).
+  apply_fn, variables, x, th, currents = dyadic_two_layer(1)
+  theta = np.asarray(th["relu"], np.float64)
+  for p, rule in ((0.0, np.floor), (0.5, lambda u: np.floor(u + 0.5))):
+    snn = jaxsnn.convert(apply_fn, variables, x, th, neuron=jaxsnn.IF(), initial_potential=p)
+    for steps in (1, 4, 8):
+      count = np.asarray(jaxsnn.simulate(snn, x, steps).pos_spikes["relu"])
+      np.testing.assert_array_equal(count, np.clip(rule(currents * steps / theta), 0, steps))
+
+
+@pytest.mark.parametrize("neuron,readout", [(jaxsnn.SNM(), "membrane"), (jaxsnn.SNM(), "spike"),
+                                            (jaxsnn.IF(), "spike")])
+def test_schedules_stay_bit_identical_with_potentials_and_offsets(neuron, readout):
+  apply_fn, variables, x, th = residual_setup()
+  rng = np.random.default_rng(3)
+  snn = jaxsnn.convert(apply_fn, variables, x, th, neuron=neuron, readout=readout, initial_potential=0.5)
+  shapes = dict(snn.site_shapes)
+  snn = snn.replace(initial_potential={k: rng.uniform(0, 1, s).astype(np.float32) for k, s in shapes.items()},
+                    offsets={k: rng.normal(0, 0.05, s).astype(np.float32) for k, s in shapes.items()})
+  ref = jaxsnn.simulate(snn, x, 23)
+  for block in (4, 23):
+    got = jaxsnn.simulate(snn, x, 23, block_size=block)
+    np.testing.assert_array_equal(np.asarray(got.outputs), np.asarray(ref.outputs))
+    for k in ref.pos_spikes:
+      np.testing.assert_array_equal(got.pos_spikes[k], ref.pos_spikes[k])
+      np.testing.assert_array_equal(got.neg_spikes[k], ref.neg_spikes[k])
+
+
+def test_output_layer_potential_with_spike_readout():
+  apply_fn, variables, x, th, _ = dyadic_two_layer(2)
+  th = {**th, "output": jnp.full(3, 1.0)}
+  base = jaxsnn.convert(apply_fn, variables, x, th, readout="spike")
+  half = base.replace(initial_potential={"output": jnp.full(base.output_shape, 0.5)})
+  a, b = jaxsnn.simulate(base, x, 7), jaxsnn.simulate(half, x, 7)
+  assert int(b.pos_spikes["output"].sum()) > int(a.pos_spikes["output"].sum())
+  np.testing.assert_array_equal(a.pos_spikes["relu"], b.pos_spikes["relu"])  # only the output layer changed
+
+
+def test_potentials_offsets_and_thresholds_are_data():
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  jaxsnn.simulate(snn, x, 6)
+  others = [snn.replace(initial_potential=0.5), snn.replace(offsets={snn.site_names[0]: 0.1}),
+            snn.replace(thresholds={k: v * 0.8 for k, v in th.items()}, initial_potential=0.25)]
+  with count_compiles() as compiles:
+    outs = [jaxsnn.simulate(o, x, 6).outputs for o in others]
+  assert compiles == []
+  assert not np.array_equal(outs[0], outs[1])
+
+
+def test_bad_potentials_are_rejected_with_the_site_named():
+  apply_fn, variables, x, th = residual_setup()
+  with pytest.raises(ValueError, match="initial_potential must be finite"):
+    jaxsnn.convert(apply_fn, variables, x, th, initial_potential=float("nan"))
+  with pytest.raises(ValueError, match="initial_potential .* has shape \\(2,\\)"):
+    jaxsnn.convert(apply_fn, variables, x, th, initial_potential={"ResidualConvNet/relu": np.zeros(2)})
+  with pytest.raises(ValueError, match="initial_potential must be a float or a dict"):
+    jaxsnn.convert(apply_fn, variables, x, th, initial_potential="half")
+
+
+def test_non_finite_inputs_read_out_nan_and_count_as_wrong():
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  bad = x.at[1, 2, 3, 0].set(jnp.nan).at[3, 0, 0, 1].set(jnp.inf)
+  trace = jaxsnn.simulate(snn, bad, 9, block_size=4)
+  out = np.asarray(trace.outputs)
+  assert np.isnan(out[:, [1, 3]]).all() and np.isfinite(out[:, [0, 2, 4]]).all()
+  np.testing.assert_array_equal(out[:, [0, 2, 4]], np.asarray(jaxsnn.simulate(snn, x, 9).outputs)[:, [0, 2, 4]])
+  labels = np.asarray(apply_fn(variables, x)).argmax(-1)
+  with pytest.warns(UserWarning, match="2 of 5 examples had a NaN or infinite input"):
+    res = jaxsnn.evaluate(snn, [(bad, labels)], 9)
+  assert res.non_finite == 2 and res.correct.max() <= 3
+  # accuracy_vs_time never scores a non-finite sample as class 0 (an all-NaN batch scores 0, not label 0's share).
+  zeros = np.zeros_like(labels)
+  nan_trace = jaxsnn.simulate(snn, jnp.full_like(x, jnp.nan), 4)
+  np.testing.assert_array_equal(jaxsnn.accuracy_vs_time(nan_trace, zeros), np.zeros(4))
+
+
+def windowed(outputs, delay):
+  """numpy re-statement: the mean of the per-step readout over steps min(delay, t - 1) + 1 .. t, for every t."""
+  out = np.asarray(outputs, np.float64)
+  steps = np.arange(1, len(out) + 1)
+  cum = out * steps.reshape((-1,) + (1,) * (out.ndim - 1))
+  res = np.empty_like(out)
+  for t in steps:
+    s = min(delay, t - 1)
+    res[t - 1] = (cum[t - 1] - (cum[s - 1] if s else 0.0)) / (t - s)
+  return res
+
+
+@pytest.mark.parametrize("readout", ["membrane", "spike"])
+def test_readout_delay_against_numpy_and_schedules_bit_identical(readout):
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th, readout=readout, initial_potential=0.5)
+  plain = jaxsnn.simulate(snn, x, 13)
+  for delay in (0, 1, 5, 12, 40):  # 12 and 40: every t reads its last step only
+    delayed = snn.replace(readout_delay=delay)
+    ref = jaxsnn.simulate(delayed, x, 13)
+    np.testing.assert_allclose(np.asarray(ref.outputs), windowed(plain.outputs, delay), rtol=2e-6, atol=1e-6)
+    for k in ref.pos_spikes:  # the delay changes the readout only, never a spike
+      np.testing.assert_array_equal(ref.pos_spikes[k], plain.pos_spikes[k])
+    for block in (3, 13):
+      got = jaxsnn.simulate(delayed, x, 13, block_size=block)
+      np.testing.assert_array_equal(np.asarray(got.outputs), np.asarray(ref.outputs))
+  np.testing.assert_array_equal(np.asarray(jaxsnn.simulate(snn.replace(readout_delay=0), x, 13).outputs),
+                                np.asarray(plain.outputs))  # 0 is the plain mean, bit for bit
+  last = np.asarray(jaxsnn.simulate(snn.replace(readout_delay=40), x, 13).outputs)
+  assert not np.allclose(last[-1], np.asarray(plain.outputs)[-1])  # the delay does change the answer
+
+
+def test_readout_delay_is_data_and_bad_delays_are_rejected():
+  apply_fn, variables, x, th = residual_setup()
+  snn = jaxsnn.convert(apply_fn, variables, x, th, readout_delay=2)
+  assert int(snn.readout_delay) == 2
+  jaxsnn.simulate(snn, x, 6)
+  with count_compiles() as compiles:
+    jaxsnn.simulate(snn.replace(readout_delay=4), x, 6)
+    jaxsnn.simulate(snn.replace(readout_delay=np.int64(0)), x, 6)
+  assert compiles == []
+  for bad, match in ((-1, "must be >= 0"), (1.5, "must be an int"), (True, "must be an int"), ([1], "must be an int")):
+    with pytest.raises(ValueError, match=f"readout_delay {match}"):
+      snn.replace(readout_delay=bad)
+  with pytest.raises(ValueError, match="readout_delay must be >= 0"):
+    jaxsnn.convert(apply_fn, variables, x, th, readout_delay=-3)

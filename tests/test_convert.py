@@ -1,10 +1,9 @@
-"""The core's foundations: one primitive registry, input-only work kept analog, value-equal configuration (no
-recompilation), the frozen SpikingNetwork pytree, clear errors, masked calibration and module boundaries."""
+"""Conversion: what converts (one primitive registry, input-only work kept analog, scans and constant conds inlined),
+what does not (each named with its primitive, source line and module), value-equal configuration (no recompilation),
+and the frozen SpikingNetwork pytree."""
 
-import ast
-import contextlib
 import dataclasses
-import pathlib
+import functools
 
 import flax.linen as nn
 import jax
@@ -15,12 +14,7 @@ from jax.extend import core as jcore
 
 import jaxsnn
 from jaxsnn._src import rules
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def rel_error(out, ann):
-  return float(jnp.abs(out - ann).max() / jnp.abs(ann).max())
+from conftest import count_compiles, rel_error
 
 
 def converges(apply_fn, variables, x, steps=1024, tol=2e-2):
@@ -30,22 +24,6 @@ def converges(apply_fn, variables, x, steps=1024, tol=2e-2):
   err = rel_error(trace.outputs[-1], apply_fn(variables, x))
   assert err < tol, err
   return snn
-
-
-@contextlib.contextmanager
-def count_compiles():
-  """Counts XLA compilations (jax.monitoring's backend compile events) inside the block."""
-  events = []
-
-  def listener(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      events.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield events
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def dense_params(seed, sizes):
@@ -185,7 +163,7 @@ def test_neurons_are_value_equal():
   assert jaxsnn.IF("zero") is not jaxsnn.IF()
 
 
-class Tiny(nn.Module):
+class TinyBN(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x)))
@@ -193,14 +171,14 @@ class Tiny(nn.Module):
 
 
 def test_an_equal_apply_fn_calibrates_converts_and_simulates_without_compiling_again():
-  model = Tiny()
+  model = TinyBN()
   variables = model.init(jax.random.key(0), X)
   batches = [X[:8], X[8:]]
   stats = jaxsnn.calibrate(lambda v, x: model.apply(v, x, train=False), variables, batches)
   th = jaxsnn.thresholds(stats)
   snn = jaxsnn.convert(lambda v, x: model.apply(v, x, train=False), variables, X, th, neuron=jaxsnn.IF())
   first = jaxsnn.simulate(snn, X, 8)
-  jaxsnn.authors_thresholds(lambda v, x: model.apply(v, x, train=False), variables, batches)
+  jaxsnn.authors_protocol.thresholds(lambda v, x: model.apply(v, x, train=False), variables, batches)
   jaxsnn.analysis.site_activations(lambda v, x: model.apply(v, x, train=False), variables, X)
   # A notebook cell run again: fresh lambdas, fresh neuron factory calls, equal values.
   snn2 = jaxsnn.convert(lambda v, x: model.apply(v, x, train=False), variables, X, th, neuron=jaxsnn.IF("subtract"))
@@ -212,7 +190,7 @@ def test_an_equal_apply_fn_calibrates_converts_and_simulates_without_compiling_a
     second = jaxsnn.simulate(snn2, X, 8)
     for other in new_data:
       jaxsnn.simulate(other, X, 8)
-    jaxsnn.authors_thresholds(lambda v, x: model.apply(v, x, train=False), variables, batches)
+    jaxsnn.authors_protocol.thresholds(lambda v, x: model.apply(v, x, train=False), variables, batches)
     jaxsnn.analysis.site_activations(lambda v, x: model.apply(v, x, train=False), variables, X)
   assert compiles == []
   np.testing.assert_array_equal(first.outputs, second.outputs)
@@ -232,7 +210,7 @@ def test_a_different_closed_over_constant_is_a_different_program():
 
 # ---- 4. the frozen SpikingNetwork pytree -------------------------------------------------------------------------
 def test_spiking_network_is_a_frozen_validated_pytree():
-  model = Tiny()
+  model = TinyBN()
   variables = model.init(jax.random.key(0), X)
   th = jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [X]))
   snn = jaxsnn.convert(model.apply, variables, X, th)
@@ -243,26 +221,19 @@ def test_spiking_network_is_a_frozen_validated_pytree():
   assert jax.tree_util.tree_structure(again) == treedef and again.site_shapes == snn.site_shapes
   with pytest.raises(ValueError, match="cannot replace \\['neuron'\\]"):
     snn.replace(neuron=jaxsnn.IF())
-  with pytest.raises(ValueError, match="initial_potential 'Tiny/relu' has 1 non-finite"):
-    snn.replace(initial_potential={"Tiny/relu": jnp.full((8,), 0.5).at[3].set(jnp.nan)})
-  with pytest.raises(ValueError, match="offsets 'Tiny/relu' has shape \\(3,\\)"):
-    snn.replace(offsets={"Tiny/relu": jnp.zeros(3)})
+  with pytest.raises(ValueError, match="initial_potential 'TinyBN/relu' has 1 non-finite"):
+    snn.replace(initial_potential={"TinyBN/relu": jnp.full((8,), 0.5).at[3].set(jnp.nan)})
+  with pytest.raises(ValueError, match="offsets 'TinyBN/relu' has shape \\(3,\\)"):
+    snn.replace(offsets={"TinyBN/relu": jnp.zeros(3)})
   with pytest.raises(ValueError, match="unexpected: \\['nope'\\]"):
     snn.replace(offsets={"nope": jnp.zeros(3)})
 
 
 # ---- 5. clear errors where users land ------------------------------------------------------------------------------
-def test_calibrate_rejects_one_array_with_a_message_that_says_what_to_pass():
-  model = Tiny()
-  variables = model.init(jax.random.key(0), X)
-  with pytest.raises(ValueError, match=r"iterable of input batches(.|\n)*Pass \[x\] for one batch"):
-    jaxsnn.calibrate(model.apply, variables, X)
-  with pytest.raises(ValueError, match="iterable of input batches"):
-    jaxsnn.calibrate(model.apply, variables, np.asarray(X))
 
 
 def test_float32_thresholds_on_a_bfloat16_network_are_cast_at_convert():
-  model = Tiny()
+  model = TinyBN()
   variables = model.init(jax.random.key(0), X)
   apply_fn = lambda v, x: model.apply(jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), v), x)  # noqa: E731
   xb = X.astype(jnp.bfloat16)
@@ -286,84 +257,155 @@ def test_a_site_without_a_leading_batch_axis_is_named():
 
 
 # ---- 6. calibration never sees padding ---------------------------------------------------------------------------
-def test_masked_rows_never_enter_the_statistics():
-  model = Tiny()
-  variables = model.init(jax.random.key(0), X)
-  padded = jnp.concatenate([X[8:], 100 * jnp.ones((4, 6))])  # padding that would dominate every max
-  mask = np.array([True] * 8 + [False] * 4)
-  got = jaxsnn.calibrate(model.apply, variables, [X[:8], (padded, mask)], histogram=True)
-  want = jaxsnn.calibrate(model.apply, variables, [X[:8], X[8:]], histogram=True)
-  assert got.num_samples == want.num_samples == 16
-  for k in want.max:
-    np.testing.assert_array_equal(got.max[k], want.max[k])
-  for k in want.hist:
-    np.testing.assert_array_equal(got.hist[k], want.hist[k])
-  with pytest.raises(ValueError, match="every example of the calibration batches is masked out"):
-    jaxsnn.calibrate(model.apply, variables, [(X, np.zeros(16, bool))])
-
-
-def test_non_finite_activations_are_named_at_calibration():
-  model = Tiny()
-  variables = model.init(jax.random.key(0), X)
-  with pytest.raises(ValueError, match=r"non-finite activations(.|\n)*site 'Tiny/relu': 8 values"):
-    jaxsnn.calibrate(model.apply, variables, [X[:4], X[4:8].at[1, 2].set(jnp.nan)])
 
 
 # ---- 7. module boundaries ----------------------------------------------------------------------------------------
-def test_no_module_imports_another_modules_private_names_or_jax_internals():
-  offenders = []
-  for path in sorted((ROOT / "jaxsnn").rglob("*.py")):
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-      if isinstance(node, ast.ImportFrom) and node.module:
-        if node.module.startswith("jax._src"):
-          offenders.append(f"{path.name}: from {node.module}")
-        if node.module.startswith("jaxsnn"):
-          offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
-      if isinstance(node, ast.Import):
-        offenders += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("jax._src")]
-  assert offenders == []
-
-
-def test_experiment_scripts_do_not_import_each_other():
-  scripts = {p.stem for p in (ROOT / "experiments").glob("*.py")} - {"__init__", "common"}
-  for path in (ROOT / "experiments").glob("*.py"):
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-      names = []
-      if isinstance(node, ast.ImportFrom) and node.module:
-        names = [node.module.split(".")[-1]] + [a.name for a in node.names]
-      elif isinstance(node, ast.Import):
-        names = [a.name.split(".")[-1] for a in node.names]
-      assert not set(names) & scripts, (path.name, names)
 
 
 # ---- bfloat16 networks keep float32 neuron state ----------------------------------------------------------------
-def test_bfloat16_network_keeps_float32_state_converges_and_matches_float32_spikes():
-  from random_nets import random_net
-  apply_fn, variables, x = random_net(4)
-  bf16 = lambda v, x: apply_fn(jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), v), x)  # noqa: E731
-  xb = x.astype(jnp.bfloat16)
-  th = jaxsnn.thresholds(jaxsnn.calibrate(bf16, variables, [xb]))
-  snn = jaxsnn.convert(bf16, variables, xb, th)
-  ann = np.asarray(bf16(variables, xb), np.float32)
-  trace = jaxsnn.simulate(snn, xb, 512, block_size=128)
-  errors = [rel_error(trace.outputs[t - 1], ann) for t in (32, 128, 512)]
-  assert errors[0] > errors[1] > errors[2] and errors[2] < 0.05, errors
-  # With bfloat16 state the membrane stops absorbing small currents; float32 state is the default, and asking for
-  # bfloat16 state shows the difference.
-  narrow = jaxsnn.convert(bf16, variables, xb, th, state_dtype=jnp.bfloat16)
-  assert rel_error(jaxsnn.simulate(narrow, xb, 512, block_size=128).outputs[-1], ann) > errors[2]
 
-  # Currents exact in bfloat16 (dyadic, few bits): the same spikes as the float32 network.
+
+class PreprocessNet(nn.Module):
+  """Non-affine operations on the input alone are fine: the input is a constant current, computed once."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.tanh(x) * x ** 2
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    h = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(3)(jnp.concatenate([h, jnp.pad(h[:, :2], ((0, 0), (1, 1)))], axis=1))
+
+
+def test_input_only_nonlinearity_concat_pad_and_slices_convert():
+  model = PreprocessNet()
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 2))
+  variables = model.init(jax.random.PRNGKey(1), x)
+  apply_fn = model.apply
+  th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  trace = jaxsnn.simulate(snn, x, 1024)
+  assert rel_error(trace.outputs[-1], apply_fn(variables, x)) < 2e-2
+
+
+class Act(nn.Module):
+  act: object
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(6)(x))
+    x = self.act(nn.Dense(6)(x))
+    return nn.Dense(2)(x)
+
+
+def product(x):
+  return x * jnp.roll(x, 1, axis=-1)
+
+
+def batchnorm_train(x):
+  mean = x.mean(0)
+  return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(0) + 1e-5)
+
+
+@pytest.mark.parametrize("act,primitive", [
+    (jnp.tanh, "tanh"), (jax.nn.sigmoid, "logistic"), (functools.partial(jax.nn.gelu, approximate=False), "erfc"),
+    (jax.nn.softmax, "exp"), (product, "mul"), (jax.nn.relu6, "min"), (jax.nn.leaky_relu, "ge"),
+    (batchnorm_train, "integer_pow"), (lambda x: jnp.maximum(x, 0.5), "max"),
+])
+def test_unsupported_primitive_is_named_with_its_source_line(act, primitive):
+  model = Act(act)
+  x = jnp.ones((2, 4))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  with pytest.raises(jaxsnn.ConversionError) as info:
+    jaxsnn.convert(model.apply, variables, x, {})
+  msg = str(info.value)
+  assert msg.startswith("jaxsnn.convert:") and f"primitive '{primitive}'" in msg
+  assert ".py:" in msg and "in module: Act" in msg
+
+
+def test_multiple_outputs_rejected():
+  with pytest.raises(jaxsnn.ConversionError, match="must return one array"):
+    jaxsnn.convert(lambda v, x: (x @ v, x @ v), jnp.ones((3, 2)), jnp.ones((4, 3)), {})
+
+
+def test_ops_with_constant_operands_convert_and_spiking_ones_do_not():
   rng = np.random.default_rng(0)
-  w1 = jnp.asarray(rng.integers(-8, 9, (6, 8)) / 8, jnp.float32)
-  w2 = jnp.asarray(rng.integers(-8, 9, (8, 3)) / 8, jnp.float32)
-  xd = jnp.asarray(rng.integers(-4, 5, (16, 6)) / 4, jnp.float32)
-  f = lambda v, x: jax.nn.relu(x @ v[0]) @ v[1]  # noqa: E731
-  th32 = {"relu": jnp.asarray(rng.integers(1, 9, (8,)) / 4, jnp.float32)}
-  s32 = jaxsnn.simulate(jaxsnn.convert(f, (w1, w2), xd, th32), xd, 40)
-  vb = (w1.astype(jnp.bfloat16), w2.astype(jnp.bfloat16))
-  s16 = jaxsnn.simulate(jaxsnn.convert(f, vb, xd.astype(jnp.bfloat16), th32), xd.astype(jnp.bfloat16), 40)
-  np.testing.assert_array_equal(s16.pos_spikes["relu"], s32.pos_spikes["relu"])
-  np.testing.assert_array_equal(s16.neg_spikes["relu"], s32.neg_spikes["relu"])
+  w = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  mask = jnp.asarray(rng.random(6) < 0.5)
+  idx = jnp.array([5, 0, 2])
+
+  def good(v, x):
+    h = jax.nn.relu(x @ v)
+    return jnp.where(mask, h, 0.0)[:, idx] / 2.0 + jnp.flip(h, 1)[:, :3]
+
+  x = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+  th = jaxsnn.thresholds(jaxsnn.calibrate(good, w, [x]))
+  trace = jaxsnn.simulate(jaxsnn.convert(good, w, x, th), x, 1024, block_size=100)
+  assert rel_error(trace.outputs[-1], good(w, x)) < 2e-2
+
+  def bad(v, x):
+    h = jax.nn.relu(x @ v)
+    return h[:, :3] / (1.0 + h[:, 3:])
+
+  with pytest.raises(jaxsnn.ConversionError, match="primitive 'div' operand 1 .* is spiking"):
+    jaxsnn.convert(bad, w, x, {})
+
+
+def small():
+  model = Act(nn.relu)
+  x = jnp.ones((3, 4))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  th = jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [x]))
+  return model.apply, variables, x, th
+
+
+def test_threshold_errors():
+  apply_fn, variables, x, th = small()
+  names = [k for k in th if k != "output"]
+  with pytest.raises(ValueError, match=r"missing: \['Act/relu_1'\]"):
+    jaxsnn.convert(apply_fn, variables, x, {names[0]: th[names[0]]})
+  with pytest.raises(ValueError, match=r"unexpected: \['bogus'\]"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, "bogus": jnp.ones(3)})
+  with pytest.raises(ValueError, match=r"has shape \(3,\), but the site has shape \(6,\)"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: jnp.ones(3)})
+  with pytest.raises(ValueError, match="negative or non-finite"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: -jnp.ones(6)})
+  with pytest.raises(ValueError, match="must be floating point"):
+    jaxsnn.convert(apply_fn, variables, x, {**th, names[0]: jnp.ones(6, jnp.int32)})
+  with pytest.raises(ValueError, match="must be a dict"):
+    jaxsnn.convert(apply_fn, variables, x, [th[n] for n in names])
+  with pytest.raises(ValueError, match="readout='spike' also needs 'output'"):
+    jaxsnn.convert(apply_fn, variables, x, {n: th[n] for n in names}, readout="spike")
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  with pytest.raises(ValueError, match="SpikingNetwork.replace: threshold"):
+    snn.replace(thresholds={**th, names[1]: jnp.ones((2, 6))})
+  with pytest.raises(ValueError, match="differ in structure, shape or dtype"):
+    snn.replace(variables={"params": {}})
+
+
+def test_argument_errors():
+  apply_fn, variables, x, th = small()
+  snn = jaxsnn.convert(apply_fn, variables, x, th)
+  for steps in (0, -3):
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+      jaxsnn.simulate(snn, x, steps)
+  for steps in (2.5, True, None):
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+      jaxsnn.simulate(snn, x, steps)
+  with pytest.raises(ValueError, match="block_size must be >= 1"):
+    jaxsnn.simulate(snn, x, 4, block_size=0)
+  with pytest.raises(ValueError, match=r"per-sample shape \(5,\).*per-sample shape \(4,\)"):
+    jaxsnn.simulate(snn, jnp.ones((3, 5)), 4)
+  with pytest.raises(ValueError, match="dtype int32"):
+    jaxsnn.simulate(snn, jnp.ones((3, 4), jnp.int32), 4)
+  with pytest.raises(ValueError, match="leading batch axis"):
+    jaxsnn.simulate(snn, jnp.float32(1.0), 4)
+  with pytest.raises(ValueError, match="snn must be a SpikingNetwork"):
+    jaxsnn.simulate(apply_fn, x, 4)
+  with pytest.raises(ValueError, match="readout must be one of"):
+    jaxsnn.convert(apply_fn, variables, x, th, readout="rate")
+  with pytest.raises(ValueError, match="neuron must be a jaxsnn.neurons.Neuron"):
+    jaxsnn.convert(apply_fn, variables, x, th, neuron="SNM")
+  with pytest.raises(ValueError, match="batches is empty"):
+    jaxsnn.calibrate(apply_fn, variables, [])
+  # a different batch size is fine
+  assert jaxsnn.simulate(snn, jnp.ones((7, 4)), 3).outputs.shape == (3, 7, 2)

@@ -1,5 +1,6 @@
-"""Threshold rules (neuron / channel / layer / layer percentile), the histogram statistic and its error bound, save and
-load, and the authors' (test-leaking) per-batch-slot protocol."""
+"""Calibration statistics and threshold rules: the max statistic, masked rows, non-finite activations, neuron /
+channel / layer / layer percentile rules, the histogram statistic and its error bound, save and load, and the authors'
+(test-leaking) per-batch-slot protocol."""
 
 import flax.linen as nn
 import jax
@@ -12,14 +13,9 @@ from hypothesis import strategies as st
 import jaxsnn
 from jaxsnn._src import calibrate as cal
 from jaxsnn._src import norms
-from random_nets import random_net
+from conftest import Tiny, init_params, random_net
 
-
-def init_params(model, x, seed):
-  """Random variables of the model's shapes, drawn in numpy (no compilation: keeps the tests fast)."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), shapes)
+X = jnp.asarray(np.random.default_rng(7).normal(size=(16, 6)), jnp.float32)
 
 
 class TwoLayer(nn.Module):
@@ -219,7 +215,7 @@ def test_threshold_errors(two_layer):
 def test_authors_protocol_keeps_a_batch_slot_axis_and_leaks_the_test_set(two_layer):
   apply_fn, variables, x, _ = two_layer
   test, train = [x[:6], x[6:12]], [x[12:18], x[18:24]]
-  slots = jaxsnn.authors_thresholds(apply_fn, variables, test + train)
+  slots = jaxsnn.authors_protocol.thresholds(apply_fn, variables, test + train)
   a1, a2, logits = numpy_forward(variables, x)
   per_batch = lambda a: np.maximum(a.reshape((4, 6) + a.shape[1:]).max(0), 0)  # noqa: E731  max over batches, from 0
   for name, a in zip(["TwoLayer/relu", "TwoLayer/relu_1", "output"], (a1, a2, logits)):
@@ -229,17 +225,17 @@ def test_authors_protocol_keeps_a_batch_slot_axis_and_leaks_the_test_set(two_lay
   for name, a in zip(["TwoLayer/relu", "TwoLayer/relu_1"], (a1, a2)):
     for batch in range(2):
       assert (a[6 * batch:6 * batch + 6] <= np.asarray(slots[name]) + 1e-6).all()
-  with pytest.raises(ValueError, match="jaxsnn.authors_thresholds: batch 1 has 5"):
-    jaxsnn.authors_thresholds(apply_fn, variables, [x[:6], x[6:11]])
+  with pytest.raises(ValueError, match="authors_protocol.thresholds: a batch has 5 real samples"):
+    jaxsnn.authors_protocol.thresholds(apply_fn, variables, [x[:6], x[6:11]])
 
 
 def test_simulate_authors_runs_each_sample_with_its_slot_thresholds(two_layer):
   apply_fn, variables, x, _ = two_layer
   # Slots from other samples than the simulated ones: no activation sits exactly on its threshold, where the
   # summation order (batched vs single) could decide a spike.
-  slots = jaxsnn.authors_thresholds(apply_fn, variables, [x[8:12], x[12:16]])
+  slots = jaxsnn.authors_protocol.thresholds(apply_fn, variables, [x[8:12], x[12:16]])
   snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x])))
-  trace = jaxsnn.simulate_authors(snn, x[:3], slots, 12)
+  trace = jaxsnn.authors_protocol.simulate(snn, x[:3], slots, 12)
   assert trace.outputs.shape == (12, 3, 4)
   for i in range(3):
     one = jaxsnn.simulate(snn.replace(thresholds={k: slots[k][i] for k in snn.site_names}), x[i:i + 1], 12)
@@ -247,5 +243,37 @@ def test_simulate_authors_runs_each_sample_with_its_slot_thresholds(two_layer):
     for k in snn.site_names:
       np.testing.assert_array_equal(trace.pos_spikes[k][i], one.pos_spikes[k][0])
       np.testing.assert_array_equal(trace.neg_spikes[k][i], one.neg_spikes[k][0])
-  with pytest.raises(ValueError, match="jaxsnn.simulate_authors: slot thresholds"):
-    jaxsnn.simulate_authors(snn, x[:5], slots, 4)
+  with pytest.raises(ValueError, match="authors_protocol.simulate: slot thresholds"):
+    jaxsnn.authors_protocol.simulate(snn, x[:5], slots, 4)
+
+
+def test_calibrate_rejects_one_array_with_a_message_that_says_what_to_pass():
+  model = Tiny()
+  variables = model.init(jax.random.key(0), X)
+  with pytest.raises(ValueError, match=r"iterable of batches(.|\n)*Pass \[x\] for one batch"):
+    jaxsnn.calibrate(model.apply, variables, X)
+  with pytest.raises(ValueError, match="iterable of batches"):
+    jaxsnn.calibrate(model.apply, variables, np.asarray(X))
+
+
+def test_masked_rows_never_enter_the_statistics():
+  model = Tiny()
+  variables = model.init(jax.random.key(0), X)
+  padded = jnp.concatenate([X[8:], 100 * jnp.ones((4, 6))])  # padding that would dominate every max
+  mask = np.array([True] * 8 + [False] * 4)
+  got = jaxsnn.calibrate(model.apply, variables, [X[:8], (padded, None, mask)], histogram=True)
+  want = jaxsnn.calibrate(model.apply, variables, [X[:8], X[8:]], histogram=True)
+  assert got.num_samples == want.num_samples == 16
+  for k in want.max:
+    np.testing.assert_array_equal(got.max[k], want.max[k])
+  for k in want.hist:
+    np.testing.assert_array_equal(got.hist[k], want.hist[k])
+  with pytest.raises(ValueError, match="every example of the calibration batches is masked out"):
+    jaxsnn.calibrate(model.apply, variables, [(X, None, np.zeros(16, bool))])
+
+
+def test_non_finite_activations_are_named_at_calibration():
+  model = Tiny()
+  variables = model.init(jax.random.key(0), X)
+  with pytest.raises(ValueError, match=r"non-finite activations(.|\n)*site 'Tiny/relu': 8 values"):
+    jaxsnn.calibrate(model.apply, variables, [X[:4], X[4:8].at[1, 2].set(jnp.nan)])

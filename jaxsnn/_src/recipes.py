@@ -1,0 +1,349 @@
+"""Recipes: a trained ANN to an SNN in one call, composed of the library's stages, with a report of every choice.
+
+A *stage* is a function ``(snn, batches) -> (snn, report)`` (:func:`jaxsnn.calibrate_snn`,
+:func:`jaxsnn.choose_readout_delay` and :func:`jaxsnn.tune_snn` with their settings bound by ``functools.partial``);
+:func:`chain` composes stages the way ``optax.chain`` composes gradient transformations. The recipes build the
+network (calibration statistics, thresholds, conversion) and chain the stages their options switch on:
+
+* :func:`paper`: the paper's method, SNM + NeuronNorm, every neuron starting at ``v = 0``;
+* :func:`low_latency`: the measured stack for a target T: ``v0 = θ/2``, thresholds chosen for T, layer-wise SNN
+  calibration, a readout delay (and optionally end-to-end tuning through the simulation);
+* :func:`qcfs`: a network trained with :class:`jaxsnn.models.QCFS` activations, converted with its trained λ and
+  ``v0 = θ/2``, calibrated and delayed at T.
+
+Every recipe reads training batches only (any form of the batch protocol; a one-shot iterator is read once and kept
+in memory, since the recipes read the data several times) and returns ``(snn, RecipeReport)``. The defaults are the
+settings of every committed result: statistics from all the given batches, ``calibrate_snn`` on the first 256
+examples, the readout delay and the agreement check on the first 1,024, in batches of 128.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable
+
+import numpy as np
+
+from jaxsnn._src import ir, norms
+from jaxsnn._src.batches import as_batch, check_batches, take
+from jaxsnn._src.calibrate import Stats, calibrate
+from jaxsnn._src.convert import SpikingNetwork, convert
+from jaxsnn._src.evaluate import agreement
+from jaxsnn._src.neurons import SNM, Neuron
+from jaxsnn._src.readout import choose_readout_delay
+from jaxsnn._src.reports import RecipeReport, Report
+from jaxsnn._src.snn_calibration import calibrate_snn
+from jaxsnn._src.thresholds import RatioHistograms, ratio_histograms, thresholds_for_steps
+from jaxsnn._src.tuning import tune_snn
+
+Stage = Callable[[SpikingNetwork, Any], tuple]
+
+SNN_CALIBRATION_EXAMPLES = 256  # calibrate_snn's training examples in every committed result
+DELAY_EXAMPLES = 1024  # choose_readout_delay's (and the agreement check's)
+TUNE_EXAMPLES, TUNE_STEPS = 1024, 200  # tune_snn's
+BATCH_SIZE = 128
+
+
+def chain(*stages: Stage) -> Stage:
+  """Composes stages ``(snn, batches) -> (snn, report)`` into one that runs them in order on the same batches and
+  returns the last network and the tuple of their reports.
+
+  Args:
+    *stages: functions ``(snn, batches) -> (snn, report)``, e.g. the library's tools with their settings bound by
+      ``functools.partial``.
+
+  Returns:
+    A stage ``(snn, batches) -> (snn, reports)``.
+
+  Example:
+    >>> stage = jaxsnn.recipes.chain(functools.partial(jaxsnn.calibrate_snn, num_steps=8),
+    ...                              functools.partial(jaxsnn.choose_readout_delay, num_steps=8))
+    >>> snn, (calibration, delay) = stage(snn, train_batches)
+  """
+  def run(snn, batches):
+    reports = []
+    for stage in stages:
+      snn, report = stage(snn, batches)
+      reports.append(report)
+    return snn, tuple(reports)
+  return run
+
+
+def _reusable(batches: Iterable[Any], caller: str):
+  """``batches`` as something that can be read several times (a one-shot iterator is read once into a list)."""
+  check_batches(batches, caller)
+  if isinstance(batches, Iterator):
+    return list(batches)
+  return batches
+
+
+def _first_input(batches, caller: str, input_key: str):
+  for item in batches:
+    return as_batch(item, caller, input_key).x
+  raise ValueError(f"{caller}: train_batches is empty; pass training batches.")
+
+
+def _neuron(neuron, caller):
+  neuron = SNM() if neuron is None else neuron
+  if not isinstance(neuron, Neuron):
+    raise ValueError(f"{caller}: neuron must be a jaxsnn.neurons.Neuron (e.g. jaxsnn.SNM()); got {neuron!r}.")
+  return neuron
+
+
+class _Recipe:
+  """The running record of a recipe: its data subsets, its stage reports and the agreement check."""
+
+  def __init__(self, name, batches, num_steps, check_examples, batch_size, progress, mesh, input_key):
+    self.name, self.batches, self.num_steps = name, batches, num_steps
+    self.progress, self.mesh, self.input_key = progress, mesh, input_key
+    self.batch_size = batch_size
+    self.check = None
+    if num_steps is not None and check_examples:
+      self.check = self.subset(check_examples)
+    self.stages: list = []
+
+  def subset(self, n: int) -> list:
+    return take(self.batches, n, self.batch_size, f"jaxsnn.recipes.{self.name}", self.input_key)
+
+  def agree(self, snn) -> float | None:
+    if self.check is None:
+      return None
+    return agreement(snn, self.check, self.num_steps, progress=self.progress, mesh=self.mesh)
+
+  def add(self, report: Report, snn=None, measure: bool = True) -> None:
+    import dataclasses
+    if measure and snn is not None and report.agreement is None:
+      report = dataclasses.replace(report, agreement=self.agree(snn))
+    self.stages.append(report)
+
+  def report(self) -> RecipeReport:
+    return RecipeReport(self.name, self.num_steps, tuple(self.stages))
+
+
+def _stats(apply_fn, variables, batches, stats, rec: _Recipe, caller) -> Stats:
+  t0 = time.perf_counter()
+  if stats is None:
+    stats = calibrate(apply_fn, variables, batches, mesh=rec.mesh, progress=rec.progress, input_key=rec.input_key)
+  elif not isinstance(stats, Stats):
+    raise ValueError(f"{caller}: stats must be jaxsnn.Stats from jaxsnn.calibrate; got {type(stats).__name__}.")
+  rec.add(Report("calibrate", {"statistic": "per-neuron max"}, examples=stats.num_samples,
+                 seconds=time.perf_counter() - t0), measure=False)
+  return stats
+
+
+def paper(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, num_steps: int | None = None,
+          neuron: Neuron | None = None, norm: str = "neuron", initial_potential: float = 0.0,
+          readout: str = "membrane", stats: Stats | None = None, check_examples: int = DELAY_EXAMPLES,
+          mesh=None, progress: bool = False, input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
+  """The paper's method (Wang et al., IJCAI 2022): SNM neurons with NeuronNorm thresholds, every neuron at v = 0.
+
+  Args:
+    apply_fn: ``apply_fn(variables, x) -> logits`` of the trained ANN.
+    variables: its variables.
+    train_batches: training batches (any form of the batch protocol); never the test set.
+    num_steps: a T at which to report the SNN's agreement with the ANN on the first ``check_examples`` training
+      examples (None: no check; the network itself works at any T).
+    neuron: the neuron (default SNM; ``jaxsnn.IF()`` for the paper's ablation).
+    norm: ``"neuron"`` (NeuronNorm, the paper), ``"channel"`` or ``"layer"`` (LayerNorm, the ablation).
+    initial_potential: where every neuron starts, a fraction of its threshold (0: the paper).
+    readout: ``"membrane"`` or ``"spike"`` (the output layer spiking, as the authors' code).
+    stats: calibration statistics already computed on these batches (:func:`jaxsnn.calibrate`), to reuse.
+    check_examples: training examples of the agreement check.
+    mesh: as in :func:`jaxsnn.calibrate`.
+    progress: tqdm bars.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    ``(snn, report)``.
+
+  Raises:
+    ValueError: for empty batches, an unknown norm, or what :func:`jaxsnn.convert` rejects.
+
+  Example:
+    >>> snn, report = jaxsnn.recipes.paper(apply_fn, variables, train_batches)
+    >>> print(report)
+  """
+  caller = "jaxsnn.recipes.paper"
+  train_batches = _reusable(train_batches, caller)
+  rec = _Recipe("paper", train_batches, num_steps, check_examples, BATCH_SIZE, progress, mesh, input_key)
+  stats = _stats(apply_fn, variables, train_batches, stats, rec, caller)
+  t0 = time.perf_counter()
+  snn = convert(apply_fn, variables, _first_input(train_batches, caller, input_key), norms.thresholds(stats, norm),
+                neuron=_neuron(neuron, caller), readout=readout, initial_potential=initial_potential)
+  rec.add(Report("convert", {"neuron": snn.neuron.name, "norm": norm, "initial_potential": initial_potential},
+                 examples=stats.num_samples, num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
+  return snn, rec.report()
+
+
+def _stages(snn, rec: _Recipe, num_steps: int, *, snn_calibration: bool, end_to_end: bool, readout_delay: bool,
+            snn_calibration_examples: int, delay_examples: int, tune_examples: int, tune_steps: int,
+            tune_checkpoint) -> SpikingNetwork:
+  stages = []
+  if snn_calibration:
+    stages.append(("calibrate_snn", snn_calibration_examples,
+                   functools.partial(calibrate_snn, num_steps=num_steps, progress=rec.progress, mesh=rec.mesh)))
+  if end_to_end:
+    stages.append(("tune_snn", tune_examples,
+                   functools.partial(tune_snn, num_steps=num_steps, steps=tune_steps, progress=rec.progress,
+                                     checkpoint=tune_checkpoint)))
+  if readout_delay:
+    stages.append(("readout_delay", delay_examples,
+                   functools.partial(choose_readout_delay, num_steps=num_steps, progress=rec.progress, mesh=rec.mesh)))
+  for _, examples, stage in stages:
+    snn, report = stage(snn, rec.subset(examples))
+    rec.add(report, snn)
+  return snn
+
+
+def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_steps: int, *,
+                neuron: Neuron | None = None, initial_potential: float = 0.5, t_aware_thresholds: bool = True,
+                snn_calibration: bool = True, readout_delay: bool = True, end_to_end: bool = False,
+                stats: Stats | None = None, histograms: RatioHistograms | None = None,
+                snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES, delay_examples: int = DELAY_EXAMPLES,
+                tune_examples: int = TUNE_EXAMPLES, tune_steps: int = TUNE_STEPS, tune_checkpoint=None,
+                check_examples: int = DELAY_EXAMPLES, mesh=None, progress: bool = False,
+                input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
+  """jaxsnn's measured low-latency stack for a target T, every tool from training data (experiments/RESULTS.md,
+  "Low latency"):
+
+  1. NeuronNorm statistics (:func:`jaxsnn.calibrate`);
+  2. thresholds chosen for T (:func:`jaxsnn.ratio_histograms` + :func:`jaxsnn.thresholds_for_steps`, per channel);
+  3. conversion with every neuron starting at ``initial_potential * θ`` (θ/2: rounding instead of flooring);
+  4. layer-wise SNN calibration at T (:func:`jaxsnn.calibrate_snn`, initial potentials per channel);
+  5. optionally, end-to-end tuning through the simulation (:func:`jaxsnn.tune_snn`);
+  6. the readout delay that agrees best with the ANN at T (:func:`jaxsnn.choose_readout_delay`).
+
+  Each tool can be switched off. The report has, after every stage, the SNN's agreement with the ANN at T on the
+  first ``check_examples`` training examples.
+
+  Args:
+    apply_fn: ``apply_fn(variables, x) -> logits`` of the trained ANN.
+    variables: its variables.
+    train_batches: training batches (any form of the batch protocol); never the test set.
+    num_steps: the target T.
+    neuron: the neuron (default SNM).
+    initial_potential: where every neuron starts, a fraction of its threshold (0.5: θ/2).
+    t_aware_thresholds: thresholds chosen for T (else NeuronNorm's maxima).
+    snn_calibration: :func:`jaxsnn.calibrate_snn` on the first ``snn_calibration_examples`` examples.
+    readout_delay: :func:`jaxsnn.choose_readout_delay` on the first ``delay_examples`` examples.
+    end_to_end: :func:`jaxsnn.tune_snn` on the first ``tune_examples`` examples for ``tune_steps`` steps (resumable
+      from ``tune_checkpoint``, a file path).
+    stats: calibration statistics already computed on these batches, to reuse (several recipes on one network).
+    histograms: :func:`jaxsnn.ratio_histograms` of these batches and ``stats``, to reuse.
+    snn_calibration_examples: see above.
+    delay_examples: see above.
+    tune_examples: see above.
+    tune_steps: see above.
+    tune_checkpoint: see above.
+    check_examples: training examples of the agreement check (0: none).
+    mesh: as in :func:`jaxsnn.calibrate`.
+    progress: tqdm bars.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    ``(snn, report)``.
+
+  Raises:
+    ValueError: for a bad T or initial potential, empty batches, or what :func:`jaxsnn.convert` rejects.
+
+  Example:
+    >>> snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train_batches, num_steps=8)
+    >>> print(report)            # what each stage chose, and the agreement with the ANN after it
+    >>> jaxsnn.evaluate(snn, test_batches, num_steps=8).accuracy[-1]
+  """
+  caller = "jaxsnn.recipes.low_latency"
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise ValueError(f"{caller}: num_steps must be a positive int (the target T); got {num_steps!r}.")
+  if not (np.isfinite(initial_potential) and 0 <= initial_potential < 1):
+    raise ValueError(f"{caller}: initial_potential must be a fraction of the threshold in [0, 1); got "
+                     f"{initial_potential!r}.")
+  train_batches = _reusable(train_batches, caller)
+  rec = _Recipe("low_latency", train_batches, int(num_steps), check_examples, BATCH_SIZE, progress, mesh, input_key)
+  stats = _stats(apply_fn, variables, train_batches, stats, rec, caller)
+  if t_aware_thresholds:
+    t0 = time.perf_counter()
+    if histograms is None:
+      histograms = ratio_histograms(apply_fn, variables, train_batches, stats, mesh=mesh, progress=progress,
+                                    input_key=input_key)
+    th = thresholds_for_steps(histograms, num_steps, initial_potential)
+    base = norms.thresholds(stats, "neuron")
+    scale = {k: float(np.sum(np.asarray(th[k], np.float64)) / max(np.sum(np.asarray(base[k], np.float64)), 1e-30))
+             for k in th if k != ir.OUTPUT}
+    rec.add(Report("thresholds_for_steps", {"granularity": "channel", "mean_scale": scale},
+                   examples=histograms.num_samples, num_steps=num_steps, seconds=time.perf_counter() - t0),
+            measure=False)
+  else:
+    th = norms.thresholds(stats, "neuron")
+  t0 = time.perf_counter()
+  snn = convert(apply_fn, variables, _first_input(train_batches, caller, input_key), th,
+                neuron=_neuron(neuron, caller), initial_potential=initial_potential)
+  rec.add(Report("convert", {"neuron": snn.neuron.name, "initial_potential": initial_potential}, num_steps=num_steps,
+                 seconds=time.perf_counter() - t0), snn)
+  snn = _stages(snn, rec, num_steps, snn_calibration=snn_calibration, end_to_end=end_to_end,
+                readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
+                delay_examples=delay_examples, tune_examples=tune_examples, tune_steps=tune_steps,
+                tune_checkpoint=tune_checkpoint)
+  return snn, rec.report()
+
+
+def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_steps: int | None = None, *,
+         neuron: Neuron | None = None, snn_calibration: bool = True, readout_delay: bool = True,
+         stats: Stats | None = None, snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES,
+         delay_examples: int = DELAY_EXAMPLES, check_examples: int = DELAY_EXAMPLES, mesh=None,
+         progress: bool = False, input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
+  """A network trained with QCFS activations (:class:`jaxsnn.models.QCFS`, Bu et al. 2022): each QCFS site takes
+  its trained λ as threshold and starts at θ/2; ReLU sites, if any, take NeuronNorm's; with a target T, then
+  layer-wise SNN calibration and the readout delay at T (the best recipe of every committed QCFS result).
+
+  Args:
+    apply_fn: ``apply_fn(variables, x) -> logits`` of the trained QCFS ANN.
+    variables: its variables.
+    train_batches: training batches (any form of the batch protocol); never the test set.
+    num_steps: the target T of the calibration and the delay (None: λ and θ/2 only, for any T).
+    neuron: the neuron (default SNM).
+    snn_calibration: :func:`jaxsnn.calibrate_snn` at T.
+    readout_delay: :func:`jaxsnn.choose_readout_delay` at T.
+    stats: calibration statistics already computed on these batches, to reuse.
+    snn_calibration_examples: training examples of the SNN calibration.
+    delay_examples: training examples of the readout delay.
+    check_examples: training examples of the agreement check (0: none).
+    mesh: as in :func:`jaxsnn.calibrate`.
+    progress: tqdm bars.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    ``(snn, report)``.
+
+  Raises:
+    ValueError: for a network without QCFS activations.
+
+  Example:
+    >>> snn, report = jaxsnn.recipes.qcfs(model.apply, variables, train_batches, num_steps=8)
+  """
+  caller = "jaxsnn.recipes.qcfs"
+  if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer))
+                                or num_steps < 1):
+    raise ValueError(f"{caller}: num_steps must be a positive int or None; got {num_steps!r}.")
+  train_batches = _reusable(train_batches, caller)
+  example = _first_input(train_batches, caller, input_key)
+  program, _ = ir.trace(apply_fn, variables, example, caller=caller)
+  kinds = {s.name: s.kind for s in program.sites}
+  if ir.QCFS not in kinds.values():
+    raise ValueError(f"{caller}: the network has no QCFS activation (jaxsnn.models.QCFS / jaxsnn.qcfs); use "
+                     "jaxsnn.recipes.low_latency for a ReLU network.")
+  rec = _Recipe("qcfs", train_batches, num_steps, check_examples, BATCH_SIZE, progress, mesh, input_key)
+  th = {}
+  if ir.RELU in kinds.values() or stats is not None:
+    stats = _stats(apply_fn, variables, train_batches, stats, rec, caller)
+    th = {k: v for k, v in norms.thresholds(stats, "neuron").items() if kinds.get(k) == ir.RELU}
+  t0 = time.perf_counter()
+  snn = convert(apply_fn, variables, example, th, neuron=_neuron(neuron, caller))
+  rec.add(Report("convert", {"neuron": snn.neuron.name, "thresholds": "trained λ", "initial_potential": 0.5},
+                 num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
+  if num_steps is not None:  # both tools need a target T
+    snn = _stages(snn, rec, int(num_steps), snn_calibration=snn_calibration, end_to_end=False,
+                  readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
+                  delay_examples=delay_examples, tune_examples=0, tune_steps=0, tune_checkpoint=None)
+  return snn, rec.report()

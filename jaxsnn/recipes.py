@@ -1,0 +1,17 @@
+"""Recipes: a trained ANN to an SNN in one call, with a report of what every stage chose.
+
+    snn, report = jaxsnn.recipes.paper(apply_fn, variables, train_batches)                    # the paper's method
+    snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train_batches, num_steps=8)  # accurate at T = 8
+    snn, report = jaxsnn.recipes.qcfs(apply_fn, qcfs_variables, train_batches, num_steps=4)   # a QCFS-trained net
+    print(report)
+
+A stage is ``(snn, batches) -> (snn, report)`` (e.g. ``functools.partial(jaxsnn.calibrate_snn, num_steps=8)``);
+:func:`chain` composes stages.
+"""
+
+from jaxsnn._src.recipes import (BATCH_SIZE, DELAY_EXAMPLES, SNN_CALIBRATION_EXAMPLES, TUNE_EXAMPLES, TUNE_STEPS,
+                                 chain, low_latency, paper, qcfs)
+from jaxsnn._src.reports import RecipeReport, Report
+
+__all__ = ["BATCH_SIZE", "DELAY_EXAMPLES", "RecipeReport", "Report", "SNN_CALIBRATION_EXAMPLES", "TUNE_EXAMPLES",
+           "TUNE_STEPS", "chain", "low_latency", "paper", "qcfs"]
