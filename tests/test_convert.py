@@ -216,9 +216,17 @@ def test_spiking_network_is_a_frozen_validated_pytree():
   snn = jaxsnn.convert(model.apply, variables, X, th)
   with pytest.raises(dataclasses.FrozenInstanceError):
     snn.thresholds = {}
+  # The data are the leaves (variables, thresholds, potentials, offsets, delay), the rest is static: doubling every
+  # leaf doubles exactly those, and the result is a network of the same program.
   leaves, treedef = jax.tree_util.tree_flatten(snn)
-  again = jax.tree_util.tree_unflatten(treedef, leaves)
-  assert jax.tree_util.tree_structure(again) == treedef and again.site_shapes == snn.site_shapes
+  assert len(leaves) == (len(jax.tree_util.tree_leaves(variables)) + len(snn.thresholds)
+                         + len(snn.initial_potential) + len(snn.offsets) + 1)
+  doubled = jax.tree_util.tree_unflatten(treedef, [2 * leaf for leaf in leaves])
+  assert isinstance(doubled, jaxsnn.SpikingNetwork) and doubled.traced == snn.traced
+  assert doubled.site_shapes == snn.site_shapes and doubled.neuron is snn.neuron
+  for name in snn.thresholds:
+    np.testing.assert_array_equal(doubled.thresholds[name], 2 * snn.thresholds[name])
+  assert int(doubled.readout_delay) == 2 * int(snn.readout_delay)
   with pytest.raises(ValueError, match="cannot replace \\['neuron'\\]"):
     snn.replace(neuron=jaxsnn.IF())
   with pytest.raises(ValueError, match="initial_potential 'TinyBN/relu' has 1 non-finite"):
@@ -252,8 +260,14 @@ def test_a_site_without_a_leading_batch_axis_is_named():
     h = jax.nn.relu(x.mean(0) @ v[0])
     return jnp.broadcast_to(h @ v[1], (x.shape[0], 3))
 
-  with pytest.raises(jaxsnn.ConversionError, match="leading axis is not the batch axis"):
+  with pytest.raises(jaxsnn.ConversionError, match="reduces over the batch axis"):
     jaxsnn.convert(pooled, (w1, w2), X, {})
+
+  def transposed(v, x):  # a ReLU of values whose leading axis is a feature axis (the batch is last)
+    return (jax.nn.relu((x @ v[0]).T).T @ v[1])
+
+  with pytest.raises(jaxsnn.ConversionError, match="leading axis is not the batch axis"):
+    jaxsnn.convert(transposed, (w1, w2), X, {"relu": jnp.ones((8, 16))})
 
 
 # ---- 6. calibration never sees padding ---------------------------------------------------------------------------

@@ -75,11 +75,20 @@ def test_forward_shapes_and_batchnorm_modes(name, shape):
   model = models.get_model(name, width=0.125, num_classes=7)
   x = jax.random.normal(jax.random.key(1), shape)
   variables = random_variables(model, shape)
-  assert jax.jit(functools.partial(model.apply, train=False))(variables, x).shape == (shape[0], 7)
+  evaluate = jax.jit(functools.partial(model.apply, train=False))
+  out = evaluate(variables, x)
+  assert out.shape == (shape[0], 7)
   # Training mode updates the running statistics; eval mode uses them and changes nothing.
   _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(variables, x)
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"])
   assert all(jax.tree.leaves(changed))
+  # Eval mode normalises with the running statistics, not the batch's: each example's logits are the same alone as
+  # in the batch (BatchNorm with batch statistics would make them depend on the other examples).
+  alone = jnp.concatenate([evaluate(variables, x[i:i + 1]) for i in range(shape[0])])
+  np.testing.assert_allclose(alone, out, rtol=1e-4, atol=1e-4 * float(jnp.abs(out).max()))
+  # ... and the running statistics are used: other statistics give other logits.
+  moved = jax.tree.map(lambda a: a + 1.0, variables["batch_stats"])
+  assert not np.allclose(evaluate({**variables, "batch_stats": moved}, x), out)
 
 
 def test_eval_graph_has_no_max_pool_and_uses_the_activation():

@@ -34,6 +34,7 @@ def site_activations(apply_fn: Callable, variables: Any, x: Any) -> dict:
   Example:
     >>> acts = jaxsnn.analysis.site_activations(apply_fn, variables, x_train[:256])
   """
+  apply_fn, variables = ir.split_variables(apply_fn, variables)
   program, traced = ir.trace(apply_fn, variables, x, caller="jaxsnn.site_activations")
   rec, out = ir.ann_outputs(traced, variables, x)
   return {**{s.name: rec[s.name] for s in program.sites}, OUTPUT: out}

@@ -59,6 +59,7 @@ def thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any], *, pr
     ValueError: if ``batches`` is empty or the batch sizes differ.
   """
   caller = "jaxsnn.authors_protocol.thresholds"
+  apply_fn, variables = ir.split_variables(apply_fn, variables)
   net = {}
 
   def init(batch):

@@ -141,6 +141,7 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
     >>> stats = jaxsnn.calibrate(apply_fn, variables, [x_train[i:i + 500] for i in range(0, 10000, 500)])
   """
   caller = "jaxsnn.calibrate"
+  apply_fn, variables = ir.split_variables(apply_fn, variables)
   mesh = parallel.batch_mesh(mesh, caller)
   variables = parallel.replicate(mesh, variables)
   net = {}

@@ -341,11 +341,14 @@ def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: 
   if readout not in READOUTS:
     raise ValueError(f"{caller}: readout must be one of {READOUTS}; got {readout!r}.")
   input_spec = _input_spec(example_input, caller)
+  apply_fn, variables = ir.split_variables(apply_fn, variables)
   program, traced = ir.trace(apply_fn, variables, example_input, caller=caller)
   if not program.sites:
+    found = (f" It uses {', '.join(program.activations)}, which has no spiking form: train the ANN with relu in its "
+             "place." if program.activations else "")
     raise ir.ConversionError(
         f"{caller}: the network has no activation that becomes a spiking neuron (no ReLU or QCFS acting on the "
-        "data), so there is nothing to convert; a network of affine ops alone is its own SNN.")
+        f"data), so there is nothing to convert; a network of affine ops alone is its own SNN.{found}")
   ir.check_batch_axis(apply_fn, variables, example_input, caller=caller)
   site_shapes = tuple((s.name, tuple(program.avals[s.x].shape[1:])) for s in program.sites)
   if isinstance(program.out, ir.Lit) or len(program.avals[program.out].shape) < 1:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -106,6 +107,14 @@ class MaxSite(NamedTuple):
   name: str
   op: Op
 
+  @property
+  def outs(self) -> tuple:
+    return self.op.outs
+
+  @property
+  def ins(self) -> tuple:
+    return self.op.ins
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Program:
@@ -119,6 +128,8 @@ class Program:
     out: the id (or :class:`Lit`) of the single output.
     kinds: id -> CONST / INPUT / SPIKE.
     avals: id -> ``jax.ShapeDtypeStruct``.
+    activations: names of activation functions without a spiking form found in the network (GELU, ...), for
+      errors.
     key: a digest of everything that decides what the program computes (structure, parameters, literals, site
       names, shapes, dtypes and the values of closed-over constants), and of nothing else (not the Python function
       object, not source lines): equal keys mean equal programs, in this process and (for programs whose
@@ -133,6 +144,7 @@ class Program:
   kinds: dict
   avals: dict
   key: str
+  activations: tuple = ()
 
   @property
   def sites(self) -> tuple:
@@ -170,6 +182,42 @@ class Traced:
     return f"Traced({getattr(self.fn, '__name__', type(self.fn).__name__)}, key={self.key[:12]})"
 
 
+def _is_data(leaf) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+
+
+class _WithStatics:
+  """``fn(variables, x)`` called with the variables' array leaves only: the other leaves (an Equinox module's
+  activation functions, sizes, flags) are put back from where they were when :func:`split_variables` ran."""
+
+  def __init__(self, fn, treedef, statics):
+    self.fn, self.treedef, self.statics = fn, treedef, statics
+    self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+  def __call__(self, arrays, x):
+    it = iter(jax.tree_util.tree_leaves(arrays))
+    leaves = [next(it) if s is _ARRAY else s for s in self.statics]
+    return self.fn(jax.tree_util.tree_unflatten(self.treedef, leaves), x)
+
+
+_ARRAY = object()  # marks an array leaf's place in _WithStatics.statics
+
+
+def split_variables(fn: Callable, variables) -> tuple[Callable, Any]:
+  """``(fn, arrays)``: the variables as data (array leaves; every other leaf replaced by None) and a function of them.
+
+  Equinox modules (and other pytrees) carry leaves that are not arrays (activation functions, ints, flags); they are
+  part of the network's definition, not of its data: they are closed over, the arrays stay the data of the
+  :class:`SpikingNetwork`. Variables made of arrays alone are returned as they are.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(variables)
+  if all(_is_data(leaf) for leaf in leaves):
+    return fn, variables
+  statics = [_ARRAY if _is_data(leaf) else leaf for leaf in leaves]
+  arrays = jax.tree_util.tree_unflatten(treedef, [leaf if _is_data(leaf) else None for leaf in leaves])
+  return _WithStatics(fn, treedef, statics), arrays
+
+
 def trace(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> tuple["Program", Traced]:
   """Builds the program of ``fn(variables, x)`` and the :class:`Traced` handle that identifies it."""
   program = build_program(fn, variables, x, caller=caller)
@@ -186,6 +234,7 @@ _INLINE = {P.jit_p: "jaxpr", P.closed_call_p: "call_jaxpr", P.call_p: "call_jaxp
 _PASS_ZERO = (P.broadcast_in_dim_p, P.reshape_p, P.convert_element_type_p, P.copy_p)
 # Comparisons that make jnp.where(x > 0, x, 0) a ReLU: (primitive, position of x, position of the zero).
 _POSITIVE_TESTS = {P.gt_p: (0, 1), P.ge_p: (0, 1), P.lt_p: (1, 0), P.le_p: (1, 0)}
+_TRANSFORM = re.compile(r"[\w.]*\(.*\)")  # a name-stack entry of a transformation, e.g. "vmap(eqx.nn.MLP)"
 _SMALL = 64  # largest constant (in elements) evaluated at trace time to resolve a lax.cond predicate
 
 
@@ -220,6 +269,8 @@ class _Builder:
     self.producer: dict = {}  # id -> the Op that made it
     self.const_values: dict = {}  # id -> value of a closed-over constant
     self.next_id = 0
+    self.functions: list = []  # names of the jitted / custom_jvp functions being inlined (innermost last)
+    self.function_of: dict = {}  # id -> "outer/inner" names of the functions that computed it
 
   def fresh(self, aval) -> int:
     i = self.next_id
@@ -273,6 +324,10 @@ class _Builder:
           return [ins[keep]]  # max(x, -inf) = x (softmax's stabiliser): no operation
     outs = [self.fresh(v.aval) for v in eqn.outvars]
     op = Op(prim, dict(eqn.params), tuple(ins), tuple(outs), where, scope)
+    functions = self.functions + [f for f in [_library_function(eqn.source_info)] if f]
+    if functions:
+      for o in outs:
+        self.function_of[o] = "/".join(functions)
     if prim in _PASS_ZERO and self.is_zero(ins[0]):
       self.zeros.add(outs[0])
     if prim in _POSITIVE_TESTS:
@@ -307,7 +362,9 @@ class _Builder:
       env[v] = a
     for eqn in jaxpr.eqns:
       ins = [read(v) for v in eqn.invars]
-      inner = str(eqn.source_info.name_stack)
+      # The name stack's module scopes (Flax linen's module paths); transformations (``vmap(...)``) are no modules.
+      inner = "/".join(part for part in str(eqn.source_info.name_stack).split("/")
+                       if part and not _TRANSFORM.fullmatch(part))
       eqn_scope = "/".join(s for s in (scope, inner) if s)
       eqn_where = jex.source_info_util.summarize(eqn.source_info) or where
       outs = self.expand(eqn, ins, eqn_scope, eqn_where)
@@ -322,7 +379,12 @@ class _Builder:
     if prim in _INLINE:
       sub = _as_jaxpr(eqn.params.get(_INLINE[prim]))
       if sub is not None and len(sub[0].invars) == len(ins):
-        return self.inline(sub[0], sub[1], ins, scope, where)
+        name = eqn.params.get("name")
+        self.functions.append(str(getattr(name, "__name__", name)) if name else prim.name)
+        try:
+          return self.inline(sub[0], sub[1], ins, scope, where)
+        finally:
+          self.functions.pop()
     if prim is P.cond_p:
       index = self.known(ins[0])
       if index is not None:
@@ -378,13 +440,118 @@ def _as_op(site: Site, dtype) -> Op:
   return Op(P.max_p, {}, (site.x, Lit(np.zeros((), dtype))), site.outs, site.where, site.scope)
 
 
-def _error(caller, op, why, hint) -> ConversionError:
+# Activation functions that have no spiking form, by the name under which jax (jax.nn, flax, equinox) jits them.
+_ACTIVATIONS = {
+    "gelu": "GELU", "silu": "SiLU (swish)", "swish": "SiLU (swish)", "softplus": "softplus", "elu": "ELU",
+    "selu": "SELU", "celu": "CELU", "leaky_relu": "leaky ReLU", "relu6": "ReLU6 (a clipped ReLU)",
+    "hard_tanh": "hard tanh", "hard_sigmoid": "hard sigmoid", "hard_silu": "hard SiLU", "hard_swish": "hard swish",
+    "sigmoid": "sigmoid", "log_sigmoid": "log-sigmoid", "tanh": "tanh", "softmax": "softmax",
+    "log_softmax": "log-softmax", "mish": "mish", "glu": "GLU", "squareplus": "squareplus", "sparse_plus": "sparse plus",
+    "standardize": "standardisation (a normalisation with batch or feature statistics)",
+}
+
+
+_LIBRARIES = ("/jax/", "/flax/", "/equinox/", "/haiku/")
+
+
+def _library_function(source_info) -> str | None:
+  """The activation function of jax / flax / equinox whose code emitted an equation, from its traceback."""
+  frames = getattr(getattr(source_info, "traceback", None), "frames", None) or ()
+  for frame in frames:
+    if frame.function_name in _ACTIVATIONS and any(lib in frame.file_name for lib in _LIBRARIES):
+      return frame.function_name
+  return None
+
+
+class Context(NamedTuple):
+  """Where values come from, for names and error messages: the function that computed each value, the variables'
+  paths, and each value's producing op."""
+
+  function_of: dict  # id -> names of the enclosing jitted functions
+  var_paths: dict  # id of a variable leaf -> its module path ("layers/0"), from the variables' pytree paths
+  producer: dict  # id -> op
+
+  def module(self, op) -> str:
+    """The module an op belongs to: its Flax module path (name stack), else the path of the nearest weight it reads
+    (an NNX / Equinox / plain-pytree model: ``layers/0``), else ""."""
+    if op.scope:
+      return op.scope
+    return self.nearest_weight(op.ins)
+
+  def nearest_weight(self, atoms, depth: int = 64) -> str:
+    """The module path of the closest variable a contraction applies to the values ``atoms`` come from."""
+    seen, frontier = set(), [a for a in atoms if not isinstance(a, Lit)]
+    for _ in range(depth):
+      nxt = []
+      for a in frontier:
+        if a in seen:
+          continue
+        seen.add(a)
+        if a in self.var_paths:
+          return self.var_paths[a]
+        op = self.producer.get(a)
+        if op is None:
+          continue
+        inner = op.op if isinstance(op, MaxSite) else op
+        if isinstance(inner, Op) and rules.is_contraction(inner.prim):
+          found = self.weight_of(inner)
+          if found:
+            return found
+        nxt.extend(b for b in inner.ins if not isinstance(b, Lit))
+      if not nxt:
+        return ""
+      frontier = nxt
+    return ""
+
+  def weight_of(self, op, depth: int = 8) -> str:
+    """The module path of a variable that reaches an operand of ``op`` through ops on constants alone."""
+    frontier = [a for a in op.ins if not isinstance(a, Lit)]
+    for _ in range(depth):
+      nxt = []
+      for a in frontier:
+        if a in self.var_paths:
+          return self.var_paths[a]
+        prod = self.producer.get(a)
+        if isinstance(prod, Op) and not rules.is_contraction(prod.prim):
+          nxt.extend(b for b in prod.ins if not isinstance(b, Lit))
+      frontier = nxt
+    return ""
+
+  def activation(self, op) -> str | None:
+    """The name of the activation function (jax.nn.gelu, ...) an op is part of, if it is a known one."""
+    for name in reversed(self.function_of.get(op.outs[0], "").split("/")):
+      if name in _ACTIVATIONS:
+        return _ACTIVATIONS[name]
+    return None
+
+
+def _module_path(path) -> str:
+  """``"layers/0"`` for the path of a leaf ``.layers[0].weight`` (the parameter's own name and NNX's ``.value``
+  dropped)."""
+  keys = []
+  for k in path:
+    key = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+    keys.append(str(key))
+  while keys and keys[-1] in ("value", "raw_value"):
+    keys.pop()
+  keys = keys[:-1]  # the parameter's own name (kernel, weight, bias, scale, ...)
+  if keys and keys[0] in ("params", "batch_stats"):  # a linen variables dict: the collection is no module
+    keys = keys[1:]
+  return "/".join(keys)
+
+
+def _error(caller, op, why, hint, context: Context | None = None) -> ConversionError:
+  module = context.module(op) if context is not None else op.scope
+  activation = context.activation(op) if context is not None else None
+  if activation is not None:
+    hint = (f"{activation} has no spiking form: only ReLU activations (and jaxsnn's QCFS) become neurons; train the "
+            f"ANN with relu in its place")
   return ConversionError(
       f"{caller}: primitive '{op.prim.name}' {why}, so it has no spiking equivalent.\n"
-      f"  at: {op.where or 'unknown source line'}\n  in module: {op.scope or '(top level)'}\n  hint: {hint}.")
+      f"  at: {op.where or 'unknown source line'}\n  in module: {module or '(top level)'}\n  hint: {hint}.")
 
 
-def _classify(kept: list, base_kinds: dict, avals: dict, caller: str) -> tuple[list, dict]:
+def _classify(kept: list, base_kinds: dict, avals: dict, caller: str, context: Context) -> tuple[list, dict]:
   """Kinds of every value, which activations are neurons, and validation of every op on spiking values.
 
   Activations of input-only values are neurons unless their result feeds (through unweighted ops only) an operation
@@ -417,10 +584,10 @@ def _classify(kept: list, base_kinds: dict, avals: dict, caller: str) -> tuple[l
           culprits = frozenset().union(*(direct.get(a, frozenset()) for a in spiking_ins))
           if culprits:
             demoted |= culprits
-            first_error = first_error or _error(caller, op, why, rules.hint(op.prim))
+            first_error = first_error or _error(caller, op, why, rules.hint(op.prim), context)
             restart = True
             break
-          raise _error(caller, op, why, rules.hint(op.prim))
+          raise _error(caller, op, why, rules.hint(op.prim), context)
       reach = frozenset()
       if isinstance(op, Op) and rules.is_reshaping(op.prim):
         reach = reach.union(*(direct.get(a, frozenset()) for a in spiking_ins))
@@ -450,12 +617,12 @@ def _classify(kept: list, base_kinds: dict, avals: dict, caller: str) -> tuple[l
         shape = avals[op.x].shape
         if len(shape) < 1:
           raise ConversionError(f"{caller}: the activation at {op.where} acts on a scalar; sites need a batch axis.")
-        ops.append(op._replace(name=unique("/".join(s for s in (op.scope, op.kind) if s))))
+        ops.append(op._replace(name=unique("/".join(s for s in (context.module(op), op.kind) if s))))
       else:
         ops.append(_as_op(op, avals[op.out].dtype))
       continue
     if kinds[op.outs[0]] == SPIKE and rules.is_max(op.prim):
-      ops.append(MaxSite(unique("/".join(s for s in (op.scope, op.prim.name) if s)), op))
+      ops.append(MaxSite(unique("/".join(s for s in (context.module(op), op.prim.name) if s)), op))
       continue
     ops.append(op)
   return ops, kinds
@@ -476,6 +643,7 @@ def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn", fold: b
     ConversionError: for a primitive that acts non-affinely on spiking values, or an output that is not one array.
   """
   var_leaves, _ = jax.tree_util.tree_flatten(variables)
+  var_paths = [_module_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
   x_leaves, _ = jax.tree_util.tree_flatten(x)
   closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(
       jax.tree_util.tree_map(_spec, variables), jax.tree_util.tree_map(_spec, x))
@@ -497,12 +665,15 @@ def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn", fold: b
   base = {i: CONST for i in var_ids}
   base.update({i: INPUT for i in input_ids})
   base.update({i: CONST for i, _ in consts})
-  ops, kinds = _classify(kept, base, b.avals, caller)
+  producer = {o: op for op in kept for o in op.outs}
+  context = Context(b.function_of, {i: p for i, p in zip(var_ids, var_paths) if p}, producer)
+  ops, kinds = _classify(kept, base, b.avals, caller, context)
   if fold:
     ops = fold_affine(ops, kinds, b.avals, out)
   key = _program_key(ops, out, var_ids, input_ids, consts, kinds, b.avals)
+  activations = tuple(sorted({context.activation(op) for op in kept if isinstance(op, Op)} - {None}))
   return Program(var_ids=var_ids, input_ids=input_ids, consts=consts, ops=tuple(ops), out=out, kinds=kinds,
-                 avals=b.avals, key=key)
+                 avals=b.avals, key=key, activations=activations)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -704,34 +875,88 @@ def _program_key(ops, out, var_ids, input_ids, consts, kinds, avals) -> str:
 # Checks that need their own trace.
 # ----------------------------------------------------------------------------------------------------------------
 
-def check_batch_axis(fn: Callable, variables, x, *, caller: str) -> None:
-  """Checks that every site and the output keep the input's leading axis as their batch axis.
+_REDUCTIONS = {P.reduce_sum_p: "axes", P.reduce_max_p: "axes", P.reduce_min_p: "axes", P.reduce_prod_p: "axes",
+               P.reduce_and_p: "axes", P.reduce_or_p: "axes", P.argmax_p: "axes", P.argmin_p: "axes",
+               P.cumsum_p: "axis", P.cumprod_p: "axis", P.cummax_p: "axis", P.cummin_p: "axis",
+               P.cumlogsumexp_p: "axis", P.sort_p: "dimension"}
 
-  Traces once more with a symbolic batch size (``jax.export.symbolic_shape``): a site whose leading axis is not that
-  symbol mixes or drops batch entries.
+
+def _batch_axes_reduced(op: Op, program: "Program") -> list:
+  """The axes of ``op``'s data operand that carry the (symbolic) batch and that ``op`` reduces, sorts or contracts."""
+  def batch_axes(atom):
+    return [i for i, d in enumerate(program.aval(atom).shape) if "batch" in str(d)]
+
+  prim = op.prim
+  if prim in _REDUCTIONS:
+    axes = op.params[_REDUCTIONS[prim]]
+    axes = set(axes if isinstance(axes, (tuple, list)) else [axes])
+    return [i for i in batch_axes(op.ins[0]) if i in axes]
+  if prim is P.dot_general_p:
+    (lc, rc), _ = op.params["dimension_numbers"]
+    return [i for atom, c in zip(op.ins, (lc, rc)) for i in batch_axes(atom) if i in c]
+  if prim is P.reduce_window_sum_p or prim in (P.reduce_window_max_p, P.reduce_window_min_p):
+    return [i for i in batch_axes(op.ins[0]) if op.params["window_dimensions"][i] > 1]
+  return []
+
+
+def check_batch_axis(fn: Callable, variables, x, *, caller: str) -> None:
+  """Checks that the network treats batch entries independently: no operation on the data reduces, sorts or
+  contracts over the batch axis (BatchNorm with batch statistics, ``x - x.mean(0)``, ...), and every site and the
+  output keep the input's leading axis as their batch axis.
+
+  Traces once more with a symbolic batch size (``jax.export.symbolic_shape``): the batch axis is wherever that symbol
+  is. Where the network does not trace with a symbolic batch, it is run instead on the first two examples and on the
+  first alone, whose answers must agree.
 
   Raises:
-    ConversionError: naming the first site (or the output) whose leading axis is not the batch axis.
+    ConversionError: naming the first operation (or site, or the output) that mixes batch entries.
   """
+  hint = ("a network must treat batch entries independently: BatchNorm in eval mode (use_running_average=True / "
+          "train=False), no statistics over the batch")
   (batch,) = jax.export.symbolic_shape("batch")
   spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch,) + np.shape(a)[1:], jnp.result_type(a)), x)
   try:
     program = build_program(fn, jax.tree_util.tree_map(_spec, variables), spec, caller=caller)
   except ConversionError:
     raise
-  except Exception:  # noqa: BLE001  (some ops do not trace with symbolic shapes; the check is then skipped)
+  except Exception:  # noqa: BLE001  (some ops do not trace with symbolic shapes: check by running instead)
+    _check_batch_independence_by_running(fn, variables, x, caller, hint)
     return
+  producer = {o: op for op in program.ops for o in op.outs}
+  context = Context({}, {}, producer)
+  for op in program.ops:
+    inner = op.op if isinstance(op, MaxSite) else op
+    if isinstance(inner, Op) and any(program.kind(a) != CONST for a in inner.ins):
+      axes = _batch_axes_reduced(inner, program)
+      if axes:
+        shape = tuple(map(str, program.aval(inner.ins[0]).shape))
+        raise ConversionError(
+            f"{caller}: primitive '{inner.prim.name}' reduces over the batch axis (axis {axes[0]} of a value of shape "
+            f"{shape}): each example's answer would depend on the rest of its batch.\n  at: "
+            f"{inner.where or 'unknown source line'}\n  in module: {context.module(inner) or '(top level)'}\n"
+            f"  hint: {hint}.")
   for site in program.sites:
     shape = program.avals[site.x].shape
     if not shape or str(shape[0]) != "batch":
       raise ConversionError(
           f"{caller}: the activation at {site.where} (module {site.scope or '(top level)'}) acts on values of "
-          f"shape {tuple(map(str, shape))} whose leading axis is not the batch axis; a network must treat batch "
-          "entries independently (no batch statistics, no reductions over the batch).")
+          f"shape {tuple(map(str, shape))} whose leading axis is not the batch axis; {hint}.")
   shape = program.aval(program.out).shape
   if not shape or str(shape[0]) != "batch":
     raise ConversionError(f"{caller}: the network output has shape {tuple(map(str, shape))}; its leading axis must be "
                           "the batch axis.")
+
+
+def _check_batch_independence_by_running(fn, variables, x, caller, hint) -> None:
+  first = jax.tree_util.tree_leaves(x)[0]
+  if first.shape[0] < 2:
+    return  # one example: nothing to compare
+  two = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[:2], x)
+  one = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[:1], x)
+  a, b = np.asarray(fn(variables, two), np.float64)[:1], np.asarray(fn(variables, one), np.float64)
+  if a.shape != b.shape or not np.allclose(a, b, rtol=1e-3, atol=1e-3 * (np.abs(b).max() + 1e-30)):
+    raise ConversionError(f"{caller}: the network's answer for the first example changes when the second is in its "
+                          f"batch; {hint}.")
 
 
 # ----------------------------------------------------------------------------------------------------------------

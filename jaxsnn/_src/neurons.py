@@ -86,6 +86,13 @@ def _potential(shape, dtype, v0):
   return jnp.broadcast_to(jnp.asarray(v0, dtype), shape)
 
 
+def fired(decision: Array) -> Array:
+  """Whether a decision is a spike, as a bool (for integer counters such as SNM's memory): exact decisions are
+  already bools; surrogate ones are 0/1 (or, in the relaxed model, a smooth step that crosses 1/2 at the
+  threshold)."""
+  return decision if decision.dtype == jnp.bool_ else decision >= 0.5
+
+
 def gate(decision: Array, condition: Array) -> Array:
   """``decision`` where ``condition`` holds, else no spike (works for exact bools and surrogate 0/1 floats)."""
   return jnp.where(condition, decision, jnp.zeros_like(decision))
@@ -134,7 +141,7 @@ def _snm_step(threshold, state: SNMState, current, fire=exact_fire):
   pos = gate(fire(v, threshold), live)
   neg = gate(fire(-v, threshold), live & (state.m > 0))
   s = amplitude(threshold, pos, neg)
-  m = state.m + pos.astype(state.m.dtype) - neg.astype(state.m.dtype)
+  m = state.m + fired(pos).astype(state.m.dtype) - fired(neg).astype(state.m.dtype)
   return SNMState(v=v - s, m=m), s
 
 

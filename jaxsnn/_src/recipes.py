@@ -328,7 +328,7 @@ def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_s
     raise ValueError(f"{caller}: num_steps must be a positive int or None; got {num_steps!r}.")
   train_batches = _reusable(train_batches, caller)
   example = _first_input(train_batches, caller, input_key)
-  program, _ = ir.trace(apply_fn, variables, example, caller=caller)
+  program, _ = ir.trace(*ir.split_variables(apply_fn, variables), example, caller=caller)
   kinds = {s.name: s.kind for s in program.sites}
   if ir.QCFS not in kinds.values():
     raise ValueError(f"{caller}: the network has no QCFS activation (jaxsnn.models.QCFS / jaxsnn.qcfs); use "

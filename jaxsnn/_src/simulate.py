@@ -440,7 +440,7 @@ class Trace(NamedTuple):
 
 def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None = None, *,
              exact: bool = True, record_steps=(), sample_weights=None, tallies: bool = True,
-             surrogate: Surrogate | None = None) -> Trace:
+             surrogate: Surrogate | None = None, remat: bool = False) -> Trace:
   """Simulates ``snn`` on input ``x`` (a constant analog current every step) for ``num_steps`` steps.
 
   Args:
@@ -463,6 +463,9 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
       conversion error); False (accuracy only) carries no counts and is faster.
     surrogate: a :mod:`jaxsnn.surrogates` choice, for ``jax.grad`` through the simulation (same forward spikes);
       None: differentiating through spikes raises.
+    remat: for gradients: recompute each step's (each block's) activations in the backward pass
+      (``jax.checkpoint``) instead of keeping all T steps' in memory; the carried state of every step is still kept.
+      Same values; less memory, about one more forward pass of compute (``benchmarks/remat.py``).
 
   Returns:
     A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t (over steps
@@ -489,7 +492,8 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   if weights.shape != (batch,):
     raise ValueError(f"{caller}: sample_weights must have shape ({batch},); got {weights.shape}.")
   fire_fn(surrogate)
-  trace = _simulate(snn, x, weights, num_steps, block_size, bool(exact), record, bool(tallies or record), surrogate)
+  trace = _simulate(snn, x, weights, num_steps, block_size, bool(exact), record, bool(tallies or record), surrogate,
+                    bool(remat))
   order = list(snn.site_names) + ([OUTPUT] if snn.readout == "spike" else [])
   ordered = lambda d: None if d is None else {k: d[k] for k in order}  # noqa: E731  (jit returns sorted keys)
   recorded = trace.recorded and dict(trace.recorded, pos=ordered(trace.recorded["pos"]),
@@ -499,9 +503,9 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   return Trace(trace.outputs, ordered(trace.pos_spikes), ordered(trace.neg_spikes), recorded)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9))
 def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None, exact: bool, record: tuple,
-              tallies: bool, surrogate) -> Trace:
+              tallies: bool, surrogate, remat: bool) -> Trace:
   program = _program(snn, x, "jaxsnn.simulate")
   # A neuron's own counters (SNM's memory) never exceed num_steps in magnitude: kept in the narrowest int type that
   # holds it, they cost less memory traffic every step.
@@ -535,12 +539,14 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
     return (state, (rec_pos, rec_neg)), sums
 
   carry = (state, (rec0, rec0))
+  body = (lambda k: jax.checkpoint(lambda c: run(c, k))) if remat else (lambda k: lambda c: run(c, k))
   if block is None:
-    carry, sums = jax.lax.scan(lambda c, _: run(c, None), carry, None, length=num_steps)
+    one = body(None)
+    carry, sums = jax.lax.scan(lambda c, _: one(c), carry, None, length=num_steps)
   else:
     n_full, rest = divmod(num_steps, block)
-    # One block's sums are those after its last step: the readouts inside a block come from the per-step sums.
-    carry, sums = jax.lax.scan(lambda c, _: run(c, block), carry, None, length=n_full)
+    many = body(block)
+    carry, sums = jax.lax.scan(lambda c, _: many(c), carry, None, length=n_full)
     sums = jax.tree_util.tree_map(lambda a: a.reshape((n_full * block,) + a.shape[2:]), sums)
     if rest:
       carry, tail = run(carry, rest)

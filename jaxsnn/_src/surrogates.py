@@ -33,10 +33,16 @@ class Surrogate:
   Attributes:
     kind: ``"sigmoid"``, ``"fast_sigmoid"``, ``"triangle"`` or ``"rectangle"``.
     sharpness: ``k > 0``: larger is narrower.
+    relaxed: False (the default): the forward spikes are the exact ones and only the backward pass uses ``g``. True:
+      the *relaxed model*: every firing decision is the smooth step ``S(u)`` whose derivative is ``g`` (a spike of
+      ``θ S(u)``, a fraction of a spike), in the forward pass too, so the whole simulation is one smooth function
+      whose exact gradient (and finite differences) the surrogate gradient can be checked against. Not an SNN: for
+      checking and analysis (:meth:`relax`).
   """
 
   kind: str
   sharpness: float
+  relaxed: bool = False
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -55,6 +61,23 @@ class Surrogate:
     if self.kind == "triangle":
       return k * jnp.maximum(1 - k * jnp.abs(u), 0)
     return jnp.where(jnp.abs(u) * k <= 0.5, k, jnp.zeros_like(u))
+
+  def step(self, u):
+    """``S(u)``, the smooth step whose derivative is :meth:`derivative` (``S(-inf) = 0``, ``S(0) = 1/2``,
+    ``S(inf) = 1``): the relaxed model's firing decision."""
+    k = jnp.asarray(self.sharpness, u.dtype)
+    if self.kind == "sigmoid":
+      return jax.nn.sigmoid(k * u)
+    if self.kind == "fast_sigmoid":
+      return 0.5 + 0.5 * k * u / (1 + k * jnp.abs(u))
+    if self.kind == "triangle":
+      z = jnp.clip(k * u, -1, 1)
+      return 0.5 + z - 0.5 * z * jnp.abs(z)
+    return jnp.clip(k * u + 0.5, 0, 1)
+
+  def relax(self) -> "Surrogate":
+    """The same surrogate with ``relaxed=True`` (see the attribute)."""
+    return dataclasses.replace(self, relaxed=True)
 
 
 def sigmoid(sharpness: float = 4.0) -> Surrogate:
@@ -150,12 +173,23 @@ def _surrogate_fire_jvp(surrogate, primals, tangents):
   return _surrogate_fire(surrogate, v, threshold), g * (dv - jnp.asarray(dthreshold, v.dtype))
 
 
+def _relaxed_fire(surrogate: Surrogate, v, threshold):
+  # A smooth function of v and θ: its derivative in θ also has the term of the width θ (which the surrogate
+  # gradient, whose width is a fixed shape, leaves out), so finite differences of this model match its jax.grad.
+  theta = jnp.asarray(threshold, v.dtype)
+  scale = jnp.where(theta > 0, theta, jnp.ones_like(theta))
+  return jnp.where(theta > 0, surrogate.step((v - theta) / scale), jnp.zeros_like(v))
+
+
 def fire(surrogate: Surrogate | None):
   """The firing decision ``fire(v, threshold)`` a neuron's step uses: :func:`exact_fire` (bool) without a
-  surrogate, else 0/1 in ``v``'s dtype with the surrogate's derivative."""
+  surrogate, else 0/1 in ``v``'s dtype with the surrogate's derivative (or, for a relaxed surrogate, the smooth step
+  itself)."""
   if surrogate is None:
     return exact_fire
   if not isinstance(surrogate, Surrogate):
     raise ValueError(f"jaxsnn: surrogate must be a jaxsnn.surrogates.Surrogate (e.g. jaxsnn.surrogates.sigmoid()); "
                      f"got {surrogate!r}.")
+  if surrogate.relaxed:
+    return functools.partial(_relaxed_fire, surrogate)
   return functools.partial(_surrogate_fire, surrogate)

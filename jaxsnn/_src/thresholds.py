@@ -118,6 +118,7 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
   if norm not in NORMS:
     raise ValueError(f"{caller}: norm must be one of {NORMS}; got {norm!r}.")
   base = {k: normalize(v, norm) for k, v in stats.max.items()}
+  apply_fn, variables = ir.split_variables(apply_fn, variables)
   mesh = parallel.batch_mesh(mesh, caller)
   variables = parallel.replicate(mesh, variables)
   site_base = parallel.replicate(mesh, {k: v for k, v in base.items() if k != OUTPUT})
