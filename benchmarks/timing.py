@@ -3,24 +3,13 @@ results files they write (atomically: an interrupted run never leaves half a fil
 
 Imported by the scripts of this folder (their own directory is on the path when they run as scripts).
 """
-import json
-import os
 import pathlib
 import statistics
+import sys
 import time
 
-
-def write_json(path, obj) -> None:
-  """Writes ``obj`` as JSON to ``path`` through a temporary file beside it and a rename (strict JSON: no NaN)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from jaxsnn.files import write_json  # noqa: E402,F401  (the results files: written atomically)
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

@@ -32,7 +32,7 @@ from jaxsnn._src.simulate import State, Tallies, Trace, init_state, readout, sim
 from jaxsnn._src.snn_calibration import calibrate_snn
 from jaxsnn._src.thresholds import (descend_thresholds, ratio_histograms, relaxed_quantization_error,
                                     thresholds_for_steps)
-from jaxsnn._src.tuning import tune_snn
+from jaxsnn._src.tuning import finetune, tune_snn
 
 __version__ = "0.3.0"
 
@@ -49,7 +49,7 @@ __all__ = [
     # evaluation
     "Evaluation", "Recorded", "accuracy_vs_time", "agreement", "evaluate",
     # low latency
-    "RecipeReport", "Report", "calibrate_snn", "choose_readout_delay", "descend_thresholds", "lowlatency",
+    "RecipeReport", "Report", "calibrate_snn", "choose_readout_delay", "descend_thresholds", "finetune", "lowlatency",
     "ratio_histograms", "recipes", "relaxed_quantization_error", "thresholds_for_steps", "tune_snn",
     # analysis, QCFS, the authors' protocol
     "analysis", "authors_protocol", "information_loss", "qcfs",

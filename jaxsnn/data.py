@@ -27,7 +27,12 @@ from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+__all__ = ["AUGMENTATIONS", "Arrays", "Augment", "Batch", "DatasetSpec", "SPECS", "batches", "cifar_augment",
+           "flip_only", "imagenet_batches", "load", "normalize", "num_batches", "random_crop", "random_flip", "spec",
+           "splits"]
+
 Batch = dict
+"""A batch: ``{"image": float32 [B, H, W, C], "label": int32 [B], "mask": bool [B]}`` (see the module docstring)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,7 @@ SPECS: dict[str, DatasetSpec] = {
     "imagenet2012": DatasetSpec(1000, (224, 224, 3), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1281167,
                                 test_split="validation"),
 }
+"""The datasets jaxsnn knows, by tfds name: their :class:`DatasetSpec`."""
 
 
 def spec(name: str) -> DatasetSpec:
@@ -119,6 +125,7 @@ def load(name: str, split: str, data_dir: Optional[str] = None, download: bool =
 # --- augmentation: functions (rng, uint8 images [B, H, W, C]) -> uint8 images --------------------------------
 
 Augment = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+"""An augmentation: ``(rng, uint8 images [B, H, W, C]) -> uint8 images``."""
 
 
 def random_flip(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
@@ -147,6 +154,7 @@ def flip_only(rng: np.random.Generator, images: np.ndarray) -> np.ndarray:
 
 
 AUGMENTATIONS: dict[str, Optional[Augment]] = {"none": None, "flip": flip_only, "cifar": cifar_augment}
+"""The augmentations by the name a training config gives (``"none"``, ``"flip"``, ``"cifar"``)."""
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:

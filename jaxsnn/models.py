@@ -36,18 +36,25 @@ import flax.linen as nn
 from jaxsnn._src import lowering
 from jaxsnn._src.qcfs import qcfs
 
+__all__ = ["Activation", "BasicBlock", "FastConv", "LayerSpec", "MODELS", "QCFS", "ResNet", "ResNet18", "ResNet20",
+           "SMALL_CNN_CONFIG", "SmallCNN", "VGG", "VGG11", "VGG11_CONFIG", "VGG16", "VGG16_CONFIG", "avg_pool",
+           "conv_im2col_grad", "get_model", "qcfs_activation", "scale_width"]
+
 ModuleDef = Any
 Activation = Callable[[jax.Array], jax.Array]
+"""An activation function ``x -> y`` for the models' ``act=`` argument (``nn.relu``, :func:`qcfs_activation`)."""
 
-#: A VGG layer spec: an int is a 3×3 conv with that many channels (padding 1), ``(c, 1)`` a 1×1 conv
-#: (padding 0), ``"P"`` a 2×2 average pool with stride 2.
 LayerSpec = Union[int, tuple, str]
+"""A VGG layer spec: an int is a 3×3 conv with that many channels (padding 1), ``(c, 1)`` a 1×1 conv
+(padding 0), ``"P"`` a 2×2 average pool with stride 2."""
 
 VGG11_CONFIG: tuple = (64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P")
-# Config C of Simonyan & Zisserman (the authors' "VGG16"): the third conv of stages 3-5 is 1×1.
+"""Config A of Simonyan & Zisserman with average pooling (:data:`LayerSpec` entries)."""
 VGG16_CONFIG: tuple = (64, 64, "P", 128, 128, "P", 256, 256, (256, 1), "P",
                        512, 512, (512, 1), "P", 512, 512, (512, 1), "P")
+"""Config C of Simonyan & Zisserman, the authors' "VGG16": the third conv of stages 3-5 is 1×1."""
 SMALL_CNN_CONFIG: tuple = (32, 32, "P", 64, 64, "P")
+"""conv32-conv32-pool-conv64-conv64-pool, the convolutional part of :data:`SmallCNN`."""
 
 
 def scale_width(channels: int, width: float) -> int:
@@ -209,15 +216,20 @@ class ResNet(nn.Module):
 
 
 VGG11 = functools.partial(VGG, config=VGG11_CONFIG, head=(4096, 4096))
+"""VGG-11 (config A, average pooling) with the head FC 512→4096→4096→classes: ``VGG11(num_classes=10)``."""
 VGG16 = functools.partial(VGG, config=VGG16_CONFIG, head=(4096, 4096))
-#: conv32-conv32-pool-conv64-conv64-pool-dense256 for 28×28 inputs (Fashion-MNIST, MNIST).
+"""VGG-16 as in the authors' code (config C: 1×1 convs, average pooling), head FC 512→4096→4096→classes."""
 SmallCNN = functools.partial(VGG, config=SMALL_CNN_CONFIG, head=(256,))
+"""conv32-conv32-pool-conv64-conv64-pool-dense256 for 28×28 inputs (Fashion-MNIST, MNIST)."""
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), stage_widths=(64, 128, 256, 512), stem_width=64)
+"""ResNet-18 with the CIFAR stem (3×3 conv, no pooling): basic blocks 2-2-2-2, widths 64-128-256-512."""
 ResNet20 = functools.partial(ResNet, stage_sizes=(3, 3, 3), stage_widths=(16, 32, 64), stem_width=16)
+"""ResNet-20 for CIFAR: basic blocks 3-3-3, widths 16-32-64."""
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg11": VGG11, "vgg16": VGG16, "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet20": ResNet20,
 }
+"""The presets by name, as :func:`get_model` and the training configs' ``model`` field take them."""
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
@@ -292,6 +304,6 @@ def conv_im2col_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
   return _conv_nhwc(lhs, rhs, tuple(window_strides), padding, rhs_dilation)
 
 
-#: ``nn.Conv`` with the im2col weight gradient. One shared object, so that equal models compare (and hash) equal
-#: and jitted training steps are reused across runs.
 FastConv = functools.partial(nn.Conv, conv_general_dilated=conv_im2col_grad)
+"""``nn.Conv`` with the im2col weight gradient (:func:`conv_im2col_grad`). One shared object, so that equal models
+compare (and hash) equal and jitted training steps are reused across runs."""

@@ -39,6 +39,11 @@ from jaxsnn import data as data_lib
 from jaxsnn._src.files import atomic_write
 from jaxsnn import models
 
+__all__ = ["JsonlWriter", "ModelApply", "TrainConfig", "TrainState", "build_model", "checkpoint_files",
+           "create_train_state", "eval_step", "evaluate", "learning_rate_schedule", "load_config", "load_trained",
+           "load_variables", "make_optimizer", "restore_checkpoint", "save_checkpoint", "train_and_evaluate",
+           "train_step"]
+
 
 @dataclasses.dataclass
 class TrainConfig:

@@ -11,6 +11,6 @@ fi
 stamp=.venv/.jaxsnn-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
-  python -m pip install -q -e ".[test,data,train,plot]"
+  python -m pip install -q -e ".[test,data,train,plot,docs]"
   touch "$stamp"
 fi

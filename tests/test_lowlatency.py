@@ -268,3 +268,66 @@ def test_choose_readout_delay_picks_the_delay_that_agrees_most_with_the_ann():
     assert agreement[d] == pytest.approx(((got == want) & weight).sum() / weight.sum())
   with pytest.raises(ValueError, match="batches is empty"):
     jaxsnn.choose_readout_delay(snn, [], steps)
+
+
+# ---- fine-tuning the weights through the SNN ---------------------------------------------------------------------
+def finetune_setup():
+  apply_fn, variables, x = random_net(11)
+  rng = np.random.default_rng(0)
+  data = jnp.asarray(rng.normal(size=(48,) + x.shape[1:]), jnp.float32)
+  # The ANN's classes permuted: labels it gets wrong, which training can fit (mostly through the output layer).
+  labels = ((np.asarray(apply_fn(variables, data)).argmax(-1) + 1) % 3).astype(np.int32)
+  snn, _ = jaxsnn.recipes.low_latency(apply_fn, variables, [data], 4, check_examples=0)
+  batches = [(data[i % 3 * 16:(i % 3 + 1) * 16], labels[i % 3 * 16:(i % 3 + 1) * 16]) for i in range(60)]
+  return snn, data, labels, batches
+
+
+def test_finetune_fits_the_labels_through_the_snn_and_keeps_the_best_on_validation():
+  snn, data, labels, batches = finetune_setup()
+  before = jaxsnn.evaluate(snn, [(data, labels)], 4).accuracy[-1]
+  tuned, report = jaxsnn.finetune(snn, batches, 4, steps=60, learning_rate=1e-2, validation=[(data, labels)],
+                                  validate_every=20)
+  after = jaxsnn.evaluate(tuned, [(data, labels)], 4).accuracy[-1]
+  assert after > before + 0.2, (before, after)
+  losses = report.details["losses"]
+  assert losses.shape == (60,) and losses[-10:].mean() < 0.7 * losses[:10].mean()
+  assert [s for s, _ in report.details["validation"]] == [0, 20, 40, 60]
+  assert report.chose["best_validation_accuracy"] == max(a for _, a in report.details["validation"]) == after
+  # Only the variables changed; thresholds, potentials, offsets and the delay are the recipe's.
+  assert tuned.traced == snn.traced and int(tuned.readout_delay) == int(snn.readout_delay)
+  for name in snn.site_names:
+    np.testing.assert_array_equal(tuned.thresholds[name], snn.thresholds[name])
+    np.testing.assert_array_equal(tuned.initial_potential[name], snn.initial_potential[name])
+  with pytest.raises(ValueError, match="loss='labels' needs labelled batches"):
+    jaxsnn.finetune(snn, [data], 4, steps=1)
+  with pytest.raises(ValueError, match="gave 60 batches for 61 steps"):
+    jaxsnn.finetune(snn, batches, 4, steps=61)
+  ann_tuned, _ = jaxsnn.finetune(snn, [data] * 3, 4, steps=3, loss="ann")  # no labels needed
+  assert ann_tuned.traced == snn.traced
+
+
+def test_finetune_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
+  from jaxsnn._src import tuning
+  snn, data, labels, batches = finetune_setup()
+  kw = dict(steps=12, learning_rate=1e-2, validation=[(data, labels)], validate_every=4)
+  whole, whole_report = jaxsnn.finetune(snn, batches, 4, **kw)
+  path = tmp_path / "ft.npz"
+  save, writes = tuning.save_checkpoint, []
+
+  def killed_after_second_write(p, job, tree):
+    save(p, job, tree)
+    writes.append(tree["step"])
+    if len(writes) == 2:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(tuning, "save_checkpoint", killed_after_second_write)
+  with pytest.raises(KeyboardInterrupt):
+    jaxsnn.finetune(snn, batches, 4, checkpoint=path, checkpoint_every=4, **kw)
+  writes.append("resumed")
+  resumed, resumed_report = jaxsnn.finetune(snn, batches, 4, checkpoint=path, checkpoint_every=4, **kw)
+  assert writes == [4, 8, "resumed", 12, 12]  # went on from step 8; the last write is the end's
+  np.testing.assert_array_equal(resumed_report.details["losses"], whole_report.details["losses"])
+  assert resumed_report.details["validation"] == whole_report.details["validation"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.variables, whole.variables)
+  with pytest.raises(ValueError, match="belongs to another job"):
+    jaxsnn.finetune(snn, batches, 4, checkpoint=path, **dict(kw, learning_rate=1e-3))

@@ -105,6 +105,31 @@ def test_step_major_equals_layer_major_bit_for_bit(neuron, readout):
       np.testing.assert_array_equal(got.neg_spikes[site], ref.neg_spikes[site], err_msg=f"{site}, block {block}")
 
 
+class PooledHead(nn.Module):
+  """Sums right before the readout: an average pool into the output layer, or a global mean (no neuron after them
+  to hide a rounding difference in the readout)."""
+  mean: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    x = x.mean(axis=(1, 2)) if self.mean else nn.avg_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
+    return nn.Dense(3)(x)
+
+
+@pytest.mark.parametrize("mean", [False, True])
+@pytest.mark.parametrize("readout", ["membrane", "spike"])
+def test_schedules_stay_bit_identical_with_sums_before_the_readout(mean, readout):
+  model = PooledHead(mean)
+  x = jax.random.normal(jax.random.key(0), (12, 6, 6, 1))
+  variables = model.init(jax.random.key(1), x)
+  snn = jaxsnn.convert(model.apply, variables, x, jaxsnn.thresholds(jaxsnn.calibrate(model.apply, variables, [x])),
+                       readout=readout)
+  ref = jaxsnn.simulate(snn, x, 16)
+  for block in (3, 8):
+    np.testing.assert_array_equal(jaxsnn.simulate(snn, x, 16, block_size=block).outputs, ref.outputs)
+
+
 def contraction_batches(fn, *args):
   """The leading (batch, or rows) size of the left operand of every matmul / convolution in the traced program of
   fn."""
@@ -651,3 +676,25 @@ def test_readout_delay_is_data_and_bad_delays_are_rejected():
       snn.replace(readout_delay=bad)
   with pytest.raises(ValueError, match="readout_delay must be >= 0"):
     jaxsnn.convert(apply_fn, variables, x, th, readout_delay=-3)
+
+
+@pytest.mark.parametrize("spatial,kernel,stride,padding,dilation", [
+    (8, 3, 1, "SAME", 1), (9, 3, 2, ((1, 1), (1, 1)), 1), (8, 1, 2, "VALID", 1), (10, 3, 1, ((2, 0), (0, 1)), 2),
+    (7, 3, 2, "SAME", 1), (6, 2, 2, "VALID", 1)])
+def test_the_simulators_convolution_has_jaxs_gradients(spatial, kernel, stride, padding, dilation):
+  """The simulator's convolution (the same forward op) computes its input gradient as a convolution with the kernel
+  in HWIO and its weight gradient as im2col + matmul, which XLA:CPU runs far faster inside the time loop."""
+  from jaxsnn._src import lowering
+  rng = np.random.default_rng(spatial + kernel)
+  x = jnp.asarray(rng.normal(size=(2, spatial, spatial, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding, rhs_dilation=(dilation,) * 2,  # noqa: E731
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  params = jax.make_jaxpr(conv)(x, w).jaxpr.eqns[0].params
+  y, vjp = jax.vjp(conv, x, w)
+  y2, vjp2 = jax.vjp(lambda x, w: lowering.conv_with_matmul_grad(x, w, params), x, w)
+  np.testing.assert_array_equal(y2, y)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  (dx, dw), (dx2, dw2) = vjp(g), vjp2(g)
+  np.testing.assert_allclose(dx2, dx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw2, dw, rtol=1e-5, atol=1e-5)

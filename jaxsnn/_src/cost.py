@@ -23,7 +23,9 @@ from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.simulate import Trace
 
 E_MAC_PJ = 4.6  # energy of a 32-bit float multiply-accumulate (Horowitz 2014), the paper's alpha in Eq. 15
+"""Energy of a 32-bit float multiply-accumulate in pJ (Horowitz 2014): the paper's alpha in Eq. 15."""
 E_AC_PJ = 0.9  # energy of a 32-bit float accumulate, the paper's beta in Eq. 15
+"""Energy of a 32-bit float accumulate in pJ (Horowitz 2014): the paper's beta in Eq. 15."""
 INPUT = "input"  # fan_out key of the network's input
 
 

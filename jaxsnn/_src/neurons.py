@@ -89,12 +89,27 @@ def _potential(shape, dtype, v0):
 def fired(decision: Array) -> Array:
   """Whether a decision is a spike, as a bool (for integer counters such as SNM's memory): exact decisions are
   already bools; surrogate ones are 0/1 (or, in the relaxed model, a smooth step that crosses 1/2 at the
-  threshold)."""
+  threshold).
+
+  Args:
+    decision: from ``fire(v, threshold)`` (possibly gated).
+
+  Returns:
+    A bool array.
+  """
   return decision if decision.dtype == jnp.bool_ else decision >= 0.5
 
 
 def gate(decision: Array, condition: Array) -> Array:
-  """``decision`` where ``condition`` holds, else no spike (works for exact bools and surrogate 0/1 floats)."""
+  """``decision`` where ``condition`` holds, else no spike (works for exact bools and surrogate 0/1 floats).
+
+  Args:
+    decision: from ``fire(v, threshold)``.
+    condition: a bool array broadcastable to it (e.g. ``threshold > 0``, or SNM's ``m > 0``).
+
+  Returns:
+    The gated decision, of the decision's dtype.
+  """
   return jnp.where(condition, decision, jnp.zeros_like(decision))
 
 
@@ -104,6 +119,14 @@ def amplitude(threshold: Array, pos: Array, neg: Array) -> Array:
   Exact decisions (bools) select: no multiply, so no fused multiply-add can round differently in different XLA
   fusions, which keeps the two simulation schedules bit-identical. Surrogate decisions (0/1 floats) multiply, which
   carries their gradient; the values are the same (``θ · 1 = θ`` exactly).
+
+  Args:
+    threshold: the neurons' thresholds.
+    pos: positive decisions (bool or 0/1 floats).
+    neg: negative decisions, of the same kind.
+
+  Returns:
+    The spikes, in the threshold's dtype.
   """
   if pos.dtype == jnp.bool_:
     zero = jnp.zeros_like(threshold)

@@ -41,9 +41,13 @@ from jaxsnn._src.tuning import tune_snn
 Stage = Callable[[SpikingNetwork, Any], tuple]
 
 SNN_CALIBRATION_EXAMPLES = 256  # calibrate_snn's training examples in every committed result
+"""Training examples that the recipes' :func:`jaxsnn.calibrate_snn` stage reads (as in every committed result)."""
 DELAY_EXAMPLES = 1024  # choose_readout_delay's (and the agreement check's)
+"""Training examples that :func:`jaxsnn.choose_readout_delay` (and the agreement check) reads in the recipes."""
 TUNE_EXAMPLES, TUNE_STEPS = 1024, 200  # tune_snn's
+"""Training examples and optimisation steps of the recipes' :func:`jaxsnn.tune_snn` stage (``end_to_end=True``)."""
 BATCH_SIZE = 128
+"""Batch size of the training subsets that the recipes' SNN stages read (the first examples, re-batched)."""
 
 
 def chain(*stages: Stage) -> Stage:

@@ -50,12 +50,15 @@ class Rule:
     contraction: XLA chooses the kernel, and so the summation order, from the operand shapes (matmuls and
       convolutions): the exact layer-major schedule runs these once per step of a block.
     structural: an override of the connection-counting rule (see :func:`structural`), ``(op, args, data) -> outs``.
+    sums: a reduction (a sum over an axis or a window: ``reduce_sum``, average pooling): XLA may order its additions
+      differently for different operand shapes, so the exact layer-major schedule runs it once per step too.
   """
 
   kind: str
   linear: Callable[[int], Sequence[int]] = _all
   contraction: bool = False
   structural: Callable[..., tuple] | None = None
+  sums: bool = False
 
 
 def _from(first: int) -> Callable[[int], range]:
@@ -96,6 +99,7 @@ def register(primitive, rule: Rule) -> None:
     >>> double_p = jax.extend.core.Primitive("double")     # a linear primitive of your own
     >>> double_p.def_impl(lambda x: 2 * x)
     >>> double_p.def_abstract_eval(lambda x: x)
+    >>> mlir.register_lowering(double_p, mlir.lower_fun(lambda x: 2 * x, multiple_results=False))  # for jit
     >>> jaxsnn.register_rule(double_p, jaxsnn.Rule("linear"))
     >>> snn = jaxsnn.convert(lambda v, x: jax.nn.relu(double_p.bind(x @ v)) @ v.T, w, x, thresholds)
   """
@@ -108,10 +112,11 @@ def register(primitive, rule: Rule) -> None:
 
 
 for _p in (P.add_p, P.add_jaxvals_p, P.reshape_p, P.transpose_p, P.broadcast_in_dim_p, P.squeeze_p, P.slice_p,
-           P.concatenate_p, P.reduce_sum_p, P.reduce_window_sum_p, P.copy_p, P.rev_p, P.cumsum_p,
-           P.sharding_constraint_p, P.reduce_precision_p, P.real_p, P.imag_p, P.conj_p, P.stop_gradient_p,
-           P.device_put_p, P.pad_p, jax.lax.split_p):
+           P.concatenate_p, P.copy_p, P.rev_p, P.sharding_constraint_p, P.reduce_precision_p, P.real_p, P.imag_p,
+           P.conj_p, P.stop_gradient_p, P.device_put_p, P.pad_p, jax.lax.split_p):
   register(_p, Rule(LINEAR))
+for _p in (P.reduce_sum_p, P.reduce_window_sum_p, P.cumsum_p):
+  register(_p, Rule(LINEAR, sums=True))
 register(P.sub_p, Rule(LINEAR, structural=_sum_of_operands))
 register(P.neg_p, Rule(LINEAR, structural=_identity))
 register(P.select_n_p, Rule(LINEAR, linear=_from(1)))  # the predicate must be constant in time
@@ -210,6 +215,13 @@ def is_contraction(primitive) -> bool:
   """Whether XLA picks the kernel of ``primitive`` from its operand shapes (matmuls and convolutions)."""
   rule = RULES.get(primitive)
   return rule is not None and rule.contraction
+
+
+def runs_per_step(primitive) -> bool:
+  """Whether the exact layer-major schedule must run ``primitive`` once per step of a block, with the step-major
+  operand shapes: a contraction or a sum, whose order of additions XLA may choose from the operand shapes."""
+  rule = RULES.get(primitive)
+  return rule is not None and (rule.contraction or rule.sums)
 
 
 def hint(primitive) -> str:

@@ -16,8 +16,9 @@ schedules of the same program:
 They give bit-identical spikes and readouts (``exact=True``, the default), and a caller's own ``lax.scan`` over
 :func:`step` gives the same bits as the step-major schedule. XLA's matmul and convolution kernels pick their blocking,
 and so their summation order, from the operand shapes: the same rows can round differently in a batch of N and in a
-batch of K*N (measured on XLA:CPU: differences of 1e-7..1e-5). So with ``exact=True`` the layer-major schedule runs
-those contractions once per step of the block (``lax.map``, the step-major kernel) and batches everything else;
+batch of K*N (measured on XLA:CPU: differences of 1e-7..1e-5), and so can sums over windows or axes (average
+pooling). So with ``exact=True`` the layer-major schedule runs those contractions and sums once per step of the block
+(``lax.map``, the step-major kernel) and batches everything else;
 ``exact=False`` batches the contractions too, for speed where that pays, equal only up to float rounding.
 
 Per-site data of the network (thresholds, initial potentials, current offsets) are leaves of the
@@ -267,8 +268,8 @@ def _advance(program: ir.Program, snn: SpikingNetwork, state: State, k: int | No
       it = iter(moving)
       return lowering.contract(op, [next(it) if ax == 0 else f for f, ax in zip(fixed, axes)])
 
-    if exact and rules.is_contraction(op.prim):
-      return jax.lax.map(one, moving)  # the step-major kernel, once per step of the block
+    if exact and rules.runs_per_step(op.prim):
+      return jax.lax.map(one, moving)  # the step-major kernel (and order of additions), once per step of the block
     return jax.vmap(one)(moving)
 
   ir.walk(program, env, kinds=frozenset({ir.SPIKE}), op_rule=op_rule, site_rule=site_rule, max_rule=max_rule)

@@ -139,7 +139,18 @@ def _differentiated(tangent) -> bool:
 
 @jax.custom_jvp
 def exact_fire(v, threshold):
-  """``v >= threshold`` (bool): the exact firing decision, whose derivative is refused (see the module docstring)."""
+  """``v >= threshold`` (bool): the exact firing decision, whose derivative is refused (see the module docstring).
+
+  Args:
+    v: membrane potentials.
+    threshold: thresholds, broadcastable to ``v``.
+
+  Returns:
+    A bool array: where a neuron fires.
+
+  Raises:
+    ValueError: when differentiated through (a gradient reaching ``v`` or ``threshold``), naming the fix.
+  """
   return v >= threshold
 
 

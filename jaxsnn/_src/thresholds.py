@@ -44,7 +44,9 @@ from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.norms import NORMS, normalize
 
 RATIO_BINS = 4096
+"""Number of bins of :func:`ratio_histograms` over [0, 1] (each positive activation divided by its neuron's max)."""
 DEFAULT_SCALES = tuple(np.round(np.linspace(0.02, 1.0, 99), 4).tolist())
+"""The scales of the NeuronNorm thresholds (0.02, 0.03, ..., 1.0) that :func:`thresholds_for_steps` tries."""
 GRANULARITIES = ("layer", "channel", "neuron")
 
 

@@ -1,5 +1,6 @@
-"""End-to-end tuning of per-channel thresholds, offsets and initial potentials through the simulated SNN, with the
-neuron's own surrogate gradient (:mod:`jaxsnn.surrogates`): the forward spikes are the network's, exactly."""
+"""Tuning through the simulated SNN, with the neuron's own surrogate gradient (:mod:`jaxsnn.surrogates`; the forward
+spikes are the network's, exactly): :func:`tune_snn` (per-channel thresholds, offsets and initial potentials, towards
+the ANN's logits) and :func:`finetune` (the weights, towards the labels or the ANN)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import numpy as np
 import optax
 
 from jaxsnn._src import ir, runner, surrogates
+from jaxsnn._src.batches import as_batch
 from jaxsnn._src.convert import SpikingNetwork
+from jaxsnn._src.evaluate import evaluate
 from jaxsnn._src.files import fingerprint, load_checkpoint, save_checkpoint
 from jaxsnn._src.reports import Report
 from jaxsnn._src.simulate import simulate
@@ -147,3 +150,176 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                                "best_loss": best_loss}, examples=sum(p.count for p in prepared), num_steps=num_steps,
                   details={"losses": np.asarray(losses)}, seconds=time.perf_counter() - t0)
   return tuned, report
+
+
+LOSSES = ("labels", "ann")
+
+
+def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int,
+             optimizer: optax.GradientTransformation | None = None, learning_rate: float = 1e-4,
+             loss: str = "labels", surrogate: surrogates.Surrogate = DEFAULT_SURROGATE, remat: bool = True,
+             validation: Iterable[Any] | None = None, validate_every: int = 100, progress: bool = False,
+             checkpoint=None, checkpoint_every: int = 50, input_key: str = "image") -> tuple[SpikingNetwork, Report]:
+  """Fine-tunes the network's weights through the simulated SNN at T steps (surrogate gradients).
+
+  The loss is computed on the SNN's readout after ``num_steps`` (the answer the network gives, readout delay
+  included): the cross-entropy with the labels (``loss="labels"``), or the mean squared distance to the original
+  ANN's logits (``loss="ann"``, no labels read). Its gradient flows through :func:`jaxsnn.simulate` with
+  ``surrogate`` on every firing decision; the forward spikes are the network's own. Every floating-point leaf of
+  ``snn.variables`` is trained (weights, biases, BatchNorm's parameters and statistics, which in eval mode are one more
+  affine map); thresholds, potentials, offsets and the readout delay stay as they are.
+
+  Args:
+    snn: a converted network, e.g. from :func:`jaxsnn.recipes.low_latency` at ``num_steps``.
+    batches: training batches (any form of the batch protocol; labelled for ``loss="labels"``), one per step: an
+      iterable of at least ``steps`` batches (e.g. several epochs of :func:`jaxsnn.data.batches`). Never the test set.
+    num_steps: the T to fine-tune for.
+    steps: gradient steps.
+    optimizer: an optax transformation (default ``optax.adam(learning_rate)``).
+    learning_rate: the default optimizer's rate.
+    loss: ``"labels"`` or ``"ann"``.
+    surrogate: the firing decisions' surrogate derivative.
+    remat: recompute each step's activations in the backward pass (:func:`jaxsnn.simulate`'s ``remat``): less memory.
+    validation: labelled held-out batches (training images never trained on; never the test set): the accuracy at
+      ``num_steps`` is measured on them every ``validate_every`` steps and at the end, and the variables with the best
+      one are returned (the starting point is a candidate too). None: the last variables.
+    validate_every: steps between validations.
+    progress: tqdm bars.
+    checkpoint: a file path: the state (step, optimizer state, variables, the best so far, the history) is written
+      atomically every ``checkpoint_every`` steps and at the end; a call with the same network, settings and batches
+      resumes from it (skipping the batches already used) and returns what an uninterrupted call returns (with an
+      ``optimizer`` of your own, pass the same one again: it is not part of the checkpoint's fingerprint).
+    checkpoint_every: steps between checkpoint writes.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    ``(snn, report)``: the fine-tuned network (new variables, nothing else changed) and a :class:`jaxsnn.Report`
+    whose ``details`` hold the loss of every step and the validation history ``[(step, accuracy), ...]``.
+
+  Raises:
+    ValueError: for a bad loss or step count, batches without labels for ``loss="labels"``, fewer batches than
+      ``steps``, or a checkpoint of another job.
+
+  Example:
+    >>> snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train_batches, num_steps=8)
+    >>> snn, report = jaxsnn.finetune(snn, epochs_of_train_batches, 8, steps=1000, validation=val_batches)
+  """
+  caller = "jaxsnn.finetune"
+  t0 = time.perf_counter()
+  num_steps = check_steps(num_steps, caller)
+  if loss not in LOSSES:
+    raise ValueError(f"{caller}: loss must be one of {LOSSES}; got {loss!r}.")
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise ValueError(f"{caller}: steps must be a non-negative int; got {steps!r}.")
+  for name, value in (("validate_every", validate_every), ("checkpoint_every", checkpoint_every)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{caller}: {name} must be a positive int; got {value!r}.")
+  surrogates.fire(surrogate)
+  # A given optimizer's settings are not readable from it: a resumed run must pass the same one (the caller's part).
+  optimizer_key = ("adam", float(learning_rate)) if optimizer is None else "the caller's optimizer"
+  optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
+  leaves, treedef = jax.tree_util.tree_flatten(snn.variables)
+  trained = [jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves]
+  params = [leaf for leaf, t in zip(leaves, trained) if t]
+  fixed = [None if t else leaf for leaf, t in zip(leaves, trained)]
+
+  def variables_of(params):
+    it = iter(params)
+    return jax.tree_util.tree_unflatten(treedef, [next(it) if t else f for t, f in zip(trained, fixed)])
+
+  teacher = snn.variables
+
+  def objective(params, x, labels, mask):
+    net = snn.replace(variables=variables_of(params))
+    out = simulate(net, x, num_steps, surrogate=surrogate, remat=remat, tallies=False).outputs[-1]
+    out = out.astype(jnp.float32).reshape(mask.shape[0], -1)
+    if loss == "labels":
+      per = optax.softmax_cross_entropy_with_integer_labels(out, labels)
+    else:
+      target = ir.ann_outputs(snn.traced, teacher, x)[1].astype(jnp.float32).reshape(mask.shape[0], -1)
+      per = jnp.square(out - target).mean(axis=1)
+    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+  @jax.jit
+  def update(params, opt_state, x, labels, mask):
+    value, grads = jax.value_and_grad(objective)(params, x, labels, mask)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  def accuracy(params):
+    return float(evaluate(snn.replace(variables=variables_of(params)), validation, num_steps,
+                          input_key=input_key).accuracy[-1])
+
+  opt_state = optimizer.init(params)
+  state = {"step": 0, "params": params, "opt": opt_state, "best": params, "best_accuracy": -1.0, "losses": [],
+           "history": []}
+  job = None
+  if checkpoint is not None:
+    job = fingerprint(caller, snn.traced.key, snn.neuron.name, num_steps, steps, optimizer_key, loss, surrogate,
+                      remat, validation is not None, validate_every,
+                      arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay))
+    saved = load_checkpoint(checkpoint, job, caller, "other network data, settings or optimizer")
+    if saved is not None:
+      like = jax.tree_util.tree_leaves((params, opt_state, params))
+      restored = [jnp.asarray(v, jnp.asarray(l).dtype) for v, l in zip(saved["leaves"], like)]
+      params, opt_state, best = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure((params, opt_state, params)),
+                                                             restored)
+      state = {"step": int(saved["step"]), "params": params, "opt": opt_state, "best": best,
+               "best_accuracy": float(saved["best_accuracy"]), "losses": [float(v) for v in saved["losses"]],
+               "history": [tuple(h) for h in saved["history"]]}
+
+  def save():
+    if checkpoint is not None:
+      save_checkpoint(checkpoint, job, {"step": state["step"], "best_accuracy": state["best_accuracy"],
+                                        "losses": np.asarray(state["losses"], np.float64),
+                                        "history": [list(h) for h in state["history"]],
+                                        "leaves": jax.tree_util.tree_leaves((state["params"], state["opt"],
+                                                                             state["best"]))})
+
+  def validate():
+    if validation is None:
+      return
+    acc = accuracy(state["params"])
+    state["history"].append((state["step"], acc))
+    if acc > state["best_accuracy"]:
+      state["best_accuracy"], state["best"] = acc, state["params"]
+
+  if validation is not None and not state["history"]:
+    validate()  # the starting point is a candidate
+  bar = runner.progress_bar(progress, f"finetune T={num_steps}", unit="step", total=steps, initial=state["step"])
+  count = 0
+  for i, item in enumerate(batches):
+    if i >= steps:
+      break
+    if i < state["step"]:
+      continue  # used before the checkpoint
+    batch = runner.prepare(as_batch(item, caller, input_key), None)
+    if loss == "labels" and batch.labels is None:
+      raise ValueError(f"{caller}: loss='labels' needs labelled batches; a batch has none (or use loss='ann').")
+    labels = jnp.asarray(batch.labels if batch.labels is not None else np.zeros(batch.mask.shape[0], np.int32))
+    state["params"], state["opt"], value = update(state["params"], state["opt"], batch.x, labels,
+                                                  jnp.asarray(batch.mask, jnp.float32))
+    state["losses"].append(float(value))
+    state["step"] = i + 1
+    count += batch.count
+    if state["step"] % validate_every == 0:
+      validate()
+    if state["step"] % checkpoint_every == 0:
+      save()
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(loss=f"{float(value):.4g}", best=f"{state['best_accuracy']:.4f}")
+  if bar is not None:
+    bar.close()
+  if state["step"] < steps:
+    raise ValueError(f"{caller}: batches gave {state['step']} batches for {steps} steps; pass at least as many.")
+  if validation is not None and (not state["history"] or state["history"][-1][0] != state["step"]):
+    validate()
+  save()
+  chosen = state["best"] if validation is not None else state["params"]
+  report = Report("finetune", {"loss": loss, "steps": steps, "trained_leaves": len(params),
+                               "best_validation_accuracy": state["best_accuracy"] if validation is not None else None},
+                  examples=count, num_steps=num_steps,
+                  details={"losses": np.asarray(state["losses"]), "validation": list(state["history"])},
+                  seconds=time.perf_counter() - t0)
+  return snn.replace(variables=variables_of(chosen)), report
