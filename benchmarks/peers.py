@@ -54,7 +54,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -74,9 +74,6 @@ SJ_LABELS = {"max": "layer max", "p99.9": "layer 99.9 %", "robust": "channel 99.
              "ltb": "local threshold balancing"}
 TABLE_STEPS = (16, 32, 64)
 TEST_IMAGES = 10_000  # CIFAR-10's test set: the unit of "time to accuracy"
-# XLA:CPU's YNNPACK kernels for the contractions: 1.3-1.4x the simulator's default speed on this CPU, same answers on
-# 1,000 real test images (benchmarks/xla_flags.py, RESULTS.md). Float rounding may differ from XLA's own kernels.
-FAST_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot"
 
 
 # --- pure summaries (no jax, no torch: tested in tests/test_benchmarks_peers.py) ----------------------------------
@@ -147,18 +144,27 @@ def render_table(results: dict) -> str:
   nets = [k for k in results if k != "meta"]
   T = {results[net].get("timing_T", 64) for net in nets}
   T = T.pop() if len(T) == 1 else "T"
-  lines = [f"| net | library | recipe | images·steps/s | ANN images/s | SNN {T} steps / {T} ANN passes |",
-           "|---|---|---|---|---|---|"]
+  lines = [f"| net | library | recipe (setting) | images·steps/s | ANN images/s | SNN {T} steps / {T} ANN passes | "
+           "vs SpikingJelly |", "|---|---|---|---|---|---|---|"]
   for net in nets:
+    sj = results[net].get("spikingjelly", {})
+    sj_ips = sj.get("img_steps_per_s")
     for lib in ("jaxsnn", "spikingjelly"):
       r = results[net].get(lib)
       if not r:
         continue
+      batch = results[net].get("batch", 128)
       for name, rec in r["recipes"].items():
         if rec.get("img_steps_per_s") is None:
           continue
-        lines.append(f"| {net} | {lib} | {rec['label']} | {rec['img_steps_per_s']:,.0f} | "
-                     f"{r['ann_images_per_s']:,.0f} | {rec['ratio_to_T_ann_passes']:.1f}× |")
+        rows = [(rec["label"], rec)]
+        if rec.get("settings"):
+          rows = [(f"{rec['label']} ({st['label']})", st) for st in rec["settings"].values()]
+        for label, st in rows:
+          ann_ips = batch / st["ann_pass_s"] if "ann_pass_s" in st else r["ann_images_per_s"]
+          versus = f"{st['img_steps_per_s'] / sj_ips:.2f}×" if sj_ips and lib == "jaxsnn" else ""
+          lines.append(f"| {net} | {lib} | {label} | {st['img_steps_per_s']:,.0f} | {ann_ips:,.0f} | "
+                       f"{st['ratio_to_T_ann_passes']:.2f}× | {versus} |")
   steps = sorted({int(t) for net in nets for lib in ("jaxsnn", "spikingjelly")
                   for rec in results[net].get(lib, {}).get("recipes", {}).values() for t in rec["acc_at"]})
   head = "| net | library | recipe | ANN % | " + " | ".join(f"T={t}" for t in steps) + \
@@ -273,19 +279,24 @@ class Net(NamedTuple):
   data_path: pathlib.Path
   val_split: str | None
   fingerprint: str  # of the weights and every array: what a resumed accuracy run must share with the first one
+  config: Any = None
+
+
+def load_net(net: str) -> "Net":
+  """The committed checkpoint of ``net``: a :class:`Net` without data."""
+  from jaxsnn import training
+  config, model, variables = training.load_trained(ROOT / CHECKPOINTS[net])
+  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  return Net(net, model, variables, apply_fn, {}, pathlib.Path(), pathlib.Path(), None, "", config)
 
 
 def prepare(net: str, args) -> Net:
   """Loads the checkpoint and the data, and writes the ``.npz`` files the torch side reads."""
   import jax
-  from jaxsnn import data, training
+  from jaxsnn import data
 
-  base = ROOT / CHECKPOINTS[net]
-  cfg = json.loads(base.with_suffix(".config.json").read_text())
-  fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-  config = training.TrainConfig(**{k: v for k, v in cfg.items() if k in fields})
-  model = training.build_model(config)
-  variables = training.load_variables(base.with_suffix(".msgpack"))
+  loaded = load_net(net)
+  config, model, variables = loaded.config, loaded.model, loaded.variables
   spec = data.spec(config.dataset)
   if args.select > config.val_examples:
     sys.exit(f"peers.py: --select {args.select} is more than the {config.val_examples} validation images of {net}")
@@ -312,7 +323,7 @@ def prepare(net: str, args) -> Net:
   for d in (arrays, flat):
     for k in sorted(d):
       h.update(np.ascontiguousarray(d[k]).tobytes())
-  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split, h.hexdigest())
+  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split, h.hexdigest(), config)
 
 
 def batched(x: np.ndarray, y: np.ndarray | None, batch: int):
@@ -420,21 +431,119 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
   return out, snns
 
 
-def jaxsnn_speed(net: Net, args, snns: dict, out: dict) -> None:
-  """Fills ``out`` (from :func:`jaxsnn_curves`) with the ANN pass time and each recipe's per-step speed."""
+# jaxsnn's per-step speed under each setting, each in its own process (XLA reads its flags at start): the default
+# (XLA:CPU's fast contraction kernels, jaxsnn.xla), XLA's own kernels (the opt-out), and the spike tallies that rates
+# and energy need (an opt-in: accuracy runs carry none).
+SPEED_SETTINGS = {
+    "default": {"fast_cpu": True, "tallies": False},
+    "xla_own_kernels": {"fast_cpu": False, "tallies": False},
+    "with_tallies": {"fast_cpu": True, "tallies": True},
+}
+SETTING_LABELS = {"default": "jaxsnn's defaults (XLA:CPU fast contraction kernels, no tallies)",
+                  "xla_own_kernels": "opt-out: XLA's own CPU kernels (JAXSNN_FAST_CPU=0)",
+                  "with_tallies": "opt-in: per-neuron spike tallies (firing rates, energy)"}
+
+
+def _save_snn(snn, path: pathlib.Path) -> None:
+  """The data of a converted network (thresholds, potentials, offsets, delay): what a worker needs to rebuild it."""
+  arrays = {f"{field}/{k}": np.asarray(v) for field in ("thresholds", "initial_potential", "offsets")
+            for k, v in getattr(snn, field).items()}
+  arrays["readout_delay"] = np.asarray(snn.readout_delay)
+  np.savez(path, **arrays)
+
+
+def _load_snn(net: "Net", example, path: pathlib.Path):
+  import jaxsnn
+  with np.load(path) as f:
+    data = {k: f[k] for k in f.files}
+  field = lambda name: {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(name + "/")}  # noqa: E731
+  snn = jaxsnn.convert(net.apply_fn, net.variables, example, field("thresholds"),
+                       initial_potential=field("initial_potential"))
+  return snn.replace(offsets=field("offsets"), readout_delay=int(data["readout_delay"]))
+
+
+def _worker_env(fast_cpu: bool) -> dict:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAXSNN_FAST_CPU"] = "1" if fast_cpu else "0"
+  return env
+
+
+def run_jaxsnn_worker(task: dict, name: str, fast_cpu: bool) -> dict:
+  """Runs ``task`` in a fresh process of this script (``--jaxsnn_worker``), with or without the fast CPU kernels."""
+  job_path, out_path = CACHE / f"{name}_jaxsnn_job.json", CACHE / f"{name}_jaxsnn_out.json"
+  job_path.write_text(json.dumps(task))
+  out_path.unlink(missing_ok=True)
+  rc = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve()), "--jaxsnn_worker", str(job_path),
+                       str(out_path)], cwd=ROOT, env=_worker_env(fast_cpu)).returncode
+  if rc:
+    sys.exit(f"peers.py: a jaxsnn worker failed (exit {rc}, its output above); job: {job_path}")
+  return json.loads(out_path.read_text())
+
+
+def jaxsnn_worker(job_path: str, out_path: str) -> None:
+  """The ``--jaxsnn_worker`` process: ``speed`` (the Flax ANN pass and one recipe's SNN step) or ``curve`` (one
+  recipe's accuracy after every t on the test set, resumable)."""
   import jax
   import jaxsnn
+  task = json.loads(pathlib.Path(job_path).read_text())
+  net = load_net(task["net"])
+  with np.load(CACHE / "data.npz") as f:
+    test_x, test_y = f["test_x"], f["test_y"]
+  xb = test_x[:task["batch"]]
+  snn = _load_snn(net, xb, pathlib.Path(task["snn"]))
+  out = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
+  if task["kind"] == "speed":
+    ann_fn = jax.jit(net.apply_fn)
+    ann_s = timed(lambda: ann_fn(net.variables, xb), task["repeats"])[1]
+    sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, task["T"], task["block"], tallies=task["tallies"]).outputs)
+    sim_s = timed(lambda: sim(snn, xb), task["repeats"])[1]
+    out.update(ann_pass_s=ann_s, snn_s=sim_s, img_steps_per_s=task["batch"] * task["T"] / sim_s,
+               ratio_to_T_ann_passes=sim_s / (task["T"] * ann_s))
+  else:
+    ckpt = CACHE / task["net"] / f"jaxsnn_{task['recipe']}_test_T{task['T']}_n{len(test_y)}_b{task['batch']}_own.npz"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    res = jaxsnn.evaluate(snn, padded(test_x, test_y, task["batch"]), task["T"], task["block"], progress=True,
+                          checkpoint=ckpt, checkpoint_every=2)
+    out["accuracy"] = [float(v) for v in res.accuracy]
+  pathlib.Path(out_path).write_text(json.dumps(out))
 
-  xb = net.arrays["test_x"][:args.batch]
-  ann_fn = jax.jit(net.apply_fn)
-  ann_s = timed(lambda: ann_fn(net.variables, xb), args.repeats)[1]
-  out.update(ann_pass_s=ann_s, ann_images_per_s=args.batch / ann_s)
-  print(f"Flax ANN: {args.batch / ann_s:,.0f} images/s (batch {args.batch})", flush=True)
+
+def jaxsnn_own_kernels_curve(net: "Net", args, snns: dict, out: dict) -> None:
+  """The chosen recipe's test curve again with XLA's own kernels (the opt-out): how far the fast kernels' rounding
+  moves the answers (``out["recipes"][name]["accuracy_xla_own_kernels"]`` and the largest difference)."""
   for name, snn in snns.items():
-    sim_s = timed(lambda: jaxsnn.simulate(snn, xb, args.timing_T, args.jaxsnn_block).outputs, args.repeats)[1]
-    ips = args.batch * args.timing_T / sim_s
-    out["recipes"][name].update(snn_s=sim_s, img_steps_per_s=ips, ratio_to_T_ann_passes=sim_s / (args.timing_T * ann_s))
-    print(f"jaxsnn {name}: {ips:,.0f} images*steps/s (batch {args.batch}, T = {args.timing_T})", flush=True)
+    path = CACHE / f"{net.name}_{name}_snn.npz"
+    _save_snn(snn, path)
+    res = run_jaxsnn_worker({"kind": "curve", "net": net.name, "snn": str(path), "recipe": name,
+                             "batch": args.batch, "T": args.jaxsnn_max_T, "block": args.jaxsnn_block},
+                            net.name, fast_cpu=False)
+    rec = out["recipes"][name]
+    rec["accuracy_xla_own_kernels"] = res["accuracy"]
+    rec["max_accuracy_difference_xla_own_kernels"] = max(abs(a - b) for a, b in zip(rec["accuracy"], res["accuracy"]))
+    print(f"jaxsnn {name}: with XLA's own kernels the accuracy after every t differs by at most "
+          f"{100 * rec['max_accuracy_difference_xla_own_kernels']:.2f} points", flush=True)
+
+
+def jaxsnn_speed(net: "Net", args, snns: dict, out: dict) -> None:
+  """Fills ``out`` (from :func:`jaxsnn_curves`) with the ANN pass time and each recipe's per-step speed under every
+  setting of :data:`SPEED_SETTINGS`, each in a fresh process; the recipe's own numbers are the default's."""
+  for name, snn in snns.items():
+    path = CACHE / f"{net.name}_{name}_snn.npz"
+    _save_snn(snn, path)
+    rec = out["recipes"][name]
+    rec["settings"] = {}
+    for setting, opts in SPEED_SETTINGS.items():
+      res = run_jaxsnn_worker({"kind": "speed", "net": net.name, "snn": str(path), "batch": args.batch,
+                               "T": args.timing_T, "repeats": args.repeats, "block": args.jaxsnn_block,
+                               "tallies": opts["tallies"]}, net.name, fast_cpu=opts["fast_cpu"])
+      rec["settings"][setting] = dict(res, label=SETTING_LABELS[setting])
+      print(f"jaxsnn {name} [{setting}]: {res['img_steps_per_s']:,.0f} images*steps/s, ANN "
+            f"{args.batch / res['ann_pass_s']:,.0f} images/s, step = {res['ratio_to_T_ann_passes']:.2f} ANN passes",
+            flush=True)
+    default = rec["settings"]["default"]
+    rec.update(snn_s=default["snn_s"], img_steps_per_s=default["img_steps_per_s"],
+               ratio_to_T_ann_passes=default["ratio_to_T_ann_passes"])
+    out.update(ann_pass_s=default["ann_pass_s"], ann_images_per_s=args.batch / default["ann_pass_s"])
 
 
 def _variants(name: str, curves: dict):
@@ -527,6 +636,8 @@ def run_net(name: str, args) -> dict:
   jx, snns = jaxsnn_curves(net, args)
   target = jx["ann_accuracy"] - args.drop  # the Flax ANN's accuracy - 1 point, for both libraries
   tann, sj, candidates = spikingjelly_curves(net, args)
+  if args.check_own_kernels:
+    jaxsnn_own_kernels_curve(net, args, snns, jx)
   print(f"--- speed, batch {args.batch}, T = {args.timing_T} (keep the machine idle) ---", flush=True)
   jaxsnn_speed(net, args, snns, jx)
   spikingjelly_speed(net, args, sj, candidates)
@@ -563,11 +674,17 @@ def main():
   parser.add_argument("--drop", type=float, default=0.01, help="accuracy below the ANN that counts as reached")
   parser.add_argument("--check", type=int, default=256, help="test images whose ANN logits are compared")
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-  parser.add_argument("--jaxsnn_xla_flags", default=FAST_CPU_FLAGS,
-                      help="XLA_FLAGS added for the jaxsnn side (accuracy and speed; '' for XLA's defaults)")
+  parser.add_argument("--no_check_own_kernels", dest="check_own_kernels", action="store_false",
+                      help="skip the chosen recipe's test curve with XLA's own kernels (the fast kernels' check)")
+  parser.add_argument("--jaxsnn_worker", nargs=2, default=None, help=argparse.SUPPRESS)
   parser.add_argument("--out", default=str(DEFAULT_OUT))
   parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
   args = parser.parse_args()
+  if args.jaxsnn_worker:
+    import jaxsnn.xla
+    jaxsnn.xla.use_fast_cpu_kernels()  # unless the parent opted out (JAXSNN_FAST_CPU=0)
+    jaxsnn_worker(*args.jaxsnn_worker)
+    return
   out = pathlib.Path(args.out)
   if args.table:
     print(render_table(json.loads(out.read_text())))
@@ -591,8 +708,8 @@ def main():
     sys.exit(f"peers.py: the peers venv cannot import SpikingJelly's ann2snn:\n{probe.stderr.strip()}\n"
              "Repair it with: bash benchmarks/setup_peers.sh")
 
-  if args.jaxsnn_xla_flags:  # read once by XLA when jax starts: set before the first import of jax
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.jaxsnn_xla_flags}".strip()
+  import jaxsnn.xla
+  jaxsnn.xla.use_fast_cpu_kernels()  # jaxsnn's defaults (JAXSNN_FAST_CPU=0 to opt out), before JAX starts
   import jax
   results = json.loads(out.read_text()) if out.exists() else {}
   for net in args.nets:

@@ -11,7 +11,6 @@ import argparse
 import pathlib
 import platform
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

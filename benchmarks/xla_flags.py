@@ -181,8 +181,8 @@ def main():
   write_json(path, out)
   base = out["configs"]["default"]
   print(f"\nmedian of {args.rounds} processes per configuration, each the median of {args.repeats} calls")
-  print(f"\n| configuration | XLA_FLAGS | ANN pass ms | images·steps/s | vs default | SNN / (T ANN passes) | "
-        f"SNN outputs |\n|---|---|---|---|---|---|---|")
+  print("\n| configuration | XLA_FLAGS | ANN pass ms | images·steps/s | vs default | SNN / (T ANN passes) | "
+        "SNN outputs |\n|---|---|---|---|---|---|---|")
   for name, row in out["configs"].items():
     if "error" in row:
       print(f"| {name} | `{row['flags']}` | failed: {row['error'][:80]} | | | | |")

@@ -24,8 +24,8 @@ import griffe
 # The public modules whose names the API pages document, in the order a name's public path is chosen: a name
 # exported by jaxsnn and by a submodule links to jaxsnn's entry.
 PUBLIC_MODULES = ("jaxsnn", "jaxsnn.recipes", "jaxsnn.lowlatency", "jaxsnn.analysis", "jaxsnn.neurons",
-                  "jaxsnn.surrogates", "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.models", "jaxsnn.data",
-                  "jaxsnn.training", "jaxsnn.plotting")
+                  "jaxsnn.surrogates", "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.xla", "jaxsnn.models",
+                  "jaxsnn.data", "jaxsnn.training", "jaxsnn.plotting")
 
 ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|obj|exc|const):`~?([A-Za-z_][\w.]*)(?:\(\))?`")
 

@@ -22,6 +22,7 @@ import pathlib
 import numpy as np
 
 import common
+import jaxsnn.xla
 
 
 def _shard(split: str, index: int, count: int) -> str:
@@ -32,6 +33,7 @@ def _shard(split: str, index: int, count: int) -> str:
 
 
 def main():
+  jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--method", default="SNM + NeuronNorm", help="a method name of experiments/main.py")
@@ -70,7 +72,7 @@ def main():
                                  process_id=args.process_id)
     else:
       jax.distributed.initialize()
-  import jaxsnn
+
   from jax.experimental import multihost_utils
   from jaxsnn import data, training
 

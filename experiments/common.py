@@ -10,6 +10,10 @@ Committed reference checkpoints live in ``experiments/checkpoints/NAME.msgpack``
 ``NAME.metrics.jsonl``; a run directory of ``experiments/train.py`` holds ``config.json``, ``best.msgpack`` and
 ``metrics.jsonl``; ``jaxsnn.training.load_trained`` reads either.
 
+XLA's CPU kernels: every conversion script calls ``jaxsnn.xla.use_fast_cpu_kernels()`` first thing in ``main()``
+(before JAX computes anything), so jaxsnn's entry points simulate with XLA:CPU's fast contraction kernels unless
+``JAXSNN_FAST_CPU=0``; importing this module (or jaxsnn) changes nothing.
+
 The CPU allocator (:func:`use_tcmalloc`): Runs a script under tcmalloc when the machine has it: CPU training here spends a third of its time in the kernel.
 
 XLA:CPU allocates and frees its temporary buffers on every step. Under glibc's malloc, buffers above the mmap

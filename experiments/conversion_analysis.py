@@ -16,6 +16,7 @@ import pathlib
 import numpy as np
 
 import common
+import jaxsnn.xla
 import jaxsnn
 from jaxsnn import analysis
 
@@ -38,6 +39,7 @@ def summarize(snn, x, y, trace, checkpoints):
 
 
 def main():
+  jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default=str(common.DEFAULT_RUN))
   parser.add_argument("--examples", type=int, default=256, help="test images simulated (one batch)")

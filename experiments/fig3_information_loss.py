@@ -15,6 +15,7 @@ import pathlib
 import numpy as np
 
 import common
+import jaxsnn.xla
 import jaxsnn
 from jaxsnn import analysis, plotting
 
@@ -22,6 +23,7 @@ ROOT = common.ROOT
 
 
 def main():
+  jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default=str(common.DEFAULT_RUN))
   parser.add_argument("--site", type=int, default=1, help="index of the ReLU site, in network order")

@@ -20,11 +20,13 @@ import pathlib
 import time
 
 import common
+import jaxsnn.xla
 import jaxsnn
 from jaxsnn import data, plotting
 
 
 def main():
+  jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   common.use_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="cifar10_resnet20")

@@ -27,10 +27,12 @@ import json
 import pathlib
 
 import common
+import jaxsnn.xla
 from jaxsnn import plotting
 
 
 def main():
+  jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--methods", default="readme")

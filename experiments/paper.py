@@ -24,10 +24,12 @@ import argparse
 import pathlib
 
 import common
+import jaxsnn.xla
 from jaxsnn import plotting
 
 
 def main():
+  jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--steps", type=int, default=128)

@@ -16,11 +16,13 @@ import pathlib
 import numpy as np
 
 import common
+import jaxsnn.xla
 import jaxsnn
 from jaxsnn import analysis
 
 
 def main():
+  jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--methods", required=True, help="method names separated by ';' (see main.py --methods)")

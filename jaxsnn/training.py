@@ -36,6 +36,7 @@ from flax import serialization
 from flax.training import train_state
 
 from jaxsnn import data as data_lib
+from jaxsnn._src import runner
 from jaxsnn._src.files import atomic_write
 from jaxsnn import models
 
@@ -212,11 +213,14 @@ def evaluate(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, batch_
   Returns:
     ``{"loss": mean loss, "accuracy": fraction correct, "count": examples counted}``.
   """
-  totals = {"loss": 0.0, "correct": 0, "count": 0}
-  for batch in data_lib.batches(arrays, batch_size, train=False, mean=mean, std=std):
+  def step(totals, p: runner.Prepared):
+    batch = {"image": p.x, "label": jnp.asarray(p.labels), "mask": jnp.asarray(p.mask)}
     out = jax.device_get(eval_step(apply_fn, variables, batch))
-    for k in totals:
-      totals[k] += out[k].item()
+    return {k: totals[k] + out[k].item() for k in totals}
+
+  totals, _ = runner.fold(data_lib.batches(arrays, batch_size, train=False, mean=mean, std=std), step,
+                          {"loss": 0.0, "correct": 0, "count": 0}, caller="jaxsnn.training.evaluate",
+                          labels="accuracy")
   count = max(totals["count"], 1)
   return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count, "count": int(totals["count"])}
 

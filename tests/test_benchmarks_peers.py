@@ -66,8 +66,15 @@ def made_up_results():
   jx = {"ann_images_per_s": 900.0, "recipes": {
       "paper": rec("SNM + NeuronNorm (paper)", 800.0, 1.1, [0.5] * 39 + [0.91] * 25),
       "low_latency": rec("fast", 800.0, 1.1, [0.5] * 9 + [0.91] * 55)}}
+  # The chosen recipe's speed under every setting: each row of the speed table (the default is the recipe's own).
+  jx["recipes"]["low_latency"]["settings"] = {
+      "default": {"label": "defaults", "img_steps_per_s": 800.0, "ann_pass_s": 128 / 900.0,
+                  "ratio_to_T_ann_passes": 1.1},
+      "xla_own_kernels": {"label": "own kernels", "img_steps_per_s": 600.0, "ann_pass_s": 128 / 700.0,
+                          "ratio_to_T_ann_passes": 1.3}}
   jx["best"] = peers.best_recipe(jx["recipes"])
-  sj = {"ann_images_per_s": 1000.0, "recipes": {"max": rec("layer max", 900.0, 1.2, [0.1] * 64)}, "best": "max"}
+  sj = {"ann_images_per_s": 1000.0, "recipes": {"max": rec("layer max", 900.0, 1.2, [0.1] * 64)}, "best": "max",
+        "img_steps_per_s": 900.0}
   return {"resnet20": {"ann": {"flax_test_accuracy": 0.91, "torch_test_accuracy": 0.91}, "timing_T": 64,
                        "jaxsnn": jx, "spikingjelly": sj},
           "meta": {"machine": "2 CPU cores (test)", "versions": "jax x, torch y, spikingjelly z"}}
@@ -80,8 +87,10 @@ def test_render_table_from_a_made_up_json(tmp_path):
   assert not list(tmp_path.glob("*.tmp"))           # atomic: the temporary file was renamed
   table = peers.render_table(json.loads(path.read_text()))
   lines = table.splitlines()
-  assert "| resnet20 | jaxsnn | SNM + NeuronNorm (paper) | 800 | 900 | 1.1× |" in lines
-  assert "| resnet20 | spikingjelly | layer max | 900 | 1,000 | 1.2× |" in lines
+  assert "| resnet20 | jaxsnn | SNM + NeuronNorm (paper) | 800 | 900 | 1.10× | 0.89× |" in lines
+  assert "| resnet20 | jaxsnn | fast (defaults) | 800 | 900 | 1.10× | 0.89× |" in lines
+  assert "| resnet20 | jaxsnn | fast (own kernels) | 600 | 700 | 1.30× | 0.67× |" in lines
+  assert "| resnet20 | spikingjelly | layer max | 900 | 1,000 | 1.20× |  |" in lines
   # paper: T = 40 -> 10,000 * 40 / 800 = 500 s; low_latency (best): T = 10 -> 125 s; SpikingJelly never gets there.
   assert "| resnet20 | jaxsnn | SNM + NeuronNorm (paper) | 91.00 | 50.00 | 50.00 | 91.00 | 40 | 500 s |" in lines
   assert "| resnet20 | jaxsnn | fast **(best)** | 91.00 | 91.00 | 91.00 | 91.00 | 10 | 125 s |" in lines
@@ -90,7 +99,7 @@ def test_render_table_from_a_made_up_json(tmp_path):
   assert lines[-1].startswith("Machine: 2 CPU cores (test)")
   for line in lines:                                 # every row has as many cells as its header
     if line.startswith("|"):
-      assert line.count("|") in (7, 10)
+      assert line.count("|") in (8, 10)
 
 
 def test_gpu_table_and_schedules():

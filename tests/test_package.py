@@ -10,7 +10,7 @@ import jaxsnn
 from conftest import ROOT
 
 PUBLIC_MODULES = ("jaxsnn", "jaxsnn.analysis", "jaxsnn.recipes", "jaxsnn.lowlatency", "jaxsnn.neurons",
-                  "jaxsnn.surrogates", "jaxsnn.authors_protocol", "jaxsnn.files")
+                  "jaxsnn.surrogates", "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.xla")
 
 
 def imports(path):

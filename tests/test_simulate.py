@@ -2,7 +2,6 @@
 recorded counts, folding, narrow counters, small-convolution lowering, bfloat16 networks, initial potentials,
 offsets and the readout delay."""
 
-import functools
 
 import flax.linen as nn
 import jax

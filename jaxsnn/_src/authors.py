@@ -65,7 +65,7 @@ def thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any], *, pr
   def init(batch):
     program, net["traced"] = ir.trace(apply_fn, variables, batch.x, caller=caller)
     net["size"], net["order"] = batch.size, [s.name for s in program.sites] + [OUTPUT]
-    shapes = jax.eval_shape(lambda v, x: ir.site_values(program, v, x), variables, batch.x)
+    shapes = ir.value_shapes(program)
     running = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes[0].items()}
     running[OUTPUT] = jnp.zeros(shapes[1].shape, shapes[1].dtype)
     return running

@@ -149,7 +149,7 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
   def init(batch):
     program, net["traced"] = ir.trace(apply_fn, variables, batch.x, caller=caller)
     net["order"] = [s.name for s in program.sites]
-    shapes, out_shape = jax.eval_shape(lambda v, x: ir.site_values(program, v, x), variables, batch.x)
+    shapes, out_shape = ir.value_shapes(program)
     running = {k: jnp.zeros(s.shape[1:], s.dtype) for k, s in shapes.items()}
     running[OUTPUT] = jnp.full(out_shape.shape[1:], -jnp.inf, out_shape.dtype)
     net["per_sample"] = {k: int(np.prod(s.shape[1:], dtype=np.int64)) for k, s in shapes.items()}

@@ -1031,6 +1031,11 @@ def site_values(program: Program, variables, x) -> tuple[dict, Any]:
   return rec, jnp.asarray(read(env, program.out))
 
 
+def value_shapes(program: Program) -> tuple[dict, Any]:
+  """The shapes and dtypes of what :func:`site_values` returns: ``({site: ShapeDtypeStruct}, output's)``."""
+  return {s.name: program.avals[s.x] for s in program.sites}, program.aval(program.out)
+
+
 def ann_pass(traced: Traced, variables, x) -> tuple[dict, Any]:
   """The one ANN pass of jaxsnn: the activation at every site and the output, for use inside a jitted function
   (calibration, histograms and the ANN references of the low-latency tools all call this)."""

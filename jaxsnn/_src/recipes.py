@@ -19,6 +19,7 @@ examples, the readout delay and the agreement check on the first 1,024, in batch
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Iterable, Iterator
@@ -117,7 +118,6 @@ class _Recipe:
     return agreement(snn, self.check, self.num_steps, progress=self.progress, mesh=self.mesh)
 
   def add(self, report: Report, snn=None, measure: bool = True) -> None:
-    import dataclasses
     if measure and snn is not None and report.agreement is None:
       report = dataclasses.replace(report, agreement=self.agree(snn))
     self.stages.append(report)

@@ -161,7 +161,11 @@ def collect(batches: Iterable[Any], *, caller: str, mesh=None, input_key: str = 
   Raises:
     ValueError: as :func:`fold`; also when every example is masked out.
   """
-  out, _ = fold(batches, lambda acc, p: acc + [p], [], caller=caller, mesh=mesh, input_key=input_key, labels=labels)
+  def keep(acc, p):
+    acc.append(p)
+    return acc
+
+  out, _ = fold(batches, keep, [], caller=caller, mesh=mesh, input_key=input_key, labels=labels)
   if sum(p.count for p in out) == 0:
     raise ValueError(f"{caller}: every example of the batches is masked out; pass a few batches of training inputs.")
   return out

@@ -1,0 +1,57 @@
+"""XLA's fast CPU kernels: jaxsnn's entry points use them by default (an opt-out), importing jaxsnn never changes the
+environment, and the exactness claims hold under them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jaxsnn.xla
+from conftest import ROOT
+
+FLAG = jaxsnn.xla.FAST_CPU_FLAGS[0]
+
+
+def test_flags_are_added_once_kept_beside_the_users_and_can_be_opted_out_of():
+  assert jaxsnn.xla.fast_cpu_xla_flags({}) == FLAG
+  assert jaxsnn.xla.fast_cpu_xla_flags({"XLA_FLAGS": "--xla_foo=1"}) == f"--xla_foo=1 {FLAG}"
+  assert jaxsnn.xla.fast_cpu_xla_flags({"XLA_FLAGS": FLAG}) is None  # already there
+  assert jaxsnn.xla.fast_cpu_xla_flags({"XLA_FLAGS": FLAG.replace("dot", "none")}) is None  # the user's own value wins
+  for off in ("0", "false", "off"):
+    assert jaxsnn.xla.fast_cpu_xla_flags({"JAXSNN_FAST_CPU": off}) is None
+  env = {"XLA_FLAGS": "--xla_foo=1"}
+  assert jaxsnn.xla.use_fast_cpu_kernels(env) and env["XLA_FLAGS"] == f"--xla_foo=1 {FLAG}"
+  assert not jaxsnn.xla.use_fast_cpu_kernels(env)
+
+
+def flags_after(code, extra_env=None):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXSNN_FAST_CPU")}
+  env.update(extra_env or {})
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "experiments", env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc.stdout.strip().splitlines()[-1]
+
+
+def test_importing_jaxsnn_or_the_experiments_changes_nothing_and_the_scripts_opt_in_by_default():
+  probe = "import os, {}; print(repr(os.environ.get('XLA_FLAGS')))"
+  assert flags_after(probe.format("jaxsnn, jaxsnn.xla")) == "None"
+  assert flags_after(probe.format("common")) == "None"  # the experiments' shared module does not either
+  # Every conversion script turns them on first thing in main().
+  for script in ("main", "paper", "batch", "finetune", "site_errors", "conversion_analysis", "fig3_information_loss"):
+    text = (ROOT / "experiments" / f"{script}.py").read_text()
+    body = text.split("def main():\n", 1)[1]
+    assert body.lstrip().startswith("jaxsnn.xla.use_fast_cpu_kernels()"), script
+  on = "import os, jaxsnn.xla; jaxsnn.xla.use_fast_cpu_kernels(); print(os.environ.get('XLA_FLAGS'))"
+  assert flags_after(on) == FLAG
+  assert flags_after(on, {"JAXSNN_FAST_CPU": "0"}) == "None"
+
+
+def test_schedules_and_the_step_function_stay_bit_identical_under_the_fast_kernels():
+  env = dict(os.environ, XLA_FLAGS=FLAG)
+  proc = subprocess.run([sys.executable, str(ROOT / "tests" / "xla_check.py")], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out.pop("flags") == FLAG
+  assert out == {"SNM": True, "IF(subtract)": True}
