@@ -638,6 +638,10 @@ def run_net(name: str, args) -> dict:
   tann, sj, candidates = spikingjelly_curves(net, args)
   if args.check_own_kernels:
     jaxsnn_own_kernels_curve(net, args, snns, jx)
+  if args.curves_only:
+    print("--curves_only: the accuracy runs are done and cached; run again without it (on an idle machine) for the "
+          "speeds", flush=True)
+    return None
   print(f"--- speed, batch {args.batch}, T = {args.timing_T} (keep the machine idle) ---", flush=True)
   jaxsnn_speed(net, args, snns, jx)
   spikingjelly_speed(net, args, sj, candidates)
@@ -676,6 +680,9 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
   parser.add_argument("--no_check_own_kernels", dest="check_own_kernels", action="store_false",
                       help="skip the chosen recipe's test curve with XLA's own kernels (the fast kernels' check)")
+  parser.add_argument("--curves_only", action="store_true",
+                      help="run (and cache) the accuracy runs only; the speeds need an idle machine: run again "
+                           "without it, and the cached curves are read back")
   parser.add_argument("--jaxsnn_worker", nargs=2, default=None, help=argparse.SUPPRESS)
   parser.add_argument("--out", default=str(DEFAULT_OUT))
   parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
@@ -713,7 +720,10 @@ def main():
   import jax
   results = json.loads(out.read_text()) if out.exists() else {}
   for net in args.nets:
-    results[net] = run_net(net, args)
+    entry = run_net(net, args)
+    if entry is None:
+      continue
+    results[net] = entry
     results["meta"] = {"machine": machine_info(), "versions": f"jax {jax.__version__}, "
                        f"torch {results[net]['spikingjelly']['torch']}, "
                        f"spikingjelly {results[net]['spikingjelly']['spikingjelly']}",

@@ -106,3 +106,14 @@ def test_differentiable_simulation_block_runs_as_written():
   grads = jax.tree_util.tree_leaves(ns["grads"])
   assert all(np.isfinite(np.asarray(g)).all() for g in grads) and any(float(jnp.abs(g).max()) > 0 for g in grads)
   assert ns["report"].tool == "finetune" and len(ns["report"].details["losses"]) == 20
+
+
+def test_the_readme_is_a_landing_page_whose_links_resolve():
+  """At most 150 lines (the rest lives in docs/), and every relative link points at a file of this checkout."""
+  text = README.read_text()
+  assert len(text.splitlines()) <= 150
+  links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+  local = [link for link in links if not link.startswith(("http://", "https://"))]
+  assert len(local) >= 15, local  # the guides, the results and the notebook are linked
+  missing = [link for link in local if not (ROOT / link).exists()]
+  assert not missing, missing
