@@ -9,6 +9,7 @@ import json
 import pathlib
 import sys
 
+import jax
 import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
@@ -16,8 +17,11 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from jaxsnn import training
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "experiments" / "notebooks" / "walkthrough.ipynb"
+CHECKPOINT = ROOT / "experiments" / "checkpoints" / "fashion_mnist_small_cnn.msgpack"  # the notebook's
 MARKER = "NOTEBOOK_SUMMARY "
 CELL_TIMEOUT_S = 900  # one cell; the whole notebook takes a few minutes on 2 CPU cores
 HINT = ("(if it failed loading the data: the notebook needs Fashion-MNIST for tensorflow-datasets, "
@@ -120,9 +124,13 @@ def test_notebook_runs_top_to_bottom(tmp_path):
   assert d["t"] == 8 and 0 < d["conversion_loss"] < float("inf") and 0 < d["conversion_loss_finetuned"] < float("inf")
   assert set(d["threshold_grad"]) == set(d["relative_error"]) and all(0 < g < float("inf")
                                                                       for g in d["threshold_grad"].values())
-  assert len(d["kernel_grad"]) == 5 and all(0 < g < float("inf") for g in d["kernel_grad"].values())
+  kernels = {"/".join(str(getattr(k, "key", k)) for k in path[:-1])  # every weighted layer of the checkpoint
+             for path, _ in jax.tree_util.tree_flatten_with_path(training.load_variables(CHECKPOINT)["params"])[0]
+             if path[-1].key == "kernel"}
+  assert set(d["kernel_grad"]) == kernels and len(kernels) == 6  # the SmallCNN: 4 convolutions, 2 dense layers
+  assert all(0 < g < float("inf") for g in d["kernel_grad"].values())
   steps, accs = zip(*d["validation"])
-  assert steps == (0, 20, 40) and all(0.5 < a <= 1 for a in accs)
+  assert steps == (0, 10, 20) and all(0.5 < a <= 1 for a in accs)
   assert all(0.5 < a <= 1 for a in d["accuracy"].values())
   # Energy grows with T at a similar firing rate.
   assert s["energy_ratio"][f"SNM + NeuronNorm T={t_max}"] > s["energy_ratio"][f"SNM + NeuronNorm T={t_low}"]

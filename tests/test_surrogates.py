@@ -38,13 +38,16 @@ def small():
   return model.apply, variables, x, th
 
 
-@pytest.mark.parametrize("neuron", [jaxsnn.SNM(), jaxsnn.IF(), jaxsnn.IF("zero"), jaxsnn.SignedIF()])
+@pytest.mark.parametrize("n", range(4))
 @pytest.mark.parametrize("block", [None, 3])
-def test_forward_spikes_are_bit_identical_with_every_surrogate(neuron, block):
+def test_forward_spikes_are_bit_identical_with_every_surrogate(n, block):
+  """Every neuron under both schedules; each surrogate kind meets two of the neurons under each schedule (all 32
+  pairings compiled 32 + 8 programs for what 16 + 8 show)."""
+  neuron = [jaxsnn.SNM(), jaxsnn.IF(), jaxsnn.IF("zero"), jaxsnn.SignedIF()][n]
   apply_fn, variables, x, th = residual_setup()
   snn = jaxsnn.convert(apply_fn, variables, x, th, neuron=neuron, initial_potential=0.5)
   exact = jaxsnn.simulate(snn, x, 10, block)
-  for s in KINDS:
+  for s in (KINDS[n], KINDS[(n + 1) % len(KINDS)]):
     got = jaxsnn.simulate(snn, x, 10, block, surrogate=s)
     np.testing.assert_array_equal(got.outputs, exact.outputs)
     for k in exact.pos_spikes:
