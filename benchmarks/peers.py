@@ -606,6 +606,43 @@ def spikingjelly_curves(net: Net, args) -> tuple[dict, dict, list]:
   return tann, sj, candidates
 
 
+def spikingjelly_curves_from(path: pathlib.Path, net: Net, args) -> tuple[dict, dict, list]:
+  """:func:`spikingjelly_curves`, with SpikingJelly's validation choice and test curves read back from an earlier
+  peers.json (``--reuse_spikingjelly``): they depend only on the weights, the images and SpikingJelly's code, which
+  this checks are the same (the torch ANN is rebuilt and checked against Flax again); speeds are always measured
+  afresh. Saves the hours the torch side takes on two cores when only jaxsnn changed.
+  """
+  prior = json.loads(path.read_text()).get(net.name)
+  if prior is None:
+    sys.exit(f"peers.py: --reuse_spikingjelly {path} has no entry for {net.name}; run without it")
+  same = {"num_test": len(net.arrays["test_y"]), "calib_images": len(net.arrays["calib_x"]),
+          "checkpoint": CHECKPOINTS[net.name] + ".msgpack"}
+  differ = {k: (prior.get(k), v) for k, v in same.items() if prior.get(k) != v}
+  if prior["spikingjelly"].get("selection", {}).get("images") != args.select:
+    differ["select"] = (prior["spikingjelly"].get("selection", {}).get("images"), args.select)
+  out = run_torch({**_torch_job(net, args), "tasks": [{"kind": "ann"}]}, net.name)
+  tann = out["ann"]
+  for k in ("spikingjelly", "torch"):
+    if prior["spikingjelly"].get(k) != out["versions"].get(k):
+      differ[k] = (prior["spikingjelly"].get(k), out["versions"].get(k))
+  if abs(tann["test_accuracy"] - prior["ann"]["torch_test_accuracy"]) > 0:
+    differ["torch ANN test accuracy"] = (prior["ann"]["torch_test_accuracy"], tann["test_accuracy"])
+  if differ:
+    sys.exit(f"peers.py: --reuse_spikingjelly {path}: the earlier run of {net.name} differs ({differ}); run without it")
+  speed_keys = ("snn_s", "img_steps_per_s", "ratio_to_T_ann_passes", "max_T", "acc_at", "T_target",
+                "time_to_target_s")
+  old = prior["spikingjelly"]
+  sj = {k: old[k] for k in ("ann_accuracy", "torch", "spikingjelly", "python", "torch_threads", "selection")}
+  sj["recipes"] = {k: {kk: vv for kk, vv in r.items() if kk not in speed_keys} for k, r in old["recipes"].items()}
+  sj["curves_from"] = {"file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+                       "date": prior["date"]}
+  candidates = sorted({r["recipe"] for r in sj["recipes"].values()})
+  print(f"SpikingJelly: validation choice ({sj['selection']['chosen']}) and test curves of {candidates} read back "
+        f"from {path} ({prior['date']}); torch ANN checked again: test accuracy {tann['test_accuracy']:.4f}, max "
+        f"|logit diff| vs Flax {tann['logit_max_abs_diff']:.2e}", flush=True)
+  return tann, sj, candidates
+
+
 def spikingjelly_speed(net: Net, args, sj: dict, candidates: list) -> None:
   """Fills ``sj`` (from :func:`spikingjelly_curves`) with torch's ANN pass time and each recipe's per-step speed."""
   out = run_torch({**_torch_job(net, args), "tasks": [{"kind": "speed", "recipes": candidates, "T": args.timing_T}]},
@@ -635,7 +672,10 @@ def run_net(name: str, args) -> dict:
   net = prepare(name, args)
   jx, snns = jaxsnn_curves(net, args)
   target = jx["ann_accuracy"] - args.drop  # the Flax ANN's accuracy - 1 point, for both libraries
-  tann, sj, candidates = spikingjelly_curves(net, args)
+  if args.reuse_spikingjelly:
+    tann, sj, candidates = spikingjelly_curves_from(pathlib.Path(args.reuse_spikingjelly).resolve(), net, args)
+  else:
+    tann, sj, candidates = spikingjelly_curves(net, args)
   if args.check_own_kernels:
     jaxsnn_own_kernels_curve(net, args, snns, jx)
   if args.curves_only:
@@ -683,6 +723,10 @@ def main():
   parser.add_argument("--curves_only", action="store_true",
                       help="run (and cache) the accuracy runs only; the speeds need an idle machine: run again "
                            "without it, and the cached curves are read back")
+  parser.add_argument("--reuse_spikingjelly", default=None, metavar="PEERS_JSON",
+                      help="read SpikingJelly's validation choice and test curves back from an earlier peers.json "
+                           "(same weights, images and SpikingJelly: checked) instead of rerunning them; its speeds "
+                           "are measured afresh")
   parser.add_argument("--jaxsnn_worker", nargs=2, default=None, help=argparse.SUPPRESS)
   parser.add_argument("--out", default=str(DEFAULT_OUT))
   parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")

@@ -121,3 +121,44 @@ def test_test_steps_after_validation():
   assert peers.test_steps(None, 512, 4.0) == 512    # not reached on validation: all the way
   assert peers.test_steps(22, 512, 0) == 512        # factor 0: all the way
   assert peers.test_steps(32, 512, 4.0) == 128      # exact powers of two stay
+
+
+def test_reusing_spikingjelly_curves_checks_the_earlier_run_and_keeps_no_speed(tmp_path, monkeypatch):
+  """--reuse_spikingjelly: SpikingJelly's choice and test curves come back from an earlier peers.json only when the
+  weights' torch ANN, the images, the versions and the validation size are the same; its speeds are never reused."""
+  import types
+  acc = [0.5] * 20 + [0.9] * 44
+  prior = {"vgg16_w025": {
+      "num_test": 100, "calib_images": 50, "checkpoint": peers.CHECKPOINTS["vgg16_w025"] + ".msgpack",
+      "date": "2026-11-30T19:54:17", "ann": {"torch_test_accuracy": 0.88},
+      "spikingjelly": {"ann_accuracy": 0.88, "torch": "2.13", "spikingjelly": "2.0.0", "python": "3.11",
+                       "torch_threads": 2, "selection": {"images": 512, "chosen": "ltb+delay"},
+                       "img_steps_per_s": 3000.0, "best": "ltb+delay",
+                       "recipes": {"ltb": {"label": "ltb", "recipe": "ltb", "accuracy": acc, "img_steps_per_s": 3000.0,
+                                           "snn_s": 1.0, "T_target": 21, "time_to_target_s": 7.0},
+                                   "ltb+delay": {"label": "ltb, delay", "recipe": "ltb", "accuracy": acc,
+                                                 "delay_start_raw": 3, "img_steps_per_s": 3000.0}}}}}
+  path = tmp_path / "peers.json"
+  path.write_text(json.dumps(prior))
+  net = types.SimpleNamespace(name="vgg16_w025", arrays={"test_y": [0] * 100, "calib_x": [0] * 50})
+  args = types.SimpleNamespace(select=512)
+  monkeypatch.setattr(peers, "_torch_job", lambda net, args: {})
+  torch_out = {"ann": {"test_accuracy": 0.88, "logit_max_abs_diff": 1e-6}, "versions": {"torch": "2.13",
+                                                                                        "spikingjelly": "2.0.0"}}
+  monkeypatch.setattr(peers, "run_torch", lambda job, name: torch_out)
+  tann, sj, candidates = peers.spikingjelly_curves_from(path, net, args)
+  assert candidates == ["ltb"] and sj["selection"]["chosen"] == "ltb+delay" and tann["test_accuracy"] == 0.88
+  assert sj["recipes"]["ltb"]["accuracy"] == acc and sj["recipes"]["ltb+delay"]["delay_start_raw"] == 3
+  assert not any(k in r for r in sj["recipes"].values() for k in ("img_steps_per_s", "snn_s", "time_to_target_s"))
+  assert "img_steps_per_s" not in sj and sj["curves_from"]["date"] == "2026-11-30T19:54:17"
+  # Anything that would make the curves another run's is refused, with what differs.
+  for change in ({"ann": {"test_accuracy": 0.87}}, {"versions": {"torch": "2.14", "spikingjelly": "2.0.0"}}):
+    monkeypatch.setattr(peers, "run_torch", lambda job, name, c=change: {**torch_out, **{
+        k: {**torch_out[k], **v} for k, v in c.items()}})
+    with pytest.raises(SystemExit, match="differs"):
+      peers.spikingjelly_curves_from(path, net, args)
+  monkeypatch.setattr(peers, "run_torch", lambda job, name: torch_out)
+  with pytest.raises(SystemExit, match="select"):
+    peers.spikingjelly_curves_from(path, net, types.SimpleNamespace(select=256))
+  with pytest.raises(SystemExit, match="no entry for resnet20"):
+    peers.spikingjelly_curves_from(path, types.SimpleNamespace(name="resnet20", arrays=net.arrays), args)
