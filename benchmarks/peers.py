@@ -634,8 +634,8 @@ def spikingjelly_curves_from(path: pathlib.Path, net: Net, args) -> tuple[dict, 
   old = prior["spikingjelly"]
   sj = {k: old[k] for k in ("ann_accuracy", "torch", "spikingjelly", "python", "torch_threads", "selection")}
   sj["recipes"] = {k: {kk: vv for kk, vv in r.items() if kk not in speed_keys} for k, r in old["recipes"].items()}
-  sj["curves_from"] = {"file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-                       "date": prior["date"]}
+  sj["curves_from"] = old.get("curves_from") or {  # the run that simulated them, when that run reused them too
+      "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path), "date": prior["date"]}
   candidates = sorted({r["recipe"] for r in sj["recipes"].values()})
   print(f"SpikingJelly: validation choice ({sj['selection']['chosen']}) and test curves of {candidates} read back "
         f"from {path} ({prior['date']}); torch ANN checked again: test accuracy {tann['test_accuracy']:.4f}, max "
