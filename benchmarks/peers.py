@@ -625,7 +625,7 @@ def spikingjelly_curves_from(path: pathlib.Path, net: Net, args) -> tuple[dict, 
   for k in ("spikingjelly", "torch"):
     if prior["spikingjelly"].get(k) != out["versions"].get(k):
       differ[k] = (prior["spikingjelly"].get(k), out["versions"].get(k))
-  if abs(tann["test_accuracy"] - prior["ann"]["torch_test_accuracy"]) > 0:
+  if tann["test_accuracy"] != prior["ann"]["torch_test_accuracy"]:
     differ["torch ANN test accuracy"] = (prior["ann"]["torch_test_accuracy"], tann["test_accuracy"])
   if differ:
     sys.exit(f"peers.py: --reuse_spikingjelly {path}: the earlier run of {net.name} differs ({differ}); run without it")
