@@ -73,7 +73,8 @@ class Result:
   * ``r.rate(m, T)``, ``r.E(m, T)``, ``r.Eavg(m, T)``: average firing rate, Eq. 15 energy ratio (fold, average pooling);
   * ``r.chosen(T)``: the method chosen at T on the validation images (``common.chosen``, the rule of the reports,
     checked against the file's own ``selection``); ``r.best(T)``: the best on the test set (reference only);
-  * ``r.seconds(m)``, ``r.prepare(m)``: simulation and preparation time; ``r.minutes()``: all methods' together.
+  * ``r.seconds(m)``, ``r.prepare(m)``: simulation and preparation time; ``r.minutes()``: all methods'
+    together (fine-tuning included).
 
   A method name without its target, ``r.acc("SNM + NeuronNorm + θ/2 + T-aware θ", 8)``, means the one tuned for T.
   """
@@ -141,7 +142,8 @@ class Result:
     return self.m(name)["prepare_seconds"]
 
   def minutes(self) -> float:
-    return sum(r.get("seconds", 0) + r.get("prepare_seconds", 0) for r in self.j["methods"].values()) / 60
+    return sum(r.get("seconds", 0) + r.get("prepare_seconds", 0) + r.get("finetune", {}).get("seconds", 0)
+               for r in self.j["methods"].values()) / 60
 
   def chosen(self, t: int) -> str:
     pick = common.chosen(self.j, (t,))[t]
