@@ -196,11 +196,15 @@ NAMESPACE = {"R": R, "cost_table": cost_table, "table_rows": lambda text: table_
 
 def checked_text(lines: list[str], end: int) -> str:
   """The block a comment starting at line ``end`` checks: the lines right above it back to a blank line, a heading
-  or the end of another comment (a whole paragraph, list or table)."""
+  or the end of another comment (a whole paragraph, list, table or code block)."""
+  fenced, inside = [], False
+  for line in lines[:end]:
+    inside ^= line.lstrip().startswith("```")
+    fenced.append(inside or line.lstrip().startswith("```"))
   start = end
   while start > 0:
     line = lines[start - 1]
-    if not line.strip() or line.rstrip().endswith("-->") or line.startswith("#"):
+    if not line.strip() or line.rstrip().endswith("-->") or (line.startswith("#") and not fenced[start - 1]):
       break
     start -= 1
   return "\n".join(lines[start:end])
