@@ -16,9 +16,9 @@ item or table whose numbers it checks::
 * ``LITERAL = EXPRESSION``: LITERAL must occur as a number in the text the comment checks (the lines above it back
   to a blank line, a heading or the first line of the list item), and EXPRESSION, rounded to LITERAL's decimals,
   must equal it (``−`` and ``,`` as written; a tie at the last digit passes either way).
-* ``table: EXPRESSION``: for each body row of the table above, ``row`` is its first cell (without ``**``) and
-  EXPRESSION the list of numbers of the row's other cells, in order (``None`` skips one; an expression of ``None``
-  skips the row).
+* ``table: EXPRESSION``: for each body row of the table above, ``row`` is its first cell and ``cells`` all its cells
+  (without ``**``), and EXPRESSION the list of numbers of the row's other cells, in order (``None`` skips one; an
+  expression of ``None`` skips the row).
 * ``NAME = EXPRESSION`` binds NAME for the rest of the page; ``R(path)`` reads a result file (see :class:`Result`).
 
 Everything is plain Python evaluated over the JSON files: no simulation, no CPU-dependent arithmetic, well under a
@@ -275,7 +275,7 @@ def run_checks(page: str, text: str | None = None) -> tuple[int, list[str]]:
           assert rows, "no table above"
           for cells in rows:
             row = cells[0].replace("**", "").strip()
-            expected = evaluate(line[len("table:"):], {"row": row})
+            expected = evaluate(line[len("table:"):], {"row": row, "cells": [c.replace("**", "").strip() for c in cells]})
             if expected is None:
               continue
             tokens = NUMBER.findall(" | ".join(cells[1:]))
