@@ -1,48 +1,50 @@
-"""The walkthrough notebook runs top to bottom on the committed checkpoint, and its numbers make sense.
+"""The walkthrough notebook: its committed outputs are its code's complete run, it runs top to bottom on the committed
+checkpoint, and its numbers make sense.
+
+The notebook is committed executed, outputs included: the docs site shows them, and its build fails when they are
+missing or stale (``bash scripts/notebook.sh`` writes them; ``docs/notebook_outputs.py``). Here it is executed again,
+in memory, in a kernel of this interpreter, with the working directory Jupyter would use (its own folder); the
+executed copy goes to pytest's temporary directory and nothing is written into the repository (checked). The numbers
+of a run differ slightly from CPU to CPU, so this run and the committed outputs are compared by structure (the same
+cells print and draw), never number by number, and the paper's claims are checked on both summaries.
 
 It runs on the real Fashion-MNIST, which ``scripts/test.sh`` prepares offline before pytest
-(``bash scripts/setup_offline_data.sh fashion_mnist``); it is never skipped. The notebook is executed in memory
-(the committed file is only read) in a kernel of this interpreter, with the working directory Jupyter would use.
+(``bash scripts/setup_offline_data.sh fashion_mnist``); it is never skipped.
 """
 
+import copy
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import jax
 import nbformat
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from jaxsnn import training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "experiments" / "notebooks" / "walkthrough.ipynb"
+sys.path.insert(0, str(ROOT / "docs"))
+import notebook_outputs  # noqa: E402  (docs/notebook_outputs.py: runs, stamps and checks notebooks)
+
+NOTEBOOK = notebook_outputs.WALKTHROUGH
 CHECKPOINT = ROOT / "experiments" / "checkpoints" / "fashion_mnist_small_cnn.msgpack"  # the notebook's
 MARKER = "NOTEBOOK_SUMMARY "
-CELL_TIMEOUT_S = 900  # one cell; the whole notebook takes a few minutes on 2 CPU cores
 HINT = ("(if it failed loading the data: the notebook needs Fashion-MNIST for tensorflow-datasets, "
         "prepared offline by bash scripts/setup_offline_data.sh fashion_mnist, which scripts/test.sh runs)")
-
-
-def _kernel_manager() -> AsyncKernelManager:
-  # No kernelspec directory is searched, so only ipykernel's built-in python3 spec is found, and it launches
-  # sys.executable: this .venv's interpreter, whatever kernels the machine or the user has registered.
-  return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
+REFRESH = "bash scripts/notebook.sh writes the notebook with its outputs; commit it"
 
 
 def _execute(nb, cwd: pathlib.Path, out: pathlib.Path):
-  client = NotebookClient(nb, km=_kernel_manager(), timeout=CELL_TIMEOUT_S, allow_errors=False,
-                          resources={"metadata": {"path": str(cwd)}})
   try:
-    client.execute(cleanup_kc=True)
+    notebook_outputs.execute(nb, cwd)
   except CellExecutionError as e:
     pytest.fail(f"{NOTEBOOK.name} failed {HINT}:\n{e}")
   finally:
-    nbformat.write(nb, out)  # the executed copy, for a look at a failure; never the committed file
+    nbformat.write(nb, out)  # the executed copy, for a look at a failure; never into the repository
   return nb
 
 
@@ -51,13 +53,79 @@ def _stdout(nb) -> str:
                  if o.output_type == "stream" and o.name == "stdout")
 
 
-def test_committed_without_outputs():
+def _summary(nb) -> dict:
+  lines = [line for line in _stdout(nb).splitlines() if line.startswith(MARKER)]
+  assert len(lines) == 1, "the last cell prints one summary line"
+  return json.loads(lines[0][len(MARKER):])
+
+
+def _shape(nb) -> list[set[str]]:
+  """What each code cell shows: ``stdout`` and the MIME types of its figures and results (stderr, which carries the
+  machine's warnings, and how the text is split into chunks, left out)."""
+  return [{"stdout" if o.output_type == "stream" else "+".join(sorted(o.get("data", {})))
+           for o in c.outputs if not (o.output_type == "stream" and o.name == "stderr")}
+          for c in nb.cells if c.cell_type == "code"]
+
+
+def _files(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
+  return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_the_committed_outputs_are_its_code_cells_complete_run():
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbformat.validate(nb)
-  code = [c for c in nb.cells if c.cell_type == "code"]
-  assert code and all(not c.outputs and c.execution_count is None for c in code), \
-      "commit the notebook with its outputs cleared (it stays diffable; this test executes it)"
+  assert notebook_outputs.problems(nb) == [], REFRESH
   assert nb.metadata.kernelspec.name == "python3"
+  _check_claims(_summary(nb), nb)  # the claims hold on the committed run too (its numbers are another CPU's)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("clear", ["not all run", "no outputs"]),        # Jupyter's "Clear All Outputs"
+    ("edit", ["stale"]),                             # a code cell changed after the run
+    ("unstamped", ["no fingerprint"]),               # executed by other means
+    ("error", ["raised ZeroDivisionError"]),
+    ("one_cell_rerun", ["not all run"]),             # execution counts out of order
+])
+def test_the_check_sees_missing_stale_and_failed_outputs(change, expected):
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  if change == "clear":
+    for c in code:
+      c.outputs, c.execution_count = [], None
+  elif change == "edit":
+    code[3].source += "\nprint('one more line')"
+  elif change == "unstamped":
+    del nb.metadata[notebook_outputs.KEY]
+  elif change == "error":
+    code[-1].outputs = [nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero",
+                                               traceback=[])]
+  else:
+    code[2].execution_count = len(code) + 1
+  found = notebook_outputs.problems(nb)
+  assert len(found) == len(expected) and all(e in f for e, f in zip(expected, found)), found
+
+
+def test_the_refresh_command_runs_a_notebook_in_its_folder_and_writes_it_back(tmp_path):
+  path = tmp_path / "tiny.ipynb"
+  nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# tiny"), nbformat.v4.new_code_cell("x = 41"),
+                                       nbformat.v4.new_code_cell("import os\nprint(x + 1, os.getcwd())")])
+  nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+  nbformat.write(nb, path)
+  path.chmod(0o640)
+  command = [sys.executable, str(ROOT / "docs" / "notebook_outputs.py"), str(path)]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  written = nbformat.read(path, as_version=4)
+  assert notebook_outputs.problems(written) == []
+  assert written.cells[2].outputs[0].text == f"42 {tmp_path.resolve()}\n"
+  assert (path.stat().st_mode & 0o777) == 0o640 and sorted(os.listdir(tmp_path)) == ["tiny.ipynb"]
+  # A cell that fails: the command says so and leaves the file as it was.
+  written.cells[2].source = "1 / 0"
+  nbformat.write(written, path)
+  before = path.read_bytes()
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0 and "ZeroDivisionError" in done.stderr
+  assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["tiny.ipynb"]
 
 
 def test_finds_the_repository_from_the_root(tmp_path):
@@ -71,18 +139,26 @@ def test_finds_the_repository_from_the_root(tmp_path):
 
 
 def test_notebook_runs_top_to_bottom(tmp_path):
-  nb = _execute(nbformat.read(NOTEBOOK, as_version=4), NOTEBOOK.parent, tmp_path / NOTEBOOK.name)
-  nbformat.write(nb, ROOT / "docs" / "_executed" / NOTEBOOK.name)  # the docs site shows this run (docs/hooks.py)
-  lines = [line for line in _stdout(nb).splitlines() if line.startswith(MARKER)]
-  assert len(lines) == 1, "the last cell prints one summary line"
-  s = json.loads(lines[0][len(MARKER):])
+  committed = nbformat.read(NOTEBOOK, as_version=4)
+  folder = _files(NOTEBOOK.parent)
+  nb = _execute(copy.deepcopy(committed), NOTEBOOK.parent, tmp_path / NOTEBOOK.name)
+  assert _files(NOTEBOOK.parent) == folder, "the run wrote into the repository (the notebook's folder)"
+  s = _summary(nb)
   print(f"notebook: {s['seconds']} s wall, {s['cpu_seconds']} s CPU in the kernel")
 
   # This interpreter and this checkout's jaxsnn.
   assert pathlib.Path(s["python"]).resolve() == pathlib.Path(sys.executable).resolve()
   assert pathlib.Path(s["jaxsnn"]) == ROOT / "jaxsnn" / "__init__.py"
   assert pathlib.Path(s["repo_root"]) == ROOT
+  _check_claims(s, nb)
 
+  # The committed outputs are what this code gives now, cell by cell (its numbers aside: another CPU's).
+  notebook_outputs.stamp(nb)
+  assert notebook_outputs.problems(nb) == []
+  assert _shape(committed) == _shape(nb), REFRESH
+
+
+def _check_claims(s: dict, nb) -> None:
   # Every figure is drawn inline.
   images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
   assert images == sum(c.source.count("plt.show()") for c in nb.cells if c.cell_type == "code") >= 6
