@@ -1,8 +1,10 @@
 """MkDocs hooks of the jaxsnn site: what the site shows that is not written in docs/src.
 
-* the walkthrough notebook, rendered by mkdocs-jupyter without executing it: the executed copy that
-  ``tests/test_notebook.py`` leaves at ``docs/_executed/walkthrough.ipynb`` when it is the committed notebook's code
-  fully run, else the committed notebook (no outputs);
+* the walkthrough notebook, rendered by mkdocs-jupyter without executing it: the committed
+  ``experiments/notebooks/walkthrough.ipynb`` with the outputs committed in it (written by ``bash
+  scripts/notebook.sh``). A notebook whose outputs are missing, stale (its code cells changed after they were made:
+  the fingerprint in its metadata differs) or incomplete fails the build (``docs/notebook_outputs.py``:
+  ``problems``), so the site never shows a notebook without its outputs;
 * the results files, at their repository paths (``experiments/RESULTS.md``, ``experiments/results/**``,
   ``experiments/figures/*``, ``benchmarks/RESULTS.md``, ``benchmarks/results/*``), copied at build time, never
   committed twice, so the guides link to them as ``../experiments/results/main.json``;
@@ -26,15 +28,17 @@ import subprocess
 import tarfile
 import tempfile
 
+from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
+
+import notebook_outputs  # docs/notebook_outputs.py (mkdocs puts this folder on sys.path while it loads hooks)
 
 log = logging.getLogger("mkdocs.hooks.jaxsnn")
 
 DOCS = pathlib.Path(__file__).resolve().parent
 ROOT = DOCS.parent
-NOTEBOOK = ROOT / "experiments" / "notebooks" / "walkthrough.ipynb"
-EXECUTED = DOCS / "_executed" / NOTEBOOK.name
+NOTEBOOK = notebook_outputs.WALKTHROUGH
 NOTEBOOK_URI = "notebooks/walkthrough.ipynb"
 
 KATEX_VERSION = "0.16.22"
@@ -72,25 +76,19 @@ def vendor_katex() -> pathlib.Path:
   return KATEX
 
 
-def notebook_source() -> pathlib.Path:
-  """The executed copy when it is the committed notebook's code, every cell run without an error; else the
-  committed notebook."""
-  if not EXECUTED.is_file():
-    return NOTEBOOK
+def check_notebook(path: pathlib.Path, strict: bool) -> None:
+  """Fails the build (a warning when not strict: ``mkdocs serve --no-strict`` while editing the notebook) if the
+  notebook's committed outputs are not its code cells' complete run."""
   try:
-    committed = json.loads(NOTEBOOK.read_text())
-    executed = json.loads(EXECUTED.read_text())
-  except (OSError, ValueError):
-    return NOTEBOOK
-  code = lambda nb: [c for c in nb["cells"] if c["cell_type"] == "code"]  # noqa: E731
-  source = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]  # noqa: E731
-  same = [source(c) for c in code(committed)] == [source(c) for c in code(executed)]
-  ran = all(c.get("execution_count") is not None for c in code(executed))
-  failed = any(o.get("output_type") == "error" for c in code(executed) for o in c.get("outputs", []))
-  if same and ran and not failed:
-    return EXECUTED
-  log.info("docs/_executed/%s is not the committed notebook fully run: rendering the committed one", NOTEBOOK.name)
-  return NOTEBOOK
+    found = notebook_outputs.problems(json.loads(path.read_text()))
+  except (OSError, ValueError, KeyError) as e:
+    found = [f"unreadable ({type(e).__name__}: {e})"]
+  if found:
+    message = (f"{path.relative_to(ROOT)}: its committed outputs cannot be shown: " + "; ".join(found) +
+               ". Run bash scripts/notebook.sh (executes it and writes its outputs into it), then commit it.")
+    if strict:
+      raise PluginError(message)
+    log.warning(message)
 
 
 def _add(files: Files, config, uri: str, path: pathlib.Path) -> None:
@@ -101,9 +99,10 @@ def _add(files: Files, config, uri: str, path: pathlib.Path) -> None:
 @event_priority(100)  # before mkdocs-jupyter's on_files, so that it converts the notebook added here
 def on_files(files: Files, config) -> Files:
   # A real file under a source folder, not File.generated: mkdocs-jupyter's wrapper reads the path from src_dir.
+  check_notebook(NOTEBOOK, strict=config["strict"])
   staged = DOCS / "_vendor" / "pages"
   (staged / NOTEBOOK_URI).parent.mkdir(parents=True, exist_ok=True)
-  shutil.copyfile(notebook_source(), staged / NOTEBOOK_URI)
+  shutil.copyfile(NOTEBOOK, staged / NOTEBOOK_URI)
   if files.get_file_from_path(NOTEBOOK_URI) is None:
     files.append(File(NOTEBOOK_URI, str(staged), config["site_dir"], config["use_directory_urls"]))
   for folder, suffixes, recursive in RESULTS:

@@ -4,8 +4,8 @@ The build is ``mkdocs build --strict`` (what ``bash scripts/docs.sh`` runs): a b
 docstring that does not render, any warning fails it. Every ```python block of docs/src/**/*.md runs here, in
 order, page by page, in a namespace of small models and data that this file prepares for the page (what the page
 says its snippets assume); a block preceded by ``<!-- docs-test: skip (why) -->`` is not run, and there are at
-most ``MAX_SKIPPED`` of those. The file's name sorts after test_notebook.py, so that in a whole-suite run the site
-shows the notebook that test executed (docs/_executed/walkthrough.ipynb).
+most ``MAX_SKIPPED`` of those. The walkthrough notebook is shown with the outputs committed in it (nothing another
+test leaves behind), and a notebook without them, or with stale ones, fails the build.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -45,10 +46,10 @@ def blocks(page: pathlib.Path) -> list[tuple[str, str | None, int]]:
 
 
 # ---- the build ---------------------------------------------------------------------------------------------------
-def build(site_dir: pathlib.Path) -> subprocess.CompletedProcess:
+def build(site_dir: pathlib.Path, docs: pathlib.Path = DOCS) -> subprocess.CompletedProcess:
   env = dict(os.environ, NO_MKDOCS_2_WARNING="1")  # Material's banner about MkDocs 2.0: not a warning of the build
-  return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(DOCS / "mkdocs.yml"),
-                         "-d", str(site_dir)], cwd=ROOT, env=env, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(docs / "mkdocs.yml"),
+                         "-d", str(site_dir)], cwd=docs.parent, env=env, capture_output=True, text=True,
                         timeout=BUILD_TIMEOUT_S)
 
 
@@ -136,31 +137,37 @@ def test_pages_are_offline_and_show_their_figures(site):
   assert 'class="arithmatex"' in (site / "guides" / "paper" / "index.html").read_text()
 
 
-def test_the_notebook_is_rendered(site):
+def test_the_notebook_is_rendered_with_its_committed_outputs(site):
+  import notebook_outputs
   page = (site / "notebooks" / "walkthrough" / "index.html").read_text()
   assert "jaxsnn walkthrough" in page
-  import hooks
-  if hooks.notebook_source() == hooks.EXECUTED:  # left by tests/test_notebook.py: the site shows its outputs and plots
-    assert page.count("data:image/png;base64") >= 6
+  nb = json.loads(notebook_outputs.WALKTHROUGH.read_text())
+  figures = sum("image/png" in o.get("data", {}) for c in notebook_outputs.code_cells(nb) for o in c["outputs"])
+  assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == figures >= 6  # (the CSS has two more)
+  assert "NOTEBOOK_SUMMARY {" in page  # the last cell's printed output
 
 
-def test_the_site_shows_the_executed_notebook_only_when_it_is_the_committed_one_fully_run(tmp_path, monkeypatch):
-  import hooks
-  committed = json.loads(hooks.NOTEBOOK.read_text())
-  code = [c for c in committed["cells"] if c["cell_type"] == "code"]
-  for i, cell in enumerate(code):
-    cell["execution_count"], cell["outputs"] = i + 1, [{"output_type": "stream", "name": "stdout", "text": "ok"}]
-  executed = tmp_path / "walkthrough.ipynb"
-  monkeypatch.setattr(hooks, "EXECUTED", executed)
-  assert hooks.notebook_source() == hooks.NOTEBOOK  # none there
-  executed.write_text(json.dumps(committed))
-  assert hooks.notebook_source() == executed
-  code[-1]["outputs"] = [{"output_type": "error", "ename": "E", "evalue": "", "traceback": []}]
-  executed.write_text(json.dumps(committed))
-  assert hooks.notebook_source() == hooks.NOTEBOOK  # a cell failed
-  code[-1]["outputs"], code[0]["source"] = [], "print('an older version')"
-  executed.write_text(json.dumps(committed))
-  assert hooks.notebook_source() == hooks.NOTEBOOK  # not the committed code
+@pytest.mark.parametrize("change, says", [("cleared", "no outputs"), ("edited", "the outputs are stale")])
+def test_the_build_fails_on_a_notebook_without_outputs_or_with_stale_ones(change, says, tmp_path):
+  # The real build, of a copy of docs/ beside a changed notebook (the hook checks it before any page is rendered).
+  shutil.copytree(DOCS, tmp_path / "docs", ignore=shutil.ignore_patterns("_site", "_vendor", "__pycache__"))
+  import notebook_outputs
+  nb = json.loads(notebook_outputs.WALKTHROUGH.read_text())
+  assert notebook_outputs.problems(nb) == []
+  code = notebook_outputs.code_cells(nb)
+  if change == "cleared":  # Jupyter's "Clear All Outputs"
+    for c in code:
+      c["outputs"], c["execution_count"] = [], None
+  else:  # a code cell changed after the run, its old output kept
+    code[1]["source"] = ["T_MAX = 64\n"]
+  folder = tmp_path / notebook_outputs.WALKTHROUGH.relative_to(ROOT).parent
+  folder.mkdir(parents=True)
+  (folder / notebook_outputs.WALKTHROUGH.name).write_text(json.dumps(nb))
+  done = build(tmp_path / "site", tmp_path / "docs")
+  assert done.returncode != 0
+  assert "walkthrough.ipynb: its committed outputs cannot be shown" in done.stderr and says in done.stderr, \
+      done.stderr[-3000:]
+  assert "bash scripts/notebook.sh" in done.stderr
 
 
 def test_the_main_job_table_is_its_result_file():
