@@ -27,6 +27,7 @@ second.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -190,7 +191,7 @@ BUILTINS = {"abs": abs, "all": all, "any": any, "len": len, "max": max, "min": m
             "sum": sum, "sorted": sorted, "zip": zip, "enumerate": enumerate, "list": list, "dict": dict,
             "isinstance": isinstance, "str": str, "int": int, "float": float, "next": next, "set": set,
             "tuple": tuple}
-NAMESPACE = {"R": R, "cost_table": cost_table, "table_rows": lambda text: table_rows(text), "median": statistics.median, "math": math,
+NAMESPACE = {"R": R, "cost_table": cost_table, "datetime": datetime.datetime, "table_rows": lambda text: table_rows(text), "median": statistics.median, "math": math,
              "first_at_least": first_at_least, "seq": seq, "MiB": 2 ** 20}
 
 
