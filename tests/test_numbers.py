@@ -1,28 +1,36 @@
-"""The prose and tables of README.md, experiments/RESULTS.md, benchmarks/RESULTS.md and the docs guides say what
-their committed result files say: every number marked as coming from a result file is checked against that file.
+"""The prose and tables of README.md, experiments/RESULTS.md, benchmarks/RESULTS.md and the docs pages say what
+their committed result files say: every number marked as coming from a result file is checked against that file
+(``experiments/results/**``, ``benchmarks/results/**``, ``experiments/figures/*`` and the training runs'
+``experiments/checkpoints/*.metrics.jsonl``), so the prose cannot drift from them.
 
-The marking convention: an HTML comment (invisible on GitHub and on the docs site) right after the paragraph, list
-item or table whose numbers it checks::
+The marking convention: an HTML comment (shown neither on GitHub nor on the docs site), at the start of the line right
+after the paragraph, list or table whose numbers it checks (no blank line between them)::
 
     <!-- check
     vgg = R("experiments/results/lowlatency/cifar10_vgg16_w025.json")   # bind a result file (for the rest of the page)
     88.19 = vgg.chosen_acc(32)                                          # a number of the text above = an expression
-    0.16 = vgg.acc(vgg.chosen(32), 32) - vgg.ann                        # ... rounded to the digits the text shows
+    −0.16 = vgg.ann - vgg.chosen_acc(32)                                # ... rounded to the digits the text shows
     assert vgg.chosen(32) == vgg.best(32)                               # a claim without a number
     table: [vgg.acc(row, t) for t in (4, 8)]                            # every row of the table above, number by number
     text: cost_table(vgg, (4, 8, 16, 32))                               # the table above is exactly this text
+    in text: seq(curve, 1)                                              # this text occurs in the block above
     -->
 
-* ``LITERAL = EXPRESSION``: LITERAL must occur as a number in the text the comment checks (the lines above it back
-  to a blank line, a heading or the first line of the list item), and EXPRESSION, rounded to LITERAL's decimals,
-  must equal it (``−`` and ``,`` as written; a tie at the last digit passes either way).
-* ``table: EXPRESSION``: for each body row of the table above, ``row`` is its first cell and ``cells`` all its cells
-  (without ``**``), and EXPRESSION the list of numbers of the row's other cells, in order (``None`` skips one; an
-  expression of ``None`` skips the row).
-* ``NAME = EXPRESSION`` binds NAME for the rest of the page; ``R(path)`` reads a result file (see :class:`Result`).
+The block a comment checks is the run of non-blank lines right above it, back to a blank line, a heading or the end
+of another check comment (inside a code block, ``#`` lines are not headings).
 
-Everything is plain Python evaluated over the JSON files: no simulation, no CPU-dependent arithmetic, well under a
-second.
+* ``LITERAL = EXPRESSION``: LITERAL must occur as a number in that block, and EXPRESSION, rounded to LITERAL's
+  decimals, must equal it (``−``, ``+`` and ``,`` as written; a tie at the last digit passes either way).
+* ``table: EXPRESSION``: for each body row of the table above, ``row`` is its first cell and ``cells`` all its cells
+  (without ``**``); EXPRESSION gives the numbers of the row's other cells, in order (``None`` skips one; an
+  expression of ``None`` skips the row).
+* ``assert EXPRESSION``, ``text: EXPRESSION`` (the block's table, or the block, is exactly that string) and
+  ``in text: EXPRESSION`` (that string occurs in the block, whitespace-insensitive).
+* ``NAME = EXPRESSION`` binds NAME for the rest of the page (``row``, ``cells`` and ``text`` are reserved);
+  ``R(path)`` reads a result file (see :class:`Result`). A ``  #`` starts a comment.
+
+Everything is plain Python evaluated over the committed files: no simulation, no arithmetic that depends on the CPU,
+about a second for every page.
 """
 
 from __future__ import annotations
@@ -45,8 +53,9 @@ import common  # noqa: E402  (experiments/common.py: the validation choice and t
 PAGES = ("README.md", "experiments/RESULTS.md", "benchmarks/RESULTS.md",
          *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs/src").rglob("*.md")))
 # The least number of checked numbers per page: deleting the marks would pass every check of what is left.
-FLOOR = {"README.md": 40, "experiments/RESULTS.md": 900, "benchmarks/RESULTS.md": 200}
+FLOOR = {"README.md": 100, "experiments/RESULTS.md": 2300, "benchmarks/RESULTS.md": 350}
 
+RESERVED = ("row", "cells", "text")
 COMMENT = re.compile(r"^[ \t]*<!-- check\n(.*?)^[ \t]*-->[ \t]*$", re.S | re.M)
 LITERAL = re.compile(r"^[+−-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
 NUMBER = re.compile(r"(?<![\w.,+−/-])[+−-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w]|[.,]\d)")
@@ -298,6 +307,8 @@ def run_checks(page: str, text: str | None = None) -> tuple[int, list[str]]:
               failures.append(f"{where}: {left} does not occur in the text it checks:\n{block}")
             elif not matches(value, left):
               failures.append(f"{where}: {left} in the text, {value!r} = {expr}")
+          elif left in RESERVED:
+            failures.append(f"{where}: {left!r} is reserved (bound by the checker)")
           elif left.isidentifier():
             ns[left] = evaluate(expr)
           else:
@@ -312,3 +323,33 @@ def test_every_marked_number_is_its_result_files(page):
   count, failures = run_checks(page)
   assert not failures, "\n".join(failures)
   assert count >= FLOOR.get(page, 0), f"{page}: only {count} numbers are checked (at least {FLOOR[page]} were)"
+
+
+def test_a_number_changed_in_the_prose_fails():
+  """The check can fail for the reason it names: one digit of the README's main-job paragraph changed."""
+  text = (ROOT / "README.md").read_text()
+  assert text.count("(ANN 94.70 % on them)") == 1
+  _, failures = run_checks("README.md", text.replace("(ANN 94.70 % on them)", "(ANN 94.71 % on them)"))
+  assert len(failures) == 1 and "94.71" in failures[0], failures
+
+
+def test_a_result_file_changed_under_the_prose_fails(tmp_path):
+  """... and when the file changes under the text: the same marked text against a file with another number."""
+  page = ("The chosen recipe gets 93.59 % at T = 4 (ANN 94.32 %).\n"
+          "<!-- check\nr = R({path!r})\n93.59 = r.acc(\"a\", 4)\n94.32 = r.ann\n-->\n")
+  for name, acc, expected in (("same.json", 0.9359, 0), ("changed.json", 0.9358, 1)):
+    path = tmp_path / name
+    path.write_text(json.dumps({"ann_accuracy": 0.9432, "methods": {"a": {"accuracy": [0.1, 0.2, 0.3, acc]}}}))
+    count, failures = run_checks("page.md", page.format(path=str(path)))
+    assert count == 2 and len(failures) == expected, failures
+
+
+def test_a_marked_number_the_text_does_not_show_fails_and_tables_count_their_cells():
+  page = ("| method | T=4 |\n|---|---|\n| a | 10.00 |\n| b | 20.00 |\n"
+          "<!-- check\ntable: [{{\"a\": 10.0, \"b\": 20.0}}[row]]{extra}\n"
+          "10.00 = 10\n30.00 = 30\ntext = 1\n-->\n")
+  count, failures = run_checks("page.md", page.format(extra=""))
+  assert count == 4 and len(failures) == 2, failures  # 30.00 is not in the table; `text` is reserved
+  assert "30.00 does not occur" in failures[0] and "reserved" in failures[1]
+  _, failures = run_checks("page.md", page.format(extra=" + [None]"))
+  assert any("has 1 numbers" in f for f in failures), failures
