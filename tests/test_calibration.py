@@ -154,15 +154,15 @@ def test_percentile_of_a_network_site_matches_numpy(two_layer):
 
 def test_histogram_counts_are_exact_when_flushed_to_int64(two_layer, monkeypatch):
   apply_fn, variables, _, batches = two_layer
-  whole = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
-  monkeypatch.setattr(cal, "_INT32_MAX", 1000)  # batches add 8 x 75 counts: a device -> host flush before each
-  flushed = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
+  whole = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True, micro_batch=8)
+  monkeypatch.setattr(cal, "_INT32_MAX", 1000)  # micro-batches add 8 x 75 counts: a device -> host flush before each
+  flushed = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True, micro_batch=8)
   for k in whole.hist:
     np.testing.assert_array_equal(whole.hist[k], flushed.hist[k])
     assert flushed.hist[k].dtype == np.int64
   monkeypatch.setattr(cal, "_INT32_MAX", 500)
-  with pytest.raises(ValueError, match="jaxsnn.calibrate: a batch of 8 has 600 activations"):
-    jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
+  with pytest.raises(ValueError, match="jaxsnn.calibrate: a computation of 8 examples has 600 activations"):
+    jaxsnn.calibrate(apply_fn, variables, batches, histogram=True, micro_batch=8)
 
 
 def test_save_load_round_trip_is_exact_and_names_are_stable(two_layer, tmp_path):
@@ -268,7 +268,7 @@ def test_masked_rows_never_enter_the_statistics():
     np.testing.assert_array_equal(got.max[k], want.max[k])
   for k in want.hist:
     np.testing.assert_array_equal(got.hist[k], want.hist[k])
-  with pytest.raises(ValueError, match="every example of the calibration batches is masked out"):
+  with pytest.raises(ValueError, match="jaxsnn.calibrate: every example of the batches is masked out"):
     jaxsnn.calibrate(model.apply, variables, [(X, None, np.zeros(16, bool))])
 
 

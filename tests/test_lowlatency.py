@@ -203,7 +203,7 @@ def test_tune_snn_lowers_the_distance_to_the_ann_and_changes_only_data():
 
 
 def test_tune_snn_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
-  from jaxsnn._src import tuning
+  from jaxsnn._src import loop as tuning  # the loop writes the checkpoints
   apply_fn, variables, x = calib_net()
   th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
   snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
@@ -242,7 +242,7 @@ def test_tune_snn_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
     jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.01, checkpoint=path)
   with pytest.raises(ValueError, match="belongs to another job"):
     jaxsnn.tune_snn(snn, [x[:32]], 4, steps=9, learning_rate=0.03, checkpoint=path)
-  with pytest.raises(ValueError, match="checkpoint_every must be a positive integer"):
+  with pytest.raises(ValueError, match="checkpoint_every must be a positive int"):
     jaxsnn.tune_snn(snn, batches, 4, steps=9, checkpoint=path, checkpoint_every=0)
 
 
@@ -300,14 +300,26 @@ def test_finetune_fits_the_labels_through_the_snn_and_keeps_the_best_on_validati
     np.testing.assert_array_equal(tuned.initial_potential[name], snn.initial_potential[name])
   with pytest.raises(ValueError, match="loss='labels' needs labelled batches"):
     jaxsnn.finetune(snn, [data], 4, steps=1)
-  with pytest.raises(ValueError, match="gave 60 batches for 61 steps"):
-    jaxsnn.finetune(snn, batches, 4, steps=61)
   ann_tuned, _ = jaxsnn.finetune(snn, [data] * 3, 4, steps=3, loss="ann")  # no labels needed
   assert ann_tuned.traced == snn.traced
 
 
+def test_finetune_cycles_its_batches_in_epochs_and_says_so():
+  snn, data, labels, batches = finetune_setup()
+  three = batches[:3]
+  cycled, report = jaxsnn.finetune(snn, three, 4, steps=7, learning_rate=1e-2)
+  spelled, spelled_report = jaxsnn.finetune(snn, [three[i % 3] for i in range(7)], 4, steps=7, learning_rate=1e-2)
+  assert report.chose["epochs"] == 3 and spelled_report.chose["epochs"] == 1
+  np.testing.assert_array_equal(report.details["losses"], spelled_report.details["losses"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, cycled.variables, spelled.variables)
+  once, once_report = jaxsnn.finetune(snn, iter(three), 4, steps=7, learning_rate=1e-2)  # one-shot: kept, replayed
+  np.testing.assert_array_equal(once_report.details["losses"], report.details["losses"])
+  with pytest.raises(ValueError, match="jaxsnn.finetune: batches is empty"):
+    jaxsnn.finetune(snn, [], 4, steps=1)
+
+
 def test_finetune_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
-  from jaxsnn._src import tuning
+  from jaxsnn._src import loop as tuning  # the loop writes the checkpoints
   snn, data, labels, batches = finetune_setup()
   kw = dict(steps=12, learning_rate=1e-2, validation=[(data, labels)], validate_every=4)
   whole, whole_report = jaxsnn.finetune(snn, batches, 4, **kw)
@@ -325,7 +337,7 @@ def test_finetune_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
     jaxsnn.finetune(snn, batches, 4, checkpoint=path, checkpoint_every=4, **kw)
   writes.append("resumed")
   resumed, resumed_report = jaxsnn.finetune(snn, batches, 4, checkpoint=path, checkpoint_every=4, **kw)
-  assert writes == [4, 8, "resumed", 12, 12]  # went on from step 8; the last write is the end's
+  assert writes == [4, 8, "resumed", 12]  # went on from step 8
   np.testing.assert_array_equal(resumed_report.details["losses"], whole_report.details["losses"])
   assert resumed_report.details["validation"] == whole_report.details["validation"]
   jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.variables, whole.variables)

@@ -83,8 +83,18 @@ def test_accuracy_vs_time():
   np.testing.assert_array_equal(np.asarray(acc), want)
   onehot = jax.nn.one_hot(labels, trace.outputs.shape[-1])
   np.testing.assert_array_equal(np.asarray(jaxsnn.accuracy_vs_time(trace, onehot)), want)
-  with pytest.raises(ValueError, match="do not match the batch size"):
+  with pytest.raises(ValueError, match="labels of shape .3,. do not match the batch of 8 examples"):
     jaxsnn.accuracy_vs_time(trace, labels[:3])
+  classes = trace.outputs.shape[-1]
+  # Labels outside [0, classes): an error naming the values and their count, never an accuracy of 0.
+  with pytest.raises(ValueError, match=rf"jaxsnn.accuracy_vs_time: 8 of 8 labels .* outside \[0, {classes}\)"):
+    jaxsnn.accuracy_vs_time(trace, np.asarray(labels) + classes)
+  negative = np.asarray(labels).copy()
+  negative[0] = -1
+  with pytest.raises(ValueError, match=r"1 of 8 labels .* outside .*: -1\."):
+    jaxsnn.accuracy_vs_time(trace, negative)
+  with pytest.raises(ValueError, match="labels must be integer class indices"):
+    jaxsnn.accuracy_vs_time(trace, np.asarray(labels, np.float32))
 
 
 # ---- the two schedules are bit-identical ----------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any], *, pr
                        "partial batch).")
     return _slot_max_step(net["traced"], variables, p.x, running)
 
-  running, _ = runner.fold(batches, step, init, caller=caller, input_key=input_key, progress=progress)
+  running, _ = runner.fold(batches, step, init, caller=caller, micro_batch=None, input_key=input_key,
+                           progress=progress)
   return {k: running[k] for k in net["order"]}
 
 
@@ -145,5 +146,5 @@ def evaluate(snn: SpikingNetwork, batches: Iterable[Any], slot_thresholds: Mappi
     An :class:`jaxsnn.Evaluation` with the spike totals (no recorded steps).
   """
   return stream_evaluation(lambda p: simulate(snn, p.x, slot_thresholds, num_steps, block_size), snn, batches,
-                           num_steps, tallies=True, caller="jaxsnn.authors_protocol.evaluate", progress=progress,
-                           input_key=input_key)
+                           num_steps, tallies=True, caller="jaxsnn.authors_protocol.evaluate", micro_batch=None,
+                           progress=progress, input_key=input_key)

@@ -18,8 +18,8 @@ dict passed where an iterable of batches belongs, or one ``(x, labels)`` tuple p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -168,6 +168,64 @@ def check_batches(batches: Any, caller: str) -> None:
     raise ValueError(f"{caller}: batches must be an iterable of batches; got {_describe(batches)}.")
 
 
+def _concat(parts: list, caller: str) -> Batch:
+  x = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *[b.x for b in parts])
+  y = None if any(b.labels is None for b in parts) else np.concatenate([b.labels for b in parts])
+  return Batch(x, y, np.ones(_input_size(x, caller), bool))
+
+
+def rechunk(batches: Iterable[Any], size: int, caller: str, input_key: str = INPUT_KEY,
+            check: Callable[[Batch], None] | None = None, limit: int | None = None) -> Iterator[Batch]:
+  """The real (unmasked) examples of ``batches``, in order, cut into batches of exactly ``size`` examples (the last
+  one shorter if the examples do not divide), with no padding and no mask.
+
+  What a computation sees depends only on the examples and their order, never on how the caller cut, padded or masked
+  them: the runner's construction for numbers that padding, masking and sharding cannot change.
+
+  Args:
+    batches: any iterable of batches of the protocol.
+    size: examples per output batch.
+    caller: the public function's name, for errors.
+    input_key: the input's key in dict batches.
+    check: ``check(batch)`` on every batch as read (before compaction), e.g. that it has labels.
+    limit: stop after this many real examples (None: read every batch).
+
+  Yields:
+    :class:`Batch` es of ``size`` real examples (labels kept where every batch has them).
+  """
+  parts, pending, got = [], 0, 0
+  for item in batches:
+    if limit is not None and got >= limit:
+      break
+    b = as_batch(item, caller, input_key)
+    if check is not None:
+      check(b)
+    rows = np.flatnonzero(b.mask)
+    if limit is not None:
+      rows = rows[:limit - got]
+    got += len(rows)
+    if len(rows) == b.size:
+      real = b._replace(mask=np.ones(b.size, bool))
+    else:
+      real = Batch(jax.tree_util.tree_map(lambda a, r=rows: np.asarray(a)[r], b.x),
+                   None if b.labels is None else b.labels[rows], np.ones(len(rows), bool))
+    start = 0
+    while start < len(rows):
+      n = min(size - pending, len(rows) - start)
+      if start == 0 and n == len(rows):
+        parts.append(real)
+      else:
+        parts.append(Batch(jax.tree_util.tree_map(lambda a, s=start, n=n: np.asarray(a)[s:s + n], real.x),
+                           None if real.labels is None else real.labels[start:start + n], np.ones(n, bool)))
+      pending += n
+      start += n
+      if pending == size:
+        yield parts[0] if len(parts) == 1 else _concat(parts, caller)
+        parts, pending = [], 0
+  if pending:
+    yield parts[0] if len(parts) == 1 else _concat(parts, caller)
+
+
 def take(batches: Iterable[Any], num_examples: int, batch_size: int, caller: str,
          input_key: str = INPUT_KEY) -> list:
   """The first ``num_examples`` real (unmasked) examples of ``batches``, cut into batches of ``batch_size`` (the last
@@ -176,32 +234,4 @@ def take(batches: Iterable[Any], num_examples: int, batch_size: int, caller: str
   Returns:
     A list of :class:`Batch` (no padding; labels kept where the batches have them).
   """
-  out, xs, ys, got = [], [], [], 0
-
-  def flush():
-    x = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *xs)
-    y = None if any(v is None for v in ys) else np.concatenate(ys)
-    out.append(Batch(x, y, np.ones(_input_size(x, caller), bool)))
-    xs.clear()
-    ys.clear()
-
-  pending = 0
-  for item in batches:
-    b = as_batch(item, caller, input_key)
-    rows = np.flatnonzero(b.mask)[:num_examples - got]
-    start = 0
-    while start < len(rows):
-      part = rows[start:start + batch_size - pending]
-      xs.append(jax.tree_util.tree_map(lambda a, part=part: np.asarray(a)[part], b.x))
-      ys.append(None if b.labels is None else b.labels[part])
-      pending += len(part)
-      start += len(part)
-      if pending == batch_size:
-        flush()
-        pending = 0
-    got += len(rows)
-    if got >= num_examples:
-      break
-  if pending:
-    flush()
-  return out
+  return list(rechunk(batches, batch_size, caller, input_key, limit=num_examples))

@@ -107,7 +107,7 @@ def _calibration_step(traced: ir.Traced, variables, x, mask, state, histogram: b
 
 def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histogram: bool = False, *,
               mesh=None, progress: bool = False, checkpoint=None, checkpoint_every: int = 10,
-              input_key: str = "image") -> Stats:
+              micro_batch: int = runner.MICRO_BATCH, input_key: str = "image") -> Stats:
   """Runs the ANN over ``batches`` once and records the per-neuron max activation of every site and the output.
 
   The pass is jit-compiled (once per network program and batch shape, at module level, so calling ``calibrate``
@@ -122,12 +122,16 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
     histogram: also keep a per-site histogram of activations (``Stats.hist``), needed for percentile thresholds
       (``jaxsnn.thresholds(stats, "layer", percentile=99.99)``). It costs one scatter-add over every activation per
       batch, so it is off by default.
-    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices (see
-      :mod:`jaxsnn._src.parallel`: padded and masked, results equal to one device's).
+    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices.
     progress: a tqdm progress bar.
     checkpoint: a file path: the running statistics are written there atomically every ``checkpoint_every``
-      batches, and a run that finds it (same network, variables and settings) skips the batches it covers.
-    checkpoint_every: batches between checkpoint writes.
+      micro-batch groups, and a run that finds it (same network, variables and settings) skips the examples it
+      covers.
+    checkpoint_every: micro-batch groups between checkpoint writes.
+    micro_batch: examples per device in each computation. The real examples of ``batches`` are cut into
+      micro-batches of this size (the last one padded and masked), so the result depends only on the examples, their
+      order and ``micro_batch``: how the batches are cut, padded or masked and how many devices run them change no
+      number (XLA's kernels compute a row differently at different batch shapes on some CPUs).
     input_key: the input's key in dict batches.
 
   Returns:
@@ -163,8 +167,8 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
       # Device counts are int32: move them to the host's int64 before any bin could overflow.
       grow = p.mask.shape[0] * max(net["per_sample"].values(), default=0)
       if grow > _INT32_MAX:
-        raise ValueError(f"{caller}: a batch of {p.mask.shape[0]} has {grow} activations at one site, more than an "
-                         "int32 histogram count holds; use smaller batches with histogram=True.")
+        raise ValueError(f"{caller}: a computation of {p.mask.shape[0]} examples has {grow} activations at one site, "
+                         "more than an int32 histogram count holds; pass a smaller micro_batch with histogram=True.")
       if state["pending"] + grow > _INT32_MAX:
         state["host_hist"] = {k: np.asarray(v, np.int64) + np.asarray(state["hist"][k], np.int64)
                               for k, v in state["host_hist"].items()}
@@ -177,7 +181,8 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
 
   job = lambda batch: fingerprint(caller, net["traced"].key, bool(histogram), HIST_MANTISSA_BITS,  # noqa: E731
                                   arrays=variables)
-  state, n = runner.fold(batches, step, init, caller=caller, mesh=mesh, input_key=input_key, progress=progress,
+  state, n = runner.fold(batches, step, init, caller=caller, mesh=mesh, micro_batch=micro_batch,
+                         input_key=input_key, progress=progress,
                          checkpoint=checkpoint, fingerprint=job, checkpoint_every=checkpoint_every,
                          differs="another network, variables or histogram setting")
   bad = {k: int(v) for k, v in state["bad"].items() if int(v)}

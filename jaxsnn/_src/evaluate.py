@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir, lowering, parallel, runner
+from jaxsnn._src import checks, ir, lowering, parallel, runner
+from jaxsnn._src.batches import as_batch
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.files import fingerprint
-from jaxsnn._src.simulate import Trace, finite_samples, simulate
+from jaxsnn._src.simulate import Trace, check_snn, finite_samples, simulate
 
 
 class Recorded(NamedTuple):
@@ -74,21 +75,22 @@ def accuracy_vs_time(trace: Trace, labels: Any) -> jax.Array:
     ``[T]`` float array: the fraction of correct predictions after t steps.
 
   Raises:
-    ValueError: if the labels do not match the outputs' batch or classes.
+    ValueError: if the labels are not integer class indices in ``[0, classes)`` (or one-hot), or do not match the
+      outputs' batch or classes; names the offending values and how many there are.
   """
+  caller = "jaxsnn.accuracy_vs_time"
+  if not isinstance(trace, Trace):
+    raise ValueError(f"{caller}: trace must be the jaxsnn.Trace that jaxsnn.simulate returns; got "
+                     f"{type(trace).__name__}.")
   out = trace.outputs
-  labels = jnp.asarray(labels)
   if out.ndim != 3:
-    raise ValueError(f"jaxsnn.accuracy_vs_time: outputs must be [T, batch, classes]; got shape {out.shape}.")
-  if labels.ndim == 2:
-    if labels.shape != out.shape[1:]:
-      raise ValueError(f"jaxsnn.accuracy_vs_time: one-hot labels of shape {labels.shape} do not match outputs "
-                       f"[batch, classes] = {out.shape[1:]}.")
-    labels = labels.argmax(-1)
-  if labels.shape != out.shape[1:2]:
-    raise ValueError(f"jaxsnn.accuracy_vs_time: labels of shape {labels.shape} do not match the batch size "
-                     f"{out.shape[1]}.")
-  return _hits(out, labels).mean(axis=1)
+    raise ValueError(f"{caller}: outputs must be [T, batch, classes]; got shape {out.shape}.")
+  if isinstance(labels, jax.core.Tracer):
+    raise ValueError(f"{caller}: labels are checked on the host (class indices in [0, classes)); call it outside "
+                     "jit, or compare argmaxes yourself inside.")
+  batch = as_batch((np.zeros((out.shape[1], 0), np.float32), labels), caller)
+  runner.check_labels(batch.labels, out.shape[2], caller)
+  return _hits(out, jnp.asarray(batch.labels)).mean(axis=1)
 
 
 def _hits(outputs, labels):
@@ -107,7 +109,8 @@ def _job(snn: SpikingNetwork, *settings) -> str:
 
 def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int | None = None, *,
              exact: bool = True, tallies: bool = False, record_steps=(), progress: bool = False, checkpoint=None,
-             checkpoint_every: int = 10, mesh=None, input_key: str = "image") -> Evaluation:
+             checkpoint_every: int = 10, mesh=None, micro_batch: int = runner.MICRO_BATCH,
+             input_key: str = "image") -> Evaluation:
   """Accuracy after every t = 1..T over a whole dataset, streamed batch by batch, resumable.
 
   Args:
@@ -127,9 +130,10 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
       that finds it (killed and started again with the same network, data order and arguments) skips the batches it
       covers, so the result equals an uninterrupted run's. A checkpoint of another job (other network data, T or
       arguments) is refused.
-    checkpoint_every: batches between checkpoint writes.
-    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices
-      (padded and masked: results equal to one device's).
+    checkpoint_every: micro-batch groups between checkpoint writes.
+    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices.
+    micro_batch: examples per device in each simulation (as in :func:`jaxsnn.calibrate`: the result depends only on
+      the examples, their order and ``micro_batch``, never on the batches' sizes, padding, masks or the devices).
     input_key: the input's key in dict batches.
 
   Returns:
@@ -137,15 +141,17 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
     many there were.
 
   Raises:
-    ValueError: for batches without labels, a bad batch (see :func:`jaxsnn.simulate`), or a checkpoint of another
-      job.
+    ValueError: for batches without labels, labels outside ``[0, classes)``, a bad batch (see
+      :func:`jaxsnn.simulate`), a bad T, or a checkpoint of another job.
 
   Example:
     >>> ev = jaxsnn.evaluate(snn, data.batches(test, 200, train=False, mean=m, std=s), num_steps=64, progress=True)
     >>> ev.accuracy[-1]
   """
   caller = "jaxsnn.evaluate"
-  record = tuple(sorted({int(t) for t in record_steps}))
+  check_snn(snn, caller)
+  num_steps = checks.num_steps(num_steps, caller)
+  record = checks.record_steps(record_steps, num_steps, caller)
   mesh = parallel.batch_mesh(mesh, caller)
   job = _job(snn, num_steps, block_size, exact, record, bool(tallies)) if checkpoint is not None else None
   replicated = parallel.replicate(mesh, snn)
@@ -155,13 +161,14 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
                     sample_weights=p.device_mask, tallies=tallies)
 
   return stream_evaluation(run, snn, batches, num_steps, record=record, tallies=tallies, caller=caller, mesh=mesh,
-                           progress=progress, checkpoint=checkpoint, fingerprint=job,
+                           micro_batch=micro_batch, progress=progress, checkpoint=checkpoint, fingerprint=job,
                            checkpoint_every=checkpoint_every, input_key=input_key)
 
 
 def stream_evaluation(run: Callable[[runner.Prepared], Trace], snn: SpikingNetwork, batches: Any, num_steps: int, *,
-                      record: tuple = (), tallies: bool = False, caller: str, mesh=None, progress: bool = False,
-                      checkpoint=None, fingerprint: str | None = None, checkpoint_every: int = 10,
+                      record: tuple = (), tallies: bool = False, caller: str, mesh=None,
+                      micro_batch: int = runner.MICRO_BATCH, progress: bool = False, checkpoint=None,
+                      fingerprint: str | None = None, checkpoint_every: int = 10,
                       input_key: str = "image") -> Evaluation:
   """The loop of :func:`evaluate` around any ``run(prepared_batch) -> Trace`` (the authors' protocol uses it too)."""
   init = {"correct": np.zeros(num_steps, np.int64), "count": 0, "non_finite": 0, "pos": {}, "neg": {},
@@ -186,7 +193,8 @@ def stream_evaluation(run: Callable[[runner.Prepared], Trace], snn: SpikingNetwo
     return state
 
   state, count = runner.fold(
-      batches, step, init, caller=caller, mesh=mesh, input_key=input_key, labels="accuracy", progress=progress,
+      batches, step, init, caller=caller, mesh=mesh, micro_batch=micro_batch, input_key=input_key,
+      labels="accuracy", classes=checks.classes(snn.output_shape, caller), progress=progress,
       desc=f"SNN T={num_steps}", postfix=lambda s: {"acc": f"{s['correct'][-1] / max(s['count'], 1):.4f}"},
       checkpoint=checkpoint, fingerprint=fingerprint, checkpoint_every=checkpoint_every,
       differs="other network data, T, schedule or recorded steps")
@@ -205,7 +213,8 @@ def stream_evaluation(run: Callable[[runner.Prepared], Trace], snn: SpikingNetwo
 
 
 def agreement(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: int | None = None,
-              progress: bool = False, mesh=None, input_key: str = "image") -> float:
+              progress: bool = False, mesh=None, micro_batch: int = runner.MICRO_BATCH,
+              input_key: str = "image") -> float:
   """The fraction of examples on which the SNN's answer after ``num_steps`` is its ANN's (argmax of the readout vs
   argmax of the ANN's logits): how faithful a conversion is, measured on unlabelled data (training images: no test
   set needed).
@@ -217,6 +226,7 @@ def agreement(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: 
     block_size: the schedule (same answer).
     progress: a tqdm bar.
     mesh: as in :func:`evaluate`.
+    micro_batch: as in :func:`evaluate`.
     input_key: the input's key in dict batches.
 
   Returns:
@@ -226,6 +236,8 @@ def agreement(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: 
     >>> jaxsnn.agreement(snn, train_batches, num_steps=8)
   """
   caller = "jaxsnn.agreement"
+  check_snn(snn, caller)
+  num_steps = checks.num_steps(num_steps, caller)
   mesh = parallel.batch_mesh(mesh, caller)
   replicated = parallel.replicate(mesh, snn)
   variables = parallel.replicate(mesh, snn.variables)
@@ -237,7 +249,8 @@ def agreement(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: 
     same = (got.argmax(-1) == want) & np.isfinite(got).all(-1)
     return hits + int((same & p.mask).sum())
 
-  hits, count = runner.fold(batches, step, 0, caller=caller, mesh=mesh, input_key=input_key, progress=progress,
+  hits, count = runner.fold(batches, step, 0, caller=caller, mesh=mesh, micro_batch=micro_batch,
+                            input_key=input_key, progress=progress,
                             desc=f"agreement T={num_steps}")
   if count == 0:
     raise ValueError(f"{caller}: every example of the batches is masked out.")

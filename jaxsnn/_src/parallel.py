@@ -20,11 +20,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 BATCH = "batch"
 
 
+def user_mesh() -> bool:
+  """Whether the caller runs under a mesh of their own (``jax.set_mesh``): inputs are then used as they are."""
+  return not jax.sharding.get_abstract_mesh().empty
+
+
 def batch_mesh(mesh: Mesh | None, caller: str) -> Mesh | None:
   """The mesh to shard batches over: ``mesh`` (its ``"batch"`` axis, or its only axis), else all local devices
   (None when there is just one, or when a mesh is set with ``jax.set_mesh``: inputs are then used as they are)."""
   if mesh is None:
-    if not jax.sharding.get_abstract_mesh().empty:
+    if user_mesh():
       return None  # the caller runs under its own mesh (jax.set_mesh) and shards the inputs itself
     devices = jax.local_devices()
     return None if len(devices) == 1 else Mesh(np.asarray(devices), (BATCH,))
@@ -59,7 +64,8 @@ def pad(tree, size: int, fill=0):
     extra = size - a.shape[0]
     if extra <= 0:
       return a
-    return jnp.concatenate([jnp.asarray(a), jnp.full((extra,) + a.shape[1:], fill, a.dtype)])
+    xp = jnp if isinstance(a, jax.Array) else np
+    return xp.concatenate([a, xp.full((extra,) + a.shape[1:], fill, a.dtype)])
   return jax.tree_util.tree_map(one, tree)
 
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from jaxsnn._src import ir, parallel, runner
+from jaxsnn._src import checks, ir, parallel, runner
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.reports import Report
-from jaxsnn._src.simulate import simulate
-from jaxsnn._src.snn_calibration import check_steps
+from jaxsnn._src.simulate import check_snn, simulate
 
 
 def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *,
                          block_size: int | None = None, progress: bool = False, mesh=None,
+                         micro_batch: int = runner.MICRO_BATCH,
                          input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """The readout delay under which the SNN's answer after ``num_steps`` agrees most often with its ANN's.
 
@@ -39,6 +39,7 @@ def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps:
     block_size: schedule, as in :func:`simulate` (same result).
     progress: a tqdm bar.
     mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
+    micro_batch: as in :func:`jaxsnn.calibrate`.
     input_key: the input's key in dict batches.
 
   Returns:
@@ -55,7 +56,8 @@ def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps:
   """
   caller = "jaxsnn.choose_readout_delay"
   t0 = time.perf_counter()
-  num_steps = check_steps(num_steps, caller)
+  check_snn(snn, caller)
+  num_steps = checks.num_steps(num_steps, caller)
   mesh = parallel.batch_mesh(mesh, caller)
   plain = parallel.replicate(mesh, snn.replace(readout_delay=0))
   variables = parallel.replicate(mesh, snn.variables)
@@ -73,7 +75,7 @@ def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps:
     return hits
 
   hits, count = runner.fold(batches, step, np.zeros(num_steps, np.int64), caller=caller, mesh=mesh,
-                            input_key=input_key, progress=progress, desc=f"choose_readout_delay T={num_steps}")
+                            micro_batch=micro_batch, input_key=input_key, progress=progress, desc=f"choose_readout_delay T={num_steps}")
   if count == 0:
     raise ValueError(f"{caller}: every example of the batches is masked out; pass a few batches of training inputs.")
   agreement = hits / count

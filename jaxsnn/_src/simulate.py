@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir, lowering, rules
+from jaxsnn._src import checks, ir, lowering, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.surrogates import Surrogate, fire as fire_fn
@@ -96,14 +96,6 @@ class State(NamedTuple):
   finite: Any
   constants: dict
   tallies: Tallies | None
-
-
-def _positive_int(value, name, caller):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{caller}: {name} must be a positive int; got {value!r} of type {type(value).__name__}.")
-  if value <= 0:
-    raise ValueError(f"{caller}: {name} must be >= 1; got {value}.")
-  return int(value)
 
 
 def count_dtype(num_steps: int):
@@ -318,9 +310,17 @@ def readout(snn: SpikingNetwork, state: State) -> jax.Array:
   return jnp.where(finite, out, jnp.nan)
 
 
-def _check_snn(snn, caller):
+def check_snn(snn, caller):
   if not isinstance(snn, SpikingNetwork):
     raise ValueError(f"{caller}: snn must be a SpikingNetwork from jaxsnn.convert; got {type(snn).__name__}.")
+
+
+def check_batch(snn: SpikingNetwork, x, caller: str) -> int:
+  """:func:`check_input`, and a batch of at least one example: its size."""
+  batch = check_input(snn, x, caller)
+  if batch == 0:
+    raise ValueError(f"{caller}: the input batch is empty (0 examples); pass at least one example.")
+  return batch
 
 
 def init_state(snn: SpikingNetwork, x: Any, *, tallies: bool = True) -> State:
@@ -350,8 +350,8 @@ def init_state(snn: SpikingNetwork, x: Any, *, tallies: bool = True) -> State:
     ...     break                                     # early stop once every sample is confident
   """
   caller = "jaxsnn.init_state"
-  _check_snn(snn, caller)
-  check_input(snn, x, caller)
+  check_snn(snn, caller)
+  check_batch(snn, x, caller)
   return _init_state_jit(snn, x, bool(tallies))
 
 
@@ -390,13 +390,27 @@ def step(snn: SpikingNetwork, state: State, x: Any = None, *, surrogate: Surroga
     >>> state, answers = jax.lax.scan(body, jaxsnn.init_state(snn, frames[0]), frames)   # frames [T, batch, ...]
   """
   caller = "jaxsnn.step"
-  _check_snn(snn, caller)
+  check_snn(snn, caller)
   if not isinstance(state, State):
     raise ValueError(f"{caller}: state must be a jaxsnn.State from jaxsnn.init_state; got {type(state).__name__}.")
+  _check_state(snn, state, caller)
   if x is not None:
-    check_input(snn, x, caller)
+    batch = check_batch(snn, x, caller)
+    if batch != state.readout.shape[0]:
+      raise ValueError(f"{caller}: this step's input has {batch} examples but the state holds {state.readout.shape[0]} "
+                       "(from jaxsnn.init_state); every step of a run takes the same batch.")
   fire_fn(surrogate)  # validates the surrogate before tracing
   return _step_jit(snn, state, x, surrogate)
+
+
+def _check_state(snn: SpikingNetwork, state: State, caller: str) -> None:
+  """A state of this network: its sites, their shapes, and its output's."""
+  if set(state.neurons) != set(snn.site_names) | ({OUTPUT} if snn.readout == "spike" else set()):
+    raise ValueError(f"{caller}: the state's neuron sites {sorted(state.neurons)} are not this network's "
+                     f"{list(snn.site_names)}; make the state with jaxsnn.init_state(snn, x) of this network.")
+  if tuple(state.readout.shape[1:]) != tuple(snn.output_shape):
+    raise ValueError(f"{caller}: the state's readout has per-example shape {tuple(state.readout.shape[1:])}, this "
+                     f"network's output {tuple(snn.output_shape)}; make the state with jaxsnn.init_state(snn, x).")
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -481,14 +495,12 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
     >>> acc = jaxsnn.accuracy_vs_time(trace, y_test)   # accuracy after every t = 1..256
   """
   caller = "jaxsnn.simulate"
-  _check_snn(snn, caller)
-  num_steps = _positive_int(num_steps, "num_steps", caller)
+  check_snn(snn, caller)
+  num_steps = checks.positive_int(num_steps, "num_steps", caller)
   if block_size is not None:
-    block_size = min(_positive_int(block_size, "block_size", caller), num_steps)
-  batch = check_input(snn, x, caller)
-  record = tuple(sorted({_positive_int(t, "record_steps entry", caller) for t in record_steps}))
-  if record and record[-1] > num_steps:
-    raise ValueError(f"{caller}: record_steps {record} go beyond num_steps={num_steps}.")
+    block_size = min(checks.positive_int(block_size, "block_size", caller), num_steps)
+  batch = check_batch(snn, x, caller)
+  record = checks.record_steps(record_steps, num_steps, caller)
   weights = jnp.ones(batch, jnp.int32) if sample_weights is None else jnp.asarray(sample_weights, jnp.int32)
   if weights.shape != (batch,):
     raise ValueError(f"{caller}: sample_weights must have shape ({batch},); got {weights.shape}.")

@@ -8,19 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxsnn._src import ir, parallel, runner
+from jaxsnn._src import checks, ir, parallel, runner
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.reports import Report
-from jaxsnn._src.simulate import simulate
+from jaxsnn._src.simulate import check_snn, simulate
 
 TARGETS = ("offset", "potential")
 GRANULARITIES = ("layer", "channel", "neuron")
-
-
-def check_steps(num_steps, caller: str) -> int:
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-    raise ValueError(f"{caller}: num_steps must be a positive int; got {num_steps!r}.")
-  return int(num_steps)
 
 
 def _mean_over(err: np.ndarray, granularity: str) -> np.ndarray:
@@ -36,7 +30,8 @@ def _mean_over(err: np.ndarray, granularity: str) -> np.ndarray:
 
 def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, target: str = "potential",
                   granularity: str = "channel", block_size: int | None = None, progress: bool = False,
-                  mesh=None, input_key: str = "image") -> tuple[SpikingNetwork, Report]:
+                  mesh=None, micro_batch: int = runner.MICRO_BATCH,
+                  input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """Layer-wise SNN calibration (Li et al., ICML 2021): remove each site's mean error against the ANN at T steps.
 
   Site by site from the input side, simulates the SNN (with the corrections of the sites before) for ``num_steps``
@@ -64,6 +59,8 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
     block_size: the simulation schedule (see :func:`jaxsnn.simulate`).
     progress: a tqdm bar over the sites.
     mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
+    micro_batch: as in :func:`jaxsnn.calibrate` (the sums over examples are made per micro-batch and added in order:
+      the result depends only on the examples, their order and ``micro_batch``).
     input_key: the input's key in dict batches.
 
   Returns:
@@ -82,25 +79,26 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
     raise ValueError(f"{caller}: target must be one of {TARGETS}; got {target!r}.")
   if granularity not in GRANULARITIES:
     raise ValueError(f"{caller}: granularity must be one of {GRANULARITIES}; got {granularity!r}.")
-  num_steps = check_steps(num_steps, caller)
+  check_snn(snn, caller)
+  num_steps = checks.num_steps(num_steps, caller)
   mesh = parallel.batch_mesh(mesh, caller)
-  data = runner.collect(batches, caller=caller, mesh=mesh, input_key=input_key)
+  data = runner.collect(batches, caller=caller, mesh=mesh, micro_batch=micro_batch, input_key=input_key)
   count = sum(p.count for p in data)
   ann = {}
   variables = parallel.replicate(mesh, snn.variables)
   for p in data:
     acts = ir.ann_outputs(snn.traced, variables, p.x)[0]
     for name in snn.site_names:
-      ann[name] = ann.get(name, 0.0) + np.asarray(acts[name], np.float64)[p.mask].sum(axis=0)
+      ann[name] = runner.sum_rows(ann.get(name), acts[name], p)
   corrections = {}
   bar = runner.progress_bar(progress, f"calibrate_snn T={num_steps}", unit="site", total=len(snn.site_names))
   for name in snn.site_names:
-    total = 0.0
+    net = None
     replicated = parallel.replicate(mesh, snn)
     for p in data:
       trace = simulate(replicated, p.x, num_steps, block_size)
-      net = np.asarray(trace.pos_spikes[name] - trace.neg_spikes[name], np.float64)[p.mask].sum(axis=0)
-      total = total + net * np.asarray(snn.thresholds[name], np.float64) / num_steps
+      net = runner.sum_rows(net, trace.pos_spikes[name] - trace.neg_spikes[name], p)
+    total = net * np.asarray(snn.thresholds[name], np.float64) / num_steps
     err = _mean_over((ann[name] - total) / count, granularity)  # how much the SNN falls short of the ANN
     corrections[name] = float(np.mean(np.abs(err)))
     if target == "offset":

@@ -73,8 +73,10 @@ def _channels(shape) -> int:
   return int(shape[-1]) if len(shape) else 1
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _ratio_step(traced: ir.Traced, variables, x, mask, base):
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _ratio_step(traced: ir.Traced, variables, x, mask, base, groups: int):
+  """``{site: [groups, 3, channels, RATIO_BINS]}``: the moments of each micro-batch (added in order on the host:
+  float sums, so that one device and many make the same additions)."""
   rec, _ = ir.ann_pass(traced, variables, x)
   out = {}
   for name, a in rec.items():
@@ -86,15 +88,21 @@ def _ratio_step(traced: ir.Traced, variables, x, mask, base):
     channel = jnp.broadcast_to(jnp.arange(a.shape[-1], dtype=jnp.int32), a.shape)
     weight = jnp.where(valid, jnp.broadcast_to(jnp.square(b.astype(jnp.float32)), a.shape), 0.0)
     r = jnp.where(valid, r, 0).astype(jnp.float32)
-    index = (channel * RATIO_BINS + bins).ravel()
-    out[name] = jnp.stack([jnp.bincount(index, (weight * r ** k).ravel(), length=a.shape[-1] * RATIO_BINS)
-                           for k in range(3)]).reshape(3, a.shape[-1], RATIO_BINS)
+    index = (channel * RATIO_BINS + bins).reshape(groups, -1)
+    length = a.shape[-1] * RATIO_BINS
+
+    def moments(index, weight, r):
+      return jnp.stack([jnp.bincount(index, weight * r ** k, length=length) for k in range(3)])
+
+    out[name] = jax.vmap(moments)(index, weight.reshape(groups, -1), r.reshape(groups, -1)).reshape(
+        groups, 3, a.shape[-1], RATIO_BINS)
   return out
 
 
 def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any], stats: Stats,
                      norm: str = "neuron", *, mesh=None, progress: bool = False, checkpoint=None,
-                     checkpoint_every: int = 10, input_key: str = "image") -> RatioHistograms:
+                     checkpoint_every: int = 10, micro_batch: int = runner.MICRO_BATCH,
+                     input_key: str = "image") -> RatioHistograms:
   """One pass over training batches: the statistic :func:`thresholds_for_steps` needs.
 
   Args:
@@ -107,7 +115,8 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
     progress: a tqdm bar.
     checkpoint: a file path for a resumable pass (as in :func:`jaxsnn.calibrate`).
-    checkpoint_every: batches between checkpoint writes.
+    checkpoint_every: micro-batch groups between checkpoint writes.
+    micro_batch: examples per device in each computation (see :func:`jaxsnn.calibrate`).
     input_key: the input's key in dict batches.
 
   Returns:
@@ -131,12 +140,13 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     return {}
 
   def step(counts, p: runner.Prepared):
-    got = _ratio_step(net["traced"], variables, p.x, p.device_mask, site_base)
-    return {k: np.asarray(counts.get(k, 0.0), np.float64) + np.asarray(v, np.float64) for k, v in got.items()}
+    got = _ratio_step(net["traced"], variables, p.x, p.device_mask, site_base, p.groups)
+    return {k: runner.add_in_order(counts.get(k), v) for k, v in got.items()}
 
   job = lambda batch: fingerprint(caller, net["traced"].key, norm, RATIO_BINS,  # noqa: E731
                                   arrays=(variables, site_base))
-  counts, n = runner.fold(batches, step, init, caller=caller, mesh=mesh, input_key=input_key, progress=progress,
+  counts, n = runner.fold(batches, step, init, caller=caller, mesh=mesh, micro_batch=micro_batch,
+                          input_key=input_key, progress=progress,
                           checkpoint=checkpoint, fingerprint=job, checkpoint_every=checkpoint_every,
                           differs="another network, variables or base thresholds")
   counts = {k: counts[k] for k in stats.max if k in counts}  # network order

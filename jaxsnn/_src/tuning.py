@@ -13,14 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsnn._src import ir, runner, surrogates
-from jaxsnn._src.batches import as_batch
+from jaxsnn._src import checks, ir, loop, runner, surrogates
+from jaxsnn._src.batches import as_batch, check_batches
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.evaluate import evaluate
-from jaxsnn._src.files import fingerprint, load_checkpoint, save_checkpoint
+from jaxsnn._src.files import fingerprint
 from jaxsnn._src.reports import Report
-from jaxsnn._src.simulate import simulate
-from jaxsnn._src.snn_calibration import check_steps
+from jaxsnn._src.simulate import check_batch, check_snn, simulate
 
 TUNABLE = ("thresholds", "offsets", "initial_potential")
 DEFAULT_SURROGATE = surrogates.sigmoid(2.0)
@@ -72,15 +71,17 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   """
   caller = "jaxsnn.tune_snn"
   t0 = time.perf_counter()
-  num_steps = check_steps(num_steps, caller)
+  check_snn(snn, caller)
+  num_steps = checks.num_steps(num_steps, caller)
+  steps = checks.non_negative_int(steps, "steps", caller)
   unknown = set(tune) - set(TUNABLE)
   if unknown:
     raise ValueError(f"{caller}: cannot tune {sorted(unknown)}; choose among {', '.join(TUNABLE)}.")
   surrogates.fire(surrogate)  # validates it
-  if checkpoint is not None and (isinstance(checkpoint_every, bool) or
-                                 not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1):
-    raise ValueError(f"{caller}: checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
-  prepared = runner.collect(batches, caller=caller, input_key=input_key)
+  checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
+  prepared = runner.as_given(batches, caller=caller, input_key=input_key)
+  for p in prepared:
+    check_batch(snn, p.x, caller)
   data = [(p.x, jnp.asarray(p.mask, jnp.float32), ir.ann_outputs(snn.traced, snn.variables, p.x)[1].astype(jnp.float32))
           for p in prepared]
   names = snn.site_names
@@ -89,7 +90,6 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
             "offset": {n: jnp.zeros(channels[n]) for n in names},
             "potential": {n: jnp.zeros(channels[n]) for n in names}}
   opt = optax.adam(learning_rate)
-  state = opt.init(params)
   mask_grads = {"log_scale": "thresholds" in tune, "offset": "offsets" in tune, "potential": "initial_potential" in tune}
 
   def apply(params, net):
@@ -103,52 +103,33 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   def loss(params, x, mask, target):
     trace = simulate(apply(params, snn), x, num_steps, block_size, tallies=False, surrogate=surrogate)
     err = jnp.square(trace.outputs[-1].astype(jnp.float32) - target).reshape(target.shape[0], -1).mean(axis=1)
-    return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1)
+    return jnp.sum(jnp.where(mask > 0, err, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
   grad_fn = jax.jit(jax.value_and_grad(loss))
-  job, resumed = None, None
+
+  @jax.jit
+  def update(params, state, x, mask, target):
+    value, grads = jax.value_and_grad(loss)(params, x, mask, target)
+    grads = {k: jax.tree_util.tree_map(lambda g: g * mask_grads[k], v) for k, v in grads.items()}
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, value
+
+  job = None
   if checkpoint is not None:
     job = fingerprint(caller, snn.traced.key, snn.neuron.name, snn.readout, num_steps, steps, float(learning_rate),
                       sorted(mask_grads.items()), surrogate, block_size,
                       arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay,
                               data))
-    saved = load_checkpoint(checkpoint, job, caller, "other network data, batches, T or settings")
-    if saved is not None:
-      treedef = jax.tree_util.tree_structure((params, state, params))
-      like = jax.tree_util.tree_leaves((params, state, params))
-      leaves = [jnp.asarray(v, jnp.asarray(l).dtype) for v, l in zip(saved["leaves"], like)]
-      resumed = (int(saved["step"]), jax.tree_util.tree_unflatten(treedef, leaves), float(saved["best_loss"]),
-                 [float(v) for v in saved["losses"]])
-  if resumed is not None:
-    start, (params, state, best), best_loss, losses = resumed
-  else:
-    # The starting point is a candidate too: its loss over one round of the batches.
-    start, best, losses = 0, params, []
-    best_loss = float(np.mean([float(grad_fn(params, *d)[0]) for d in data]))
-  bar = runner.progress_bar(progress, f"tune_snn T={num_steps}", unit="step", total=steps, initial=start)
-  for i in range(start, steps):
-    x, mask, target = data[i % len(data)]
-    value, grads = grad_fn(params, x, mask, target)
-    grads = {k: jax.tree_util.tree_map(lambda g: g * mask_grads[k], v) for k, v in grads.items()}
-    value = float(value)
-    losses.append(value)
-    # The mean loss over the last round of batches (iterates a few small steps apart) stands for this iterate's.
-    if i >= len(data) and np.mean(losses[-len(data):]) < best_loss:
-      best_loss, best = float(np.mean(losses[-len(data):])), params
-    updates, state = opt.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix(loss=f"{value:.4g}")
-    if checkpoint is not None and ((i + 1) % checkpoint_every == 0 or i + 1 == steps):
-      save_checkpoint(checkpoint, job, {"step": i + 1, "leaves": jax.tree_util.tree_leaves((params, state, best)),
-                                        "best_loss": best_loss, "losses": np.asarray(losses, np.float64)})
-  if bar is not None:
-    bar.close()
-  tuned = apply(best, snn)
+  # The starting point is a candidate too: its loss over one round of the batches.
+  start = lambda params: -float(np.mean([float(grad_fn(params, *d)[0]) for d in data]))  # noqa: E731
+  result = loop.optimize(update, params, opt.init(params), data, steps, caller=caller, prepare=lambda d: d,
+                         score=start, select="loss", round_size=len(data), progress=progress,
+                         desc=f"tune_snn T={num_steps}", checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                         fingerprint=job, differs="other network data, batches, T or settings")
+  tuned = apply(result["params"], snn)
   report = Report("tune_snn", {"tuned": tuple(t for t in TUNABLE if t in tune), "steps": steps,
-                               "best_loss": best_loss}, examples=sum(p.count for p in prepared), num_steps=num_steps,
-                  details={"losses": np.asarray(losses)}, seconds=time.perf_counter() - t0)
+                               "best_loss": -result["best_score"]}, examples=sum(p.count for p in prepared),
+                  num_steps=num_steps, details={"losses": result["losses"]}, seconds=time.perf_counter() - t0)
   return tuned, report
 
 
@@ -171,8 +152,9 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 
   Args:
     snn: a converted network, e.g. from :func:`jaxsnn.recipes.low_latency` at ``num_steps``.
-    batches: training batches (any form of the batch protocol; labelled for ``loss="labels"``), one per step: an
-      iterable of at least ``steps`` batches (e.g. several epochs of :func:`jaxsnn.data.batches`). Never the test set.
+    batches: training batches (any form of the batch protocol; labelled for ``loss="labels"``), one per step, cycled
+      in epochs until ``steps`` steps are made: a list or another re-iterable is iterated again every epoch (e.g. a
+      dataset that reshuffles), a one-shot iterator is read once and its batches replayed. Never the test set.
     num_steps: the T to fine-tune for.
     steps: gradient steps.
     optimizer: an optax transformation (default ``optax.adam(learning_rate)``).
@@ -182,39 +164,47 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     remat: recompute each step's activations in the backward pass (:func:`jaxsnn.simulate`'s ``remat``): less memory.
     validation: labelled held-out batches (training images never trained on; never the test set): the accuracy at
       ``num_steps`` is measured on them every ``validate_every`` steps and at the end, and the variables with the best
-      one are returned (the starting point is a candidate too). None: the last variables.
+      one are returned (the starting point is a candidate too). A one-shot iterator is read once and kept. None: the
+      last variables.
     validate_every: steps between validations.
     progress: tqdm bars.
     checkpoint: a file path: the state (step, optimizer state, variables, the best so far, the history) is written
-      atomically every ``checkpoint_every`` steps and at the end; a call with the same network, settings and batches
-      resumes from it (skipping the batches already used) and returns what an uninterrupted call returns (with an
-      ``optimizer`` of your own, pass the same one again: it is not part of the checkpoint's fingerprint).
+      atomically every ``checkpoint_every`` steps, at the end and before a non-finite loss stops the run; a call with
+      the same network, settings and batches resumes from it (skipping the batches already used) and returns what an
+      uninterrupted call returns (with an ``optimizer`` of your own, pass the same one again: it is not part of the
+      checkpoint's fingerprint).
     checkpoint_every: steps between checkpoint writes.
     input_key: the input's key in dict batches.
 
   Returns:
     ``(snn, report)``: the fine-tuned network (new variables, nothing else changed) and a :class:`jaxsnn.Report`
-    whose ``details`` hold the loss of every step and the validation history ``[(step, accuracy), ...]``.
+    whose ``details`` hold the loss of every step and the validation history ``[(step, accuracy), ...]``, and whose
+    ``chose["epochs"]`` says over how many epochs of ``batches`` the steps ran.
 
   Raises:
-    ValueError: for a bad loss or step count, batches without labels for ``loss="labels"``, fewer batches than
-      ``steps``, or a checkpoint of another job.
+    ValueError: for a bad loss or step count, batches without labels for ``loss="labels"`` or with labels outside
+      ``[0, classes)``, empty batches or validation, or a checkpoint of another job.
+    jaxsnn.NonFiniteLossError: when the loss becomes NaN or infinite (naming the step and the batch; the update is
+      not applied, the checkpoint keeps the step before, and the error's ``best`` holds the best network so far).
 
   Example:
     >>> snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train_batches, num_steps=8)
-    >>> snn, report = jaxsnn.finetune(snn, epochs_of_train_batches, 8, steps=1000, validation=val_batches)
+    >>> snn, report = jaxsnn.finetune(snn, train_batches, 8, steps=1000, validation=val_batches)
   """
   caller = "jaxsnn.finetune"
   t0 = time.perf_counter()
-  num_steps = check_steps(num_steps, caller)
+  check_snn(snn, caller)
+  num_steps = checks.num_steps(num_steps, caller)
   if loss not in LOSSES:
     raise ValueError(f"{caller}: loss must be one of {LOSSES}; got {loss!r}.")
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-    raise ValueError(f"{caller}: steps must be a non-negative int; got {steps!r}.")
-  for name, value in (("validate_every", validate_every), ("checkpoint_every", checkpoint_every)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{caller}: {name} must be a positive int; got {value!r}.")
+  steps = checks.non_negative_int(steps, "steps", caller)
+  validate_every = checks.positive_int(validate_every, "validate_every", caller)
+  checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
   surrogates.fire(surrogate)
+  classes = checks.classes(snn.output_shape, caller)
+  check_batches(batches, caller)
+  if validation is not None:
+    validation = _labelled_once(validation, classes, f"{caller}: validation", input_key)
   # A given optimizer's settings are not readable from it: a resumed run must pass the same one (the caller's part).
   optimizer_key = ("adam", float(learning_rate)) if optimizer is None else "the caller's optimizer"
   optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
@@ -238,7 +228,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     else:
       target = ir.ann_outputs(snn.traced, teacher, x)[1].astype(jnp.float32).reshape(mask.shape[0], -1)
       per = jnp.square(out - target).mean(axis=1)
-    return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1)
+    return jnp.sum(jnp.where(mask > 0, per, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
   @jax.jit
   def update(params, opt_state, x, labels, mask):
@@ -246,80 +236,59 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
 
+  seen = {"examples": 0}
+
+  def prepare(item):
+    batch = as_batch(item, caller, input_key)
+    if loss == "labels":
+      if batch.labels is None:
+        raise ValueError(f"{caller}: loss='labels' needs labelled batches; a batch has none (pass (x, labels) "
+                         "batches, or use loss='ann').")
+      runner.check_labels(batch.labels[batch.mask], classes, caller)
+    check_batch(snn, batch.x, caller)
+    seen["examples"] += batch.count
+    labels = batch.labels if batch.labels is not None else np.zeros(batch.size, np.int32)
+    return batch.x, jnp.asarray(labels), jnp.asarray(batch.mask, jnp.float32)
+
   def accuracy(params):
     return float(evaluate(snn.replace(variables=variables_of(params)), validation, num_steps,
                           input_key=input_key).accuracy[-1])
 
-  opt_state = optimizer.init(params)
-  state = {"step": 0, "params": params, "opt": opt_state, "best": params, "best_accuracy": -1.0, "losses": [],
-           "history": []}
   job = None
   if checkpoint is not None:
     job = fingerprint(caller, snn.traced.key, snn.neuron.name, num_steps, steps, optimizer_key, loss, surrogate,
                       remat, validation is not None, validate_every,
                       arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay))
-    saved = load_checkpoint(checkpoint, job, caller, "other network data, settings or optimizer")
-    if saved is not None:
-      like = jax.tree_util.tree_leaves((params, opt_state, params))
-      restored = [jnp.asarray(v, jnp.asarray(l).dtype) for v, l in zip(saved["leaves"], like)]
-      params, opt_state, best = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure((params, opt_state, params)),
-                                                             restored)
-      state = {"step": int(saved["step"]), "params": params, "opt": opt_state, "best": best,
-               "best_accuracy": float(saved["best_accuracy"]), "losses": [float(v) for v in saved["losses"]],
-               "history": [tuple(h) for h in saved["history"]]}
-
-  def save():
-    if checkpoint is not None:
-      save_checkpoint(checkpoint, job, {"step": state["step"], "best_accuracy": state["best_accuracy"],
-                                        "losses": np.asarray(state["losses"], np.float64),
-                                        "history": [list(h) for h in state["history"]],
-                                        "leaves": jax.tree_util.tree_leaves((state["params"], state["opt"],
-                                                                             state["best"]))})
-
-  def validate():
-    if validation is None:
-      return
-    acc = accuracy(state["params"])
-    state["history"].append((state["step"], acc))
-    if acc > state["best_accuracy"]:
-      state["best_accuracy"], state["best"] = acc, state["params"]
-
-  if validation is not None and not state["history"]:
-    validate()  # the starting point is a candidate
-  bar = runner.progress_bar(progress, f"finetune T={num_steps}", unit="step", total=steps, initial=state["step"])
-  count = 0
-  for i, item in enumerate(batches):
-    if i >= steps:
-      break
-    if i < state["step"]:
-      continue  # used before the checkpoint
-    batch = runner.prepare(as_batch(item, caller, input_key), None)
-    if loss == "labels" and batch.labels is None:
-      raise ValueError(f"{caller}: loss='labels' needs labelled batches; a batch has none (or use loss='ann').")
-    labels = jnp.asarray(batch.labels if batch.labels is not None else np.zeros(batch.mask.shape[0], np.int32))
-    state["params"], state["opt"], value = update(state["params"], state["opt"], batch.x, labels,
-                                                  jnp.asarray(batch.mask, jnp.float32))
-    state["losses"].append(float(value))
-    state["step"] = i + 1
-    count += batch.count
-    if state["step"] % validate_every == 0:
-      validate()
-    if state["step"] % checkpoint_every == 0:
-      save()
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix(loss=f"{float(value):.4g}", best=f"{state['best_accuracy']:.4f}")
-  if bar is not None:
-    bar.close()
-  if state["step"] < steps:
-    raise ValueError(f"{caller}: batches gave {state['step']} batches for {steps} steps; pass at least as many.")
-  if validation is not None and (not state["history"] or state["history"][-1][0] != state["step"]):
-    validate()
-  save()
-  chosen = state["best"] if validation is not None else state["params"]
-  report = Report("finetune", {"loss": loss, "steps": steps, "trained_leaves": len(params),
-                               "best_validation_accuracy": state["best_accuracy"] if validation is not None else None},
-                  examples=count, num_steps=num_steps,
-                  details={"losses": np.asarray(state["losses"]), "validation": list(state["history"])},
+  try:
+    result = loop.optimize(update, params, optimizer.init(params), batches, steps, caller=caller, prepare=prepare,
+                           score=accuracy if validation is not None else None, score_every=validate_every,
+                           progress=progress, desc=f"finetune T={num_steps}", checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, fingerprint=job,
+                           differs="other network data, settings or optimizer")
+  except loop.NonFiniteLossError as e:
+    e.best = snn.replace(variables=variables_of(e.best))
+    raise
+  report = Report("finetune", {"loss": loss, "steps": steps, "epochs": result["epochs"] if steps else 0,
+                               "trained_leaves": len(params),
+                               "best_validation_accuracy": result["best_score"] if validation is not None else None},
+                  examples=seen["examples"], num_steps=num_steps,
+                  details={"losses": result["losses"], "validation": result["history"]},
                   seconds=time.perf_counter() - t0)
-  return snn.replace(variables=variables_of(chosen)), report
+  return snn.replace(variables=variables_of(result["params"])), report
+
+
+def _labelled_once(batches: Iterable[Any], classes: int, what: str, input_key: str) -> list:
+  """Validation batches, checked once and kept (a one-shot iterator is read here): labelled, labels in range, not
+  empty."""
+  check_batches(batches, what)
+  kept = list(batches)
+  count = 0
+  for item in kept:
+    batch = as_batch(item, what, input_key)
+    if batch.labels is None:
+      raise ValueError(f"{what}: a batch has no labels; validation needs (x, labels) batches.")
+    runner.check_labels(batch.labels[batch.mask], classes, what)
+    count += batch.count
+  if count == 0:
+    raise ValueError(f"{what} is empty (no unmasked example); pass labelled held-out batches, or None.")
+  return kept
