@@ -423,3 +423,81 @@ def test_argument_errors():
     jaxsnn.calibrate(apply_fn, variables, [])
   # a different batch size is fine
   assert jaxsnn.simulate(snn, jnp.ones((7, 4)), 3).outputs.shape == (3, 7, 2)
+
+
+# ---- random ops anywhere are an error; a final softmax is dropped, any other is an error ----------------------------
+def _noise_cases():
+  key = jax.random.key(0)
+
+  def on_the_input(v, x):  # input-only noise: computed once, the SNN would reproduce one fixed draw
+    return jax.nn.relu((x + jax.random.normal(key, x.shape)) @ v[0]) @ v[1]
+
+  def rng_uniform(v, x):
+    return (jax.nn.relu(x @ v[0]) * jax.lax.rng_uniform(0.0, 1.0, (8,))) @ v[1]
+
+  def rng_bit_generator(v, x):
+    _, bits = jax.lax.rng_bit_generator(jnp.zeros(4, jnp.uint32), (8,))
+    return (jax.nn.relu(x @ v[0]) * (bits % 2).astype(jnp.float32)) @ v[1]
+
+  def threefry(v, x):
+    from jax.extend import random as jrandom
+    bits = jrandom.threefry_2x32(jnp.zeros(2, jnp.uint32), jnp.arange(8, dtype=jnp.uint32))
+    return (jax.nn.relu(x @ v[0]) * (bits % 2).astype(jnp.float32)) @ v[1]
+
+  def in_a_cond(v, x):  # a draw inside a lax.cond whose predicate (a weight) is unknown when tracing
+    noise = jax.lax.cond(v[0][0, 0] > 0, lambda: jax.random.uniform(key, (8,)), lambda: jnp.ones(8))
+    return (jax.nn.relu(x @ v[0]) * noise) @ v[1]
+
+  return [(on_the_input, "random_bits"), (rng_uniform, "rng_uniform"), (rng_bit_generator, "rng_bit_generator"),
+          (threefry, "threefry2x32"), (in_a_cond, "random_bits' (inside 'cond')")]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_random_primitives_anywhere_are_named_at_convert_and_calibrate(case):
+  net, primitive = _noise_cases()[case]
+  w = dense_params(8, [6, 8, 3])
+  for call, caller in ((lambda: jaxsnn.convert(net, w, X, {}), "jaxsnn.convert"),
+                       (lambda: jaxsnn.calibrate(net, w, [X]), "jaxsnn.calibrate")):
+    with pytest.raises(jaxsnn.ConversionError) as info:
+      call()
+    msg = str(info.value)
+    assert msg.startswith(f"{caller}: primitive '{primitive}") and "draws random numbers" in msg, msg
+    assert "hint: call the model in eval mode: deterministic dropout" in msg
+
+
+def test_a_random_op_whose_result_is_unused_is_no_error():
+  w1, w2 = dense_params(9, [6, 8, 3])
+
+  def net(v, x):
+    jax.random.normal(jax.random.key(0), (3,))  # dead code: the output does not depend on it
+    return jax.nn.relu(x @ v[0]) @ v[1]
+
+  converges(net, (w1, w2), X)
+
+
+def test_a_softmax_that_is_not_the_last_op_is_an_error_that_says_where_it_may_be():
+  w1, w2, w3 = dense_params(10, [6, 8, 8, 3])
+  net = lambda v, x: jax.nn.relu(jax.nn.softmax(jax.nn.relu(x @ v[0]) @ v[1]) @ v[1]) @ v[2]  # noqa: E731
+  with pytest.raises(jaxsnn.ConversionError, match=r"(?s)primitive 'exp'.*hint: softmax inside the network has no "
+                                                   r"spiking form; jaxsnn drops a softmax or log_softmax only as the "
+                                                   r"network's last operation"):
+    jaxsnn.convert(net, (w1, w2, w3), X, {})
+  then_scaled = lambda v, x: 2.0 * jax.nn.log_softmax(jax.nn.relu(x @ v[0]) @ v[2])  # noqa: E731
+  with pytest.raises(jaxsnn.ConversionError, match="primitive 'exp'"):
+    jaxsnn.convert(then_scaled, (w1, w2, w3), X, {})
+
+
+def test_a_final_softmax_over_the_batch_or_part_of_the_output_is_an_exact_error():
+  w1, _, w3 = dense_params(11, [6, 8, 8, 3])
+  over_batch = lambda v, x: jax.nn.softmax(jax.nn.relu(x @ v[0]) @ v[1], axis=0)  # noqa: E731
+  with pytest.raises(jaxsnn.ConversionError, match=r"(?s)ends in softmax over axes \(0,\) of its output.*leave it "
+                                                   r"out of apply_fn"):
+    jaxsnn.convert(over_batch, (w1, w3), X, {})
+  w4 = dense_params(12, [8, 6])[0]
+
+  def per_row(v, x):  # output [batch, 2, 3], softmax over the last axis only: it changes the argmax over all 6
+    return jax.nn.log_softmax((jax.nn.relu(x @ v[0]) @ v[1]).reshape(-1, 2, 3), axis=-1)
+
+  with pytest.raises(jaxsnn.ConversionError, match=r"(?s)ends in log_softmax over axes \(2,\) of its output of shape "
+                                                   r"\(16, 2, 3\).*every axis but the batch axis"):
+    jaxsnn.convert(per_row, (w1, w4), X, {})

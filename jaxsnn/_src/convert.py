@@ -58,6 +58,9 @@ class SpikingNetwork:
       networks, e.g. bfloat16, so that small currents are not lost).
     fold: the simulator folds constant affine chains (biases, eval-mode BatchNorm) into the kernels of the spiking
       matmuls and convolutions (:func:`jaxsnn._src.ir.fold_affine`).
+    dropped_final: the final maps of ``apply_fn`` left out of the SNN, e.g. ``("log_softmax",)``: a softmax or
+      log_softmax over every axis but the batch axis, which changes no argmax. The SNN's readout, the ANN reference
+      of every jaxsnn tool and the calibrated ``"output"`` statistic are then the logits, its input.
   """
 
   variables: Any
@@ -75,6 +78,7 @@ class SpikingNetwork:
   output_shape: tuple = _static()
   state_dtype: Any = _static()
   fold: bool = _static(default=True)
+  dropped_final: tuple = _static(default=())
 
   @property
   def apply_fn(self) -> Callable:
@@ -129,8 +133,18 @@ class SpikingNetwork:
     kinds = {name: kind for name, kind, _ in self.site_kinds}
     sites = ", ".join(f"{n}{list(s)}" + ("" if kinds.get(n) == ir.RELU else f"[{kinds.get(n)}]")
                       for n, s in self.site_shapes)
+    note = conversion_note(self)
     return (f"SpikingNetwork(neuron={self.neuron.name}, readout={self.readout!r}, "
-            f"{len(self.site_shapes)} sites: {sites})")
+            f"{len(self.site_shapes)} sites: {sites}" + (f"; {note}" if note else "") + ")")
+
+
+def conversion_note(snn: SpikingNetwork) -> str:
+  """What the conversion left out of ``apply_fn``, in words ("" if nothing): e.g. ``"dropped final log_softmax
+  (monotone: changes no argmax; the SNN's readout is the logits)"``."""
+  if not snn.dropped_final:
+    return ""
+  return (f"dropped final {' and '.join(snn.dropped_final)} (monotone: changes no argmax; the SNN's readout is the "
+          "logits)")
 
 
 def _dtypes(snn: SpikingNetwork) -> dict:
@@ -293,7 +307,9 @@ def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: 
 
   Args:
     apply_fn: ``apply_fn(variables, x) -> logits``, e.g. ``lambda v, x: model.apply(v, x, train=False)``. It must treat
-      batch entries independently (no batch statistics).
+      batch entries independently (no batch statistics) and draw no random numbers (dropout in eval mode). A final
+      softmax or log_softmax (over every axis but the batch axis) is dropped, and said in
+      :attr:`SpikingNetwork.dropped_final`: it changes no argmax, and the SNN reads out the logits.
     variables: the ANN's variables.
     example_input: an input batch (only its shapes and dtypes are used; any batch size).
     thresholds: ``{site_name: array}`` with each site's shape (without batch), e.g. from :func:`jaxsnn.thresholds`.
@@ -318,7 +334,8 @@ def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: 
 
   Raises:
     ConversionError: if the network contains an operation without a spiking equivalent (names the primitive and
-      the source line), has no activation to convert, or has an activation whose leading axis is not the batch axis.
+      the source line), draws random numbers (train-mode dropout), has no activation to convert, or has an
+      activation whose leading axis is not the batch axis.
     ValueError: for a bad readout, neuron or input, or thresholds / potentials whose names, shapes or values do
       not fit the sites.
 
@@ -377,4 +394,4 @@ def convert(apply_fn: Callable, variables: Any, example_input: Any, thresholds: 
       neuron=neuron, readout=readout, input_spec=input_spec, site_shapes=site_shapes,
       site_kinds=tuple((s.name, s.kind, s.levels) for s in program.sites),
       max_sites=tuple(m.name for m in program.max_sites), output_shape=output_shape,
-      state_dtype=_state_dtype(list(dtypes.values()), state_dtype), fold=bool(fold))
+      state_dtype=_state_dtype(list(dtypes.values()), state_dtype), fold=bool(fold), dropped_final=program.dropped)

@@ -130,6 +130,9 @@ class Program:
     avals: id -> ``jax.ShapeDtypeStruct``.
     activations: names of activation functions without a spiking form found in the network (GELU, ...), for
       errors.
+    dropped: the final per-sample maps of the traced function left out of the program (``("log_softmax",)``): a
+      softmax or log_softmax over every axis but the batch axis, which changes no argmax; :attr:`out` is its input,
+      the logits.
     key: a digest of everything that decides what the program computes (structure, parameters, literals, site
       names, shapes, dtypes and the values of closed-over constants), and of nothing else (not the Python function
       object, not source lines): equal keys mean equal programs, in this process and (for programs whose
@@ -145,6 +148,7 @@ class Program:
   avals: dict
   key: str
   activations: tuple = ()
+  dropped: tuple = ()
 
   @property
   def sites(self) -> tuple:
@@ -188,10 +192,13 @@ def _is_data(leaf) -> bool:
 
 class _WithStatics:
   """``fn(variables, x)`` called with the variables' array leaves only: the other leaves (an Equinox module's
-  activation functions, sizes, flags) are put back from where they were when :func:`split_variables` ran."""
+  activation functions, sizes, flags) are put back from where they were when :func:`split_variables` ran.
 
-  def __init__(self, fn, treedef, statics):
-    self.fn, self.treedef, self.statics = fn, treedef, statics
+  ``held`` lists the layers the variables hold in lists and tuples (see :func:`_held_layers`), to name sites and
+  errors by the layer's index."""
+
+  def __init__(self, fn, treedef, statics, held=()):
+    self.fn, self.treedef, self.statics, self.held = fn, treedef, statics, held
     self.__name__ = getattr(fn, "__name__", type(fn).__name__)
 
   def __call__(self, arrays, x):
@@ -215,7 +222,48 @@ def split_variables(fn: Callable, variables) -> tuple[Callable, Any]:
     return fn, variables
   statics = [_ARRAY if _is_data(leaf) else leaf for leaf in leaves]
   arrays = jax.tree_util.tree_unflatten(treedef, [leaf if _is_data(leaf) else None for leaf in leaves])
-  return _WithStatics(fn, treedef, statics), arrays
+  return _WithStatics(fn, treedef, statics, _held_layers(variables)), arrays
+
+
+def _key_name(k) -> str:
+  return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+
+
+def _call_names(layer) -> frozenset:
+  """The names under which a layer's code shows in a traceback or a jaxpr: a function's own name (``relu``,
+  ``log_softmax``: jax's jitted and custom_jvp functions carry it into the jaxpr too), or the qualified name of the
+  ``__call__`` a module instance runs (``Conv.__call__`` for an Equinox ``Conv2d``)."""
+  if layer is None or _is_data(layer) or isinstance(layer, (bool, int, float, complex, str, bytes)):
+    return frozenset()
+  name = getattr(layer, "__name__", None)
+  if isinstance(name, str):
+    return frozenset({name})
+  cls = next((c for c in type(layer).__mro__ if "__call__" in vars(c)), None)
+  return frozenset() if cls is None or cls is object else frozenset({f"{cls.__qualname__}.__call__"})
+
+
+def _held_layers(variables, max_depth: int = 32) -> tuple:
+  """``((list path, index, names, is a bare function), ...)``: every callable the variables hold in a list or tuple
+  (Equinox's ``layers[5]``: a module, an ``eqx.nn.Lambda``, or a bare function such as ``jax.nn.relu``), with the
+  names under which its code shows (:func:`_call_names`), in the order of the pytree."""
+  held = []
+
+  def visit(node, keys, depth):
+    if depth > max_depth:
+      return
+    children = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda n: n is not node)[0]
+    if len(children) == 1 and children[0][1] is node:
+      return  # a leaf
+    for path, child in children:
+      key = path[0]
+      if isinstance(key, jax.tree_util.SequenceKey):
+        names = _call_names(child)
+        if names:
+          held.append(("/".join(keys), key.idx, names, not any(n.endswith(".__call__") for n in names)))
+      visit(child, keys + (_key_name(key),), depth + 1)
+
+  visit(variables, (), 0)
+  return tuple(held)
 
 
 def trace(fn: Callable, variables, x, *, caller: str = "jaxsnn") -> tuple["Program", Traced]:
@@ -258,9 +306,20 @@ def _all_equal(val, target: float) -> bool:
   return arr is not None and arr.size > 0 and bool(np.all(arr == target))
 
 
+def _frame_names(source_info) -> frozenset:
+  """The names of the functions (outside JAX itself) on the Python stack when an equation was traced
+  (``Linear.__call__``, ``Sequential.__call__``, ...)."""
+  frames = getattr(getattr(source_info, "traceback", None), "frames", None) or ()
+  return frozenset(f.function_name for f in frames if "/jax/" not in f.file_name.replace("\\", "/"))
+
+
 class _Builder:
-  def __init__(self, caller: str):
+  def __init__(self, caller: str, held: tuple = ()):
     self.caller = caller
+    self.held = held  # layers held in lists (see _held_layers): if any, the traceback names of every op are kept
+    self.frames: frozenset = frozenset()  # traceback names of the equation being expanded
+    self.outer_frames: frozenset | None = None  # those of the outermost call being inlined (fresh, not cached)
+    self.frames_of: dict = {}  # id -> traceback names of the op that made it
     self.ops: list = []
     self.consts: list = []
     self.avals: dict = {}
@@ -328,6 +387,9 @@ class _Builder:
     if functions:
       for o in outs:
         self.function_of[o] = "/".join(functions)
+    if self.held:
+      for o in outs:
+        self.frames_of[o] = self.frames
     if prim in _PASS_ZERO and self.is_zero(ins[0]):
       self.zeros.add(outs[0])
     if prim in _POSITIVE_TESTS:
@@ -367,6 +429,10 @@ class _Builder:
                        if part and not _TRANSFORM.fullmatch(part))
       eqn_scope = "/".join(s for s in (scope, inner) if s)
       eqn_where = jex.source_info_util.summarize(eqn.source_info) or where
+      if self.held:
+        # The equations inside a jitted function may come from JAX's trace cache, with the traceback of an earlier
+        # call: the outermost call's own traceback says where this one was made.
+        self.frames = self.outer_frames if self.outer_frames is not None else _frame_names(eqn.source_info)
       outs = self.expand(eqn, ins, eqn_scope, eqn_where)
       for v, o in zip(eqn.outvars, outs):
         if not isinstance(v, jcore.DropVar):
@@ -375,6 +441,15 @@ class _Builder:
 
   def expand(self, eqn, ins, scope, where) -> list:
     """Inlines call-like equations, unrolls scans, picks known cond branches; emits everything else."""
+    outer = self.outer_frames
+    if outer is None:
+      self.outer_frames = self.frames
+    try:
+      return self._expand(eqn, ins, scope, where)
+    finally:
+      self.outer_frames = outer
+
+  def _expand(self, eqn, ins, scope, where) -> list:
     prim = eqn.primitive
     if prim in _INLINE:
       sub = _as_jaxpr(eqn.params.get(_INLINE[prim]))
@@ -470,13 +545,50 @@ class Context(NamedTuple):
   function_of: dict  # id -> names of the enclosing jitted functions
   var_paths: dict  # id of a variable leaf -> its module path ("layers/0"), from the variables' pytree paths
   producer: dict  # id -> op
+  frames_of: dict | None = None  # id -> traceback names of the op that made it (kept where `held` is not empty)
+  held: tuple = ()  # layers held in lists: ((list path, index, names, is a bare function), ...): _held_layers
 
   def module(self, op) -> str:
-    """The module an op belongs to: its Flax module path (name stack), else the path of the nearest weight it reads
-    (an NNX / Equinox / plain-pytree model: ``layers/0``), else ""."""
-    if op.scope:
-      return op.scope
-    return self.nearest_weight(op.ins)
+    """The module an op belongs to: for an op of a layer held in a list (Equinox: ``layers[5]``, a module or a bare
+    function such as ``jax.nn.relu``), that layer's path (``layers/5``); else its name stack (Flax linen's module
+    path; Equinox names some of its layers' scopes, ``eqx.nn.Dropout``); else the path of the nearest weight it
+    reads (an NNX / Equinox / plain-pytree model: ``layers/4``); else ""."""
+    if self.held:
+      upstream = self.nearest_weight(op.ins)
+      return self.held_layer(op, upstream) or op.scope or upstream
+    return op.scope or self.nearest_weight(op.ins)
+
+  def held_layer(self, op, upstream: str) -> str:
+    """The path of the list-held layer whose code made ``op``, or "".
+
+    A layer matches when its function's name (``relu``) or its ``__call__`` (``Linear.__call__``) is among the
+    functions that made the op. Of the matching layers of one list, the op belongs to the first at or after the
+    layer of the nearest weight it reads (``upstream``), with no layer holding weights in between: a list runs in
+    order, and a layer cannot see past the next weighted one. An op that no layer's name matches (jax.nn's jitted
+    functions leave no name in a vmapped trace: ``jax.nn.sigmoid`` is a bare ``logistic``) belongs to the bare
+    function between its upstream layer and the next weighted one, if there is exactly one. The deepest list wins
+    (a list inside a list layer).
+    """
+    if not self.held:
+      return ""
+    o = op.outs[0]
+    names = set((self.frames_of or {}).get(o, ())) | set(self.function_of.get(o, "").split("/"))
+    in_layer = any(names & layer_names for _, _, layer_names, _ in self.held)
+    by_prefix: dict = {}
+    for prefix, index, layer_names, bare in self.held:
+      if in_layer and not names & layer_names or not in_layer and not bare:
+        continue
+      start = _index_in(prefix, upstream)
+      if start is None or index < start or not in_layer and index == start:
+        continue
+      weighted = {_index_in(prefix, path) for path in self.var_paths.values()} - {None}
+      if not any(start < k < index for k in weighted):
+        by_prefix.setdefault(prefix, []).append(index)
+    for prefix in sorted(by_prefix, key=lambda p: -(p.count("/") + bool(p))):
+      indices = sorted(by_prefix[prefix])
+      if in_layer or len(indices) == 1:
+        return "/".join(s for s in (prefix, str(indices[0])) if s)
+    return ""
 
   def nearest_weight(self, atoms, depth: int = 64) -> str:
     """The module path of the closest variable a contraction applies to the values ``atoms`` come from."""
@@ -525,13 +637,22 @@ class Context(NamedTuple):
     return None
 
 
+def _index_in(prefix: str, path: str) -> int | None:
+  """The index of the element of the list at ``prefix`` that module ``path`` lies in (``layers``, ``layers/4/x`` ->
+  4); -1 for no module (""); None if ``path`` is not in that list."""
+  if not path:
+    return -1
+  head = f"{prefix}/" if prefix else ""
+  if not path.startswith(head):
+    return None
+  first = path[len(head):].split("/")[0]
+  return int(first) if first.isdigit() else None
+
+
 def _module_path(path) -> str:
   """``"layers/0"`` for the path of a leaf ``.layers[0].weight`` (the parameter's own name and NNX's ``.value``
   dropped)."""
-  keys = []
-  for k in path:
-    key = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
-    keys.append(str(key))
+  keys = [_key_name(k) for k in path]
   while keys and keys[-1] in ("value", "raw_value"):
     keys.pop()
   keys = keys[:-1]  # the parameter's own name (kernel, weight, bias, scale, ...)
@@ -543,7 +664,11 @@ def _module_path(path) -> str:
 def _error(caller, op, why, hint, context: Context | None = None) -> ConversionError:
   module = context.module(op) if context is not None else op.scope
   activation = context.activation(op) if context is not None else None
-  if activation is not None:
+  if activation in ("softmax", "log-softmax"):
+    hint = (f"{activation} inside the network has no spiking form; jaxsnn drops a softmax or log_softmax only as the "
+            f"network's last operation, over every axis but the batch axis (it changes no argmax there): end "
+            f"apply_fn with it, or leave it out")
+  elif activation is not None:
     hint = (f"{activation} has no spiking form: only ReLU activations (and jaxsnn's QCFS) become neurons; train the "
             f"ANN with relu in its place")
   return ConversionError(
@@ -653,27 +778,170 @@ def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn", fold: b
         f"{caller}: the network must return one array (the logits); it returned {len(out_leaves)} arrays "
         f"with structure {jax.tree_util.tree_structure(out_shape)}. Wrap apply_fn to select the logits.")
 
-  b = _Builder(caller)
+  b = _Builder(caller, fn.held if isinstance(fn, _WithStatics) else ())
   jaxpr = closed.jaxpr
   var_ids = tuple(b.fresh(v.aval) for v in jaxpr.invars[: len(var_leaves)])
   input_ids = tuple(b.fresh(v.aval) for v in jaxpr.invars[len(var_leaves):])
   assert len(input_ids) == len(x_leaves)
   (out,) = b.inline(jaxpr, closed.consts, list(var_ids) + list(input_ids), "", "")
   kept = _dead_code_free(b.ops, out)
+  context = Context(b.function_of, {i: p for i, p in zip(var_ids, var_paths) if p},
+                    {o: op for op in kept for o in op.outs}, b.frames_of, b.held)
+  _check_random(kept, input_ids, caller, context)
+  out, dropped = _final_map(kept, out, b.function_of, b.avals, caller)
+  if dropped:
+    kept = _dead_code_free(b.ops, out)
+    context = context._replace(producer={o: op for op in kept for o in op.outs})
   live_consts = {a for op in kept for a in op.ins if not isinstance(a, Lit)} | {out}
   consts = tuple((i, v) for i, v in b.consts if i in live_consts)
   base = {i: CONST for i in var_ids}
   base.update({i: INPUT for i in input_ids})
   base.update({i: CONST for i, _ in consts})
-  producer = {o: op for op in kept for o in op.outs}
-  context = Context(b.function_of, {i: p for i, p in zip(var_ids, var_paths) if p}, producer)
   ops, kinds = _classify(kept, base, b.avals, caller, context)
   if fold:
     ops = fold_affine(ops, kinds, b.avals, out)
   key = _program_key(ops, out, var_ids, input_ids, consts, kinds, b.avals)
   activations = tuple(sorted({context.activation(op) for op in kept if isinstance(op, Op)} - {None}))
   return Program(var_ids=var_ids, input_ids=input_ids, consts=consts, ops=tuple(ops), out=out, kinds=kinds,
-                 avals=b.avals, key=key, activations=activations)
+                 avals=b.avals, key=key, activations=activations, dropped=dropped)
+
+
+# Primitives that draw or handle random numbers (jax.random's keys and bits, XLA's generators).
+_RANDOM = frozenset({"random_bits", "random_seed", "random_wrap", "random_unwrap", "random_split", "random_fold_in",
+                     "random_clone", "random_gamma", "threefry2x32", "rng_bit_generator", "rng_uniform"})
+_DRAWS = ("random_bits", "threefry2x32", "rng_bit_generator", "rng_uniform", "random_gamma")  # those that draw
+RANDOM_HINT = ("call the model in eval mode: deterministic dropout, e.g. model.apply(v, x, train=False) (Flax linen), "
+               "model.eval() before nnx.split (Flax NNX), eqx.nn.inference_mode(model) (Equinox); no jax.random "
+               "inside apply_fn")
+
+
+def _random_in(prim, params, depth: int = 0) -> list:
+  """Names of the random primitives ``prim`` is or runs in its sub-jaxprs (a lax.cond's branches, a while's body)."""
+  found = [prim.name] if prim.name in _RANDOM else []
+  if depth > 16:
+    return found
+  stack = list(params.values())
+  while stack:
+    value = stack.pop()
+    if isinstance(value, (tuple, list)):
+      stack.extend(value)
+      continue
+    sub = _as_jaxpr(value)
+    if sub is not None:
+      for eqn in sub[0].eqns:
+        found.extend(n for n in _random_in(eqn.primitive, eqn.params, depth + 1) if n not in found)
+  return found
+
+
+def _check_random(kept: list, input_ids, caller: str, context: Context) -> None:
+  """Random numbers the output depends on (train-mode dropout, noise) are an error: a traced draw is one fixed
+  sample, so the SNN would repeat one dropout mask at every step and for every input, converting silently into a
+  network that is neither the train-mode nor the eval-mode ANN."""
+  found = [(op, names) for op in kept if isinstance(op, Op) for names in [_random_in(op.prim, op.params)] if names]
+  if not found:
+    return
+  op, names = next(((op, n) for op, n in found if any(d in n for d in _DRAWS)), found[0])
+  name = next((d for d in _DRAWS if d in names), names[0])
+  inside = f" (inside '{op.prim.name}')" if op.prim.name != name else ""
+  raise ConversionError(
+      f"{caller}: primitive '{name}'{inside} draws random numbers inside the network: traced once, it is one fixed "
+      f"draw (e.g. one dropout mask) that the SNN would repeat at every step and for every input, so it has no "
+      f"spiking equivalent.\n  at: {op.where or 'unknown source line'}\n  in module: "
+      f"{_random_module(op, kept, input_ids, context) or '(top level)'}\n  hint: {RANDOM_HINT}.")
+
+
+def _random_module(op: Op, kept: list, input_ids, context: Context) -> str:
+  """The module of a random op: the list-held layer (Equinox's ``layers[2]``, a dropout) of the op where its draw
+  meets the data; else its name stack (Flax linen); else the module of the random key variable it reads (NNX: the
+  module whose ``rngs`` hold it); else the module of the op where its draw meets the data."""
+  meeting = _where_draw_meets_data(op, kept, input_ids)
+  if context.held and meeting is not None:
+    held = context.held_layer(meeting, context.nearest_weight(meeting.ins))
+    if held:
+      return held
+  if op.scope:
+    return op.scope
+  parts = context.nearest_weight(op.ins).split("/")
+  if "rngs" in parts and parts.index("rngs") > 0:
+    return "/".join(parts[:parts.index("rngs")])
+  return context.module(meeting) if meeting is not None else ""
+
+
+def _where_draw_meets_data(op: Op, kept: list, input_ids):
+  """The first op that reads both a value drawn from ``op`` and one that depends on the input (None if none)."""
+  drawn, data = set(op.outs), set(input_ids)
+  for other in kept:
+    inner = other.op if isinstance(other, MaxSite) else other
+    ins = [a for a in inner.ins if not isinstance(a, Lit)]
+    if any(a in drawn for a in ins):
+      if any(a in data for a in ins):
+        return other
+      drawn.update(inner.outs)
+    elif any(a in data for a in ins):
+      data.update(inner.outs)
+  return None
+
+
+# Final per-sample maps that change no argmax, by the name under which jax.nn (flax, equinox and haiku call it)
+# traces them; the reductions of each must normalise over every axis but the batch axis.
+_FINAL_MAPS = ("softmax", "log_softmax")
+
+
+def _final_map(kept: list, out, function_of: dict, avals: dict, caller: str) -> tuple[Any, tuple]:
+  """``(logits, ("log_softmax",))`` if the network ends in a softmax or log_softmax over every axis but the batch
+  axis, else ``(out, ())``.
+
+  Such a map changes no argmax of the output (the readout's argmax is over every axis but the batch axis), and has
+  no spiking form: the SNN reads out its input, the logits. It is recognised by the name jax.nn gives it in the
+  jaxpr (``jit[name=log_softmax]``) or in its traceback, never by guessing at ``exp`` and ``log``; its ops must form
+  the tail of the program with one input of the output's shape.
+
+  Raises:
+    ConversionError: for a final softmax that would change the argmax (over the batch axis, or over some of the
+      non-batch axes only), or one of more than one value.
+  """
+  def name_of(atom):
+    if isinstance(atom, Lit):
+      return None
+    return next((n for n in reversed(function_of.get(atom, "").split("/")) if n in _FINAL_MAPS), None)
+
+  name = name_of(out)
+  producer = {o: op for op in kept if isinstance(op, Op) for o in op.outs}
+  if name is None or out not in producer:
+    return out, ()
+  region, inputs, seen, stack = [], set(), set(), [out]
+  while stack:
+    atom = stack.pop()
+    if isinstance(atom, Lit) or atom in seen:
+      continue
+    seen.add(atom)
+    op = producer.get(atom)
+    if op is None or name_of(atom) is None:
+      inputs.add(atom)
+      continue
+    region.append(op)
+    stack.extend(op.ins)
+  shape = tuple(d if isinstance(d, int) else str(d) for d in avals[out].shape)
+  axes = set()
+  for op in region:
+    if op.prim in _REDUCTIONS:
+      reduced = op.params[_REDUCTIONS[op.prim]]
+      axes |= set(reduced if isinstance(reduced, (tuple, list)) else [reduced])
+  axes = tuple(sorted(int(a) for a in axes))
+  leave_out = (f"leave it out of apply_fn (apply it to the SNN's output if you need it; jaxsnn's readout and "
+               f"accuracy take the argmax over every axis but the batch axis)")
+  if len(inputs) != 1 or avals[next(iter(inputs))].shape != avals[out].shape:
+    raise ConversionError(
+        f"{caller}: the network ends in {name} of {len(inputs)} values (a where= mask, or a reshape inside it), not "
+        f"of one array of its output's shape {shape}: jaxsnn drops a final softmax or log_softmax of the logits "
+        f"only; {leave_out}.")
+  if axes != tuple(range(1, len(shape))):
+    raise ConversionError(
+        f"{caller}: the network ends in {name} over axes {axes} of its output of shape {shape}: jaxsnn drops a "
+        f"final softmax or log_softmax only when it normalises over every axis but the batch axis (axis 0), where "
+        f"it changes no argmax; over the batch it mixes examples, over some axes only it changes the argmax. "
+        f"Normalise over axes {tuple(range(1, len(shape)))}, or {leave_out}.")
+  return next(iter(inputs)), (name,)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 from jaxsnn._src import ir, norms
 from jaxsnn._src.batches import as_batch, check_batches, take
 from jaxsnn._src.calibrate import Stats, calibrate
-from jaxsnn._src.convert import SpikingNetwork, convert
+from jaxsnn._src.convert import SpikingNetwork, conversion_note, convert
 from jaxsnn._src.evaluate import agreement
 from jaxsnn._src.neurons import SNM, Neuron
 from jaxsnn._src.readout import choose_readout_delay
@@ -95,6 +95,12 @@ def _neuron(neuron, caller):
   if not isinstance(neuron, Neuron):
     raise ValueError(f"{caller}: neuron must be a jaxsnn.neurons.Neuron (e.g. jaxsnn.SNM()); got {neuron!r}.")
   return neuron
+
+
+def _noted(snn: SpikingNetwork, chose: dict) -> dict:
+  """The convert stage's report says what the conversion left out of apply_fn (a final log_softmax)."""
+  note = conversion_note(snn)
+  return {**chose, "note": note} if note else chose
 
 
 class _Recipe:
@@ -176,7 +182,8 @@ def paper(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, n
   t0 = time.perf_counter()
   snn = convert(apply_fn, variables, _first_input(train_batches, caller, input_key), norms.thresholds(stats, norm),
                 neuron=_neuron(neuron, caller), readout=readout, initial_potential=initial_potential)
-  rec.add(Report("convert", {"neuron": snn.neuron.name, "norm": norm, "initial_potential": initial_potential},
+  rec.add(Report("convert", _noted(snn, {"neuron": snn.neuron.name, "norm": norm,
+                                        "initial_potential": initial_potential}),
                  examples=stats.num_samples, num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
   return snn, rec.report()
 
@@ -283,8 +290,8 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
   t0 = time.perf_counter()
   snn = convert(apply_fn, variables, _first_input(train_batches, caller, input_key), th,
                 neuron=_neuron(neuron, caller), initial_potential=initial_potential)
-  rec.add(Report("convert", {"neuron": snn.neuron.name, "initial_potential": initial_potential}, num_steps=num_steps,
-                 seconds=time.perf_counter() - t0), snn)
+  rec.add(Report("convert", _noted(snn, {"neuron": snn.neuron.name, "initial_potential": initial_potential}),
+                 num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
   snn = _stages(snn, rec, num_steps, snn_calibration=snn_calibration, end_to_end=end_to_end,
                 readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
                 delay_examples=delay_examples, tune_examples=tune_examples, tune_steps=tune_steps,
@@ -344,7 +351,8 @@ def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_s
     th = {k: v for k, v in norms.thresholds(stats, "neuron").items() if kinds.get(k) == ir.RELU}
   t0 = time.perf_counter()
   snn = convert(apply_fn, variables, example, th, neuron=_neuron(neuron, caller))
-  rec.add(Report("convert", {"neuron": snn.neuron.name, "thresholds": "trained λ", "initial_potential": 0.5},
+  rec.add(Report("convert", _noted(snn, {"neuron": snn.neuron.name, "thresholds": "trained λ",
+                                        "initial_potential": 0.5}),
                  num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
   if num_steps is not None:  # both tools need a target T
     snn = _stages(snn, rec, int(num_steps), snn_calibration=snn_calibration, end_to_end=False,
