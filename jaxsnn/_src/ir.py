@@ -928,8 +928,8 @@ def _final_map(kept: list, out, function_of: dict, avals: dict, caller: str) -> 
       reduced = op.params[_REDUCTIONS[op.prim]]
       axes |= set(reduced if isinstance(reduced, (tuple, list)) else [reduced])
   axes = tuple(sorted(int(a) for a in axes))
-  leave_out = (f"leave it out of apply_fn (apply it to the SNN's output if you need it; jaxsnn's readout and "
-               f"accuracy take the argmax over every axis but the batch axis)")
+  leave_out = ("leave it out of apply_fn (apply it to the SNN's output if you need it; jaxsnn's readout and "
+               "accuracy take the argmax over every axis but the batch axis)")
   if len(inputs) != 1 or avals[next(iter(inputs))].shape != avals[out].shape:
     raise ConversionError(
         f"{caller}: the network ends in {name} of {len(inputs)} values (a where= mask, or a reshape inside it), not "
