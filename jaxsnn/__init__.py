@@ -21,6 +21,7 @@ from jaxsnn._src.calibrate import Stats, calibrate, load_stats, save_stats
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.evaluate import Evaluation, Recorded, accuracy_vs_time, agreement, evaluate
 from jaxsnn._src.information import information_loss
+from jaxsnn._src.loop import NonFiniteLossError
 from jaxsnn._src.ir import ConversionError
 from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
 from jaxsnn._src.norms import load_thresholds, save_thresholds, site_percentiles, thresholds
@@ -49,7 +50,8 @@ __all__ = [
     # evaluation
     "Evaluation", "Recorded", "accuracy_vs_time", "agreement", "evaluate",
     # low latency
-    "RecipeReport", "Report", "calibrate_snn", "choose_readout_delay", "descend_thresholds", "finetune", "lowlatency",
+    "NonFiniteLossError", "RecipeReport", "Report", "calibrate_snn", "choose_readout_delay", "descend_thresholds",
+    "finetune", "lowlatency",
     "ratio_histograms", "recipes", "relaxed_quantization_error", "thresholds_for_steps", "tune_snn",
     # analysis, QCFS, the authors' protocol
     "analysis", "authors_protocol", "information_loss", "qcfs",

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import flax.linen as nn
 from flax import serialization
@@ -207,20 +208,32 @@ def eval_step(apply_fn: Callable, variables: Any, batch: dict) -> dict:
   return {"loss": loss_sum, "correct": correct, "count": jnp.sum(batch["mask"])}
 
 
+def _classes(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, caller: str) -> int:
+  """The model's number of classes (its output's last axis), and every label of ``arrays`` checked against it."""
+  out = jax.eval_shape(lambda v, x: apply_fn(v, x, train=False), variables,
+                       jax.ShapeDtypeStruct((1,) + arrays.images.shape[1:], jnp.float32))
+  classes = int(out.shape[-1])
+  runner.check_labels(np.asarray(arrays.labels), classes, caller)
+  return classes
+
+
 def evaluate(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, batch_size: int, mean, std) -> dict:
   """Loss and accuracy over every example of ``arrays`` (the last batch padded and masked).
 
   Returns:
     ``{"loss": mean loss, "accuracy": fraction correct, "count": examples counted}``.
   """
+  caller = "jaxsnn.training.evaluate"
+  classes = _classes(apply_fn, variables, arrays, caller)
+
   def step(totals, p: runner.Prepared):
     batch = {"image": p.x, "label": jnp.asarray(p.labels), "mask": jnp.asarray(p.mask)}
     out = jax.device_get(eval_step(apply_fn, variables, batch))
     return {k: totals[k] + out[k].item() for k in totals}
 
   totals, _ = runner.fold(data_lib.batches(arrays, batch_size, train=False, mean=mean, std=std), step,
-                          {"loss": 0.0, "correct": 0, "count": 0}, caller="jaxsnn.training.evaluate",
-                          labels="accuracy")
+                          {"loss": 0.0, "correct": 0, "count": 0}, caller=caller, labels="accuracy",
+                          classes=classes)
   count = max(totals["count"], 1)
   return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count, "count": int(totals["count"])}
 
@@ -351,6 +364,9 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
     raise ValueError(f"train_and_evaluate: unknown augment {config.augment!r}; "
                      f"choose one of {sorted(data_lib.AUGMENTATIONS)}")
   augment = data_lib.AUGMENTATIONS[config.augment]
+  classes = config.model_kwargs.get("num_classes", spec.num_classes)
+  for name, split in arrays.items():
+    runner.check_labels(np.asarray(split.labels), classes, f"jaxsnn.training.train_and_evaluate ({name} split)")
   steps_per_epoch = data_lib.num_batches(len(arrays["train"].labels), config.batch_size, train=True)
   (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True))
 

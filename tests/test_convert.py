@@ -400,12 +400,12 @@ def test_argument_errors():
   apply_fn, variables, x, th = small()
   snn = jaxsnn.convert(apply_fn, variables, x, th)
   for steps in (0, -3):
-    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
       jaxsnn.simulate(snn, x, steps)
   for steps in (2.5, True, None):
     with pytest.raises(ValueError, match="num_steps must be a positive int"):
       jaxsnn.simulate(snn, x, steps)
-  with pytest.raises(ValueError, match="block_size must be >= 1"):
+  with pytest.raises(ValueError, match="block_size must be a positive int"):
     jaxsnn.simulate(snn, x, 4, block_size=0)
   with pytest.raises(ValueError, match=r"per-sample shape \(5,\).*per-sample shape \(4,\)"):
     jaxsnn.simulate(snn, jnp.ones((3, 5)), 4)

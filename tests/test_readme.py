@@ -31,8 +31,8 @@ def namespace():
   x = jax.random.normal(jax.random.PRNGKey(0), (12, 6, 6, 1))
   variables = model.init(jax.random.PRNGKey(1), x)
   y = np.asarray(model.apply(variables, x).argmax(-1), np.int32)
-  return {"model": model, "variables": variables, "x_train": x[:6], "x_test": x[6:], "y_test": y[6:],
-          "test_batches": [(x[6:], y[6:])]}, model, variables, x, y
+  return {"model": model, "variables": variables, "x_train": x[:6], "y_train": y[:6], "x_test": x[6:],
+          "y_test": y[6:], "test_batches": [(x[6:], y[6:])]}, model, variables, x, y
 
 
 def test_quick_start_runs_as_written():
@@ -94,18 +94,19 @@ def test_every_model_style_block_runs_as_written_and_converges():
 
 
 def test_differentiable_simulation_block_runs_as_written():
+  """After the quick start, with its own batches (fine-tuning cycles them in epochs)."""
   import jax.numpy as jnp
-  import jaxsnn
+  quick, low = blocks()[:2]
   block = re.findall(r"```python\n(.*?)```", section("Differentiable simulation"), re.S)[0]
   ns, model, variables, x, y = namespace()
-  apply_fn = lambda v, x: model.apply(v, x)  # noqa: E731
-  snn, _ = jaxsnn.recipes.low_latency(apply_fn, variables, [x], 8)
-  ns.update(jaxsnn=jaxsnn, jnp=jnp, jax=jax, apply_fn=apply_fn, snn=snn, x=x, train_batches=[(x, y)] * 20,
-            val_batches=[(x, y)])
+  exec(compile(quick, str(README), "exec"), ns)  # noqa: S102
+  exec(compile(low, str(README), "exec"), ns)  # noqa: S102
+  ns.update(jnp=jnp, jax=jax, x=x, val_batches=[(x, y)])
   exec(compile(block, str(README), "exec"), ns)  # noqa: S102
   grads = jax.tree_util.tree_leaves(ns["grads"])
   assert all(np.isfinite(np.asarray(g)).all() for g in grads) and any(float(jnp.abs(g).max()) > 0 for g in grads)
   assert ns["report"].tool == "finetune" and len(ns["report"].details["losses"]) == 20
+  assert ns["report"].chose["epochs"] == 20  # one batch of 6 training examples, cycled
 
 
 def test_the_readme_is_a_landing_page_whose_links_resolve():

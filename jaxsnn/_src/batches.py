@@ -168,6 +168,31 @@ def check_batches(batches: Any, caller: str) -> None:
     raise ValueError(f"{caller}: batches must be an iterable of batches; got {_describe(batches)}.")
 
 
+def example_spec(x) -> tuple:
+  """The input's structure and every leaf's per-example shape and dtype."""
+  leaves, treedef = jax.tree_util.tree_flatten(x)
+  return treedef, tuple((tuple(np.shape(a)[1:]), np.dtype(a.dtype)) for a in leaves)
+
+
+def _show(spec) -> str:
+  _, leaves = spec
+  return ", ".join(f"{shape} {dtype}" for shape, dtype in leaves)
+
+
+def non_finite_rows(batch: Batch) -> np.ndarray:
+  """bool ``[size]``: real examples whose input holds a NaN or an infinity."""
+  bad = np.zeros(batch.size, bool)
+  if batch.size == 0:
+    return bad
+  for leaf in jax.tree_util.tree_leaves(batch.x):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.complexfloating):
+      bad |= ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+    elif a.dtype.kind == "V" or str(a.dtype) == "bfloat16":
+      bad |= ~np.isfinite(a.astype(np.float32).reshape(a.shape[0], -1)).all(axis=1)
+  return bad & batch.mask
+
+
 def _concat(parts: list, caller: str) -> Batch:
   x = jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *[b.x for b in parts])
   y = None if any(b.labels is None for b in parts) else np.concatenate([b.labels for b in parts])
@@ -193,13 +218,19 @@ def rechunk(batches: Iterable[Any], size: int, caller: str, input_key: str = INP
   Yields:
     :class:`Batch` es of ``size`` real examples (labels kept where every batch has them).
   """
-  parts, pending, got = [], 0, 0
+  parts, pending, got, spec = [], 0, 0, None
   for item in batches:
     if limit is not None and got >= limit:
       break
     b = as_batch(item, caller, input_key)
     if check is not None:
       check(b)
+    this = example_spec(b.x)
+    if spec is None:
+      spec = this
+    elif this != spec:
+      raise ValueError(f"{caller}: a batch's examples have shape and dtype {_show(this)}, the first batch's "
+                       f"{_show(spec)}; every batch of a stream must hold the same kind of input.")
     rows = np.flatnonzero(b.mask)
     if limit is not None:
       rows = rows[:limit - got]

@@ -16,7 +16,7 @@ from jaxsnn._src import checks, ir, lowering, parallel, runner
 from jaxsnn._src.batches import as_batch
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.files import fingerprint
-from jaxsnn._src.simulate import Trace, check_snn, finite_samples, simulate
+from jaxsnn._src.simulate import Trace, check_batch, check_snn, finite_samples, simulate
 
 
 class Recorded(NamedTuple):
@@ -175,6 +175,7 @@ def stream_evaluation(run: Callable[[runner.Prepared], Trace], snn: SpikingNetwo
           "rec_pos": {}, "rec_neg": {}}
 
   def step(state, p: runner.Prepared):
+    check_batch(snn, p.x, caller)
     trace = run(p)
     finite = np.asarray(finite_samples(p.x))
     hits = np.asarray(_hits(trace.outputs, jnp.asarray(p.labels)))  # [T, B]
@@ -243,6 +244,7 @@ def agreement(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: 
   variables = parallel.replicate(mesh, snn.variables)
 
   def step(hits, p: runner.Prepared):
+    check_batch(snn, p.x, caller)
     want = np.asarray(ir.ann_outputs(snn.traced, variables, p.x)[1]).reshape(p.mask.shape[0], -1).argmax(-1)
     got = np.asarray(simulate(replicated, p.x, num_steps, block_size, tallies=False).outputs[-1])
     got = got.reshape(p.mask.shape[0], -1)
@@ -250,7 +252,8 @@ def agreement(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: 
     return hits + int((same & p.mask).sum())
 
   hits, count = runner.fold(batches, step, 0, caller=caller, mesh=mesh, micro_batch=micro_batch,
-                            input_key=input_key, progress=progress,
+                            input_key=input_key, finite="the agreement compares the SNN with its ANN",
+                            progress=progress,
                             desc=f"agreement T={num_steps}")
   if count == 0:
     raise ValueError(f"{caller}: every example of the batches is masked out.")

@@ -770,8 +770,16 @@ def build_program(fn: Callable, variables, x, *, caller: str = "jaxsnn", fold: b
   var_leaves, _ = jax.tree_util.tree_flatten(variables)
   var_paths = [_module_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
   x_leaves, _ = jax.tree_util.tree_flatten(x)
-  closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(
-      jax.tree_util.tree_map(_spec, variables), jax.tree_util.tree_map(_spec, x))
+  try:
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(
+        jax.tree_util.tree_map(_spec, variables), jax.tree_util.tree_map(_spec, x))
+  except Exception as e:  # the user's model failed on this input: say so, with the input's shapes
+    if isinstance(e, ConversionError) or str(e).startswith(caller + ":"):
+      raise
+    shapes = ", ".join(f"{tuple(np.shape(leaf))} {jnp.result_type(leaf)}" for leaf in x_leaves)
+    raise ValueError(f"{caller}: apply_fn(variables, x) fails on an input batch of shape {shapes}: "
+                     f"{type(e).__name__}: {e}. Check that the batches hold the inputs the model was built for (shape, "
+                     "dtype, normalisation).") from e
   out_leaves = jax.tree_util.tree_leaves(out_shape)
   if len(out_leaves) != 1:
     raise ConversionError(

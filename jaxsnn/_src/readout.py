@@ -11,7 +11,7 @@ import numpy as np
 from jaxsnn._src import checks, ir, parallel, runner
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.reports import Report
-from jaxsnn._src.simulate import check_snn, simulate
+from jaxsnn._src.simulate import check_batch, check_snn, simulate
 
 
 def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *,
@@ -64,6 +64,7 @@ def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps:
   steps = np.arange(1, num_steps + 1, dtype=np.float64)
 
   def step(hits, p: runner.Prepared):
+    check_batch(snn, p.x, caller)
     size = p.mask.shape[0]
     want = np.asarray(ir.ann_outputs(snn.traced, variables, p.x)[1]).reshape(size, -1).argmax(-1)
     out = np.asarray(simulate(plain, p.x, num_steps, block_size, tallies=False).outputs, np.float64)
@@ -75,7 +76,7 @@ def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps:
     return hits
 
   hits, count = runner.fold(batches, step, np.zeros(num_steps, np.int64), caller=caller, mesh=mesh,
-                            micro_batch=micro_batch, input_key=input_key, progress=progress, desc=f"choose_readout_delay T={num_steps}")
+                            micro_batch=micro_batch, input_key=input_key, finite="the SNN tools compare the network with its ANN on training inputs", progress=progress, desc=f"choose_readout_delay T={num_steps}")
   if count == 0:
     raise ValueError(f"{caller}: every example of the batches is masked out; pass a few batches of training inputs.")
   agreement = hits / count

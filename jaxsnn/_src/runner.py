@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from jaxsnn._src import parallel
-from jaxsnn._src.batches import Batch, as_batch, check_batches, rechunk
+from jaxsnn._src.batches import Batch, as_batch, check_batches, non_finite_rows, rechunk
 from jaxsnn._src.files import load_checkpoint, save_checkpoint
 
 MICRO_BATCH = 128
@@ -131,7 +131,8 @@ def _closing(bar):
 
 def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any | Callable[[Batch], Any], *,
          caller: str, mesh=None, micro_batch: int | None = MICRO_BATCH, input_key: str = "image",
-         labels: str | None = None, classes: int | None = None, progress: bool = False, desc: str | None = None,
+         labels: str | None = None, classes: int | None = None, finite: str | None = None, progress: bool = False,
+         desc: str | None = None,
          postfix: Callable[[Any], dict] | None = None, checkpoint=None,
          fingerprint: str | Callable[[Batch], str] | None = None, checkpoint_every: int = 10,
          differs: str = "other network data or settings") -> tuple[Any, int]:
@@ -150,6 +151,7 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
     input_key: the input's key in dict batches.
     labels: None if labels are not needed, else what needs them (for the error when a batch has none).
     classes: with labels, the number of classes: a label outside ``[0, classes)`` on a real example is an error.
+    finite: None, or why the inputs must be finite: a NaN or an infinity in a real example is then an error.
     progress: a tqdm bar in images.
     desc: the bar's label (default ``caller``).
     postfix: ``postfix(state) -> dict`` shown on the bar after each group.
@@ -189,6 +191,8 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
       _needs_labels(batch, caller, labels)
       if classes is not None:
         check_labels(batch.labels[batch.mask], classes, caller)
+    if finite is not None:
+      check_finite(batch, caller, finite)
 
   state, done, count, seen = None, 0, 0, 0
   key = None
@@ -234,6 +238,15 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
   return state, count
 
 
+def check_finite(batch: Batch, caller: str, why: str) -> None:
+  """Raises if a real example's input holds a NaN or an infinity."""
+  bad = non_finite_rows(batch)
+  if bad.any():
+    raise ValueError(f"{caller}: {int(bad.sum())} of {batch.count} examples of a batch hold a NaN or an infinity in "
+                     f"their input (the first at row {int(np.flatnonzero(bad)[0])}); {why}. Check the data and its "
+                     "normalisation.")
+
+
 def check_labels(labels: np.ndarray, classes: int, caller: str) -> None:
   """Raises if a label is outside ``[0, classes)``, naming the offending values and how many there are."""
   bad = (labels < 0) | (labels >= classes)
@@ -246,7 +259,8 @@ def check_labels(labels: np.ndarray, classes: int, caller: str) -> None:
 
 
 def collect(batches: Iterable[Any], *, caller: str, mesh=None, micro_batch: int = MICRO_BATCH,
-            input_key: str = "image", labels: str | None = None, classes: int | None = None) -> list[Prepared]:
+            input_key: str = "image", labels: str | None = None, classes: int | None = None,
+            finite: str | None = None) -> list[Prepared]:
   """The stream's prepared micro-batch groups in memory, for tools that read them several times.
 
   Raises:
@@ -257,12 +271,12 @@ def collect(batches: Iterable[Any], *, caller: str, mesh=None, micro_batch: int 
     return acc
 
   out, _ = fold(batches, keep, [], caller=caller, mesh=mesh, micro_batch=micro_batch, input_key=input_key,
-                labels=labels, classes=classes)
+                labels=labels, classes=classes, finite=finite)
   return out
 
 
 def as_given(batches: Iterable[Any], *, caller: str, input_key: str = "image", labels: str | None = None,
-             classes: int | None = None) -> list[Prepared]:
+             classes: int | None = None, finite: str | None = None) -> list[Prepared]:
   """The batches as the caller cut them (one device, no re-chunking), in memory: for optimisers whose steps are the
   caller's batches (one gradient step per batch), where the batch is part of the algorithm.
 
@@ -277,6 +291,8 @@ def as_given(batches: Iterable[Any], *, caller: str, input_key: str = "image", l
       _needs_labels(batch, caller, labels)
       if classes is not None:
         check_labels(batch.labels[batch.mask], classes, caller)
+    if finite is not None:
+      check_finite(batch, caller, finite)
     if batch.size:
       out.append(prepare(batch, None))
   if not out:

@@ -11,7 +11,7 @@ import numpy as np
 from jaxsnn._src import checks, ir, parallel, runner
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.reports import Report
-from jaxsnn._src.simulate import check_snn, simulate
+from jaxsnn._src.simulate import check_batch, check_snn, simulate
 
 TARGETS = ("offset", "potential")
 GRANULARITIES = ("layer", "channel", "neuron")
@@ -82,7 +82,9 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
   check_snn(snn, caller)
   num_steps = checks.num_steps(num_steps, caller)
   mesh = parallel.batch_mesh(mesh, caller)
-  data = runner.collect(batches, caller=caller, mesh=mesh, micro_batch=micro_batch, input_key=input_key)
+  data = runner.collect(batches, caller=caller, mesh=mesh, micro_batch=micro_batch, input_key=input_key,
+                        finite="the SNN tools compare the network with its ANN on training inputs")
+  check_batch(snn, data[0].x, caller)
   count = sum(p.count for p in data)
   ann = {}
   variables = parallel.replicate(mesh, snn.variables)

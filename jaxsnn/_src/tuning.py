@@ -79,7 +79,8 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     raise ValueError(f"{caller}: cannot tune {sorted(unknown)}; choose among {', '.join(TUNABLE)}.")
   surrogates.fire(surrogate)  # validates it
   checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
-  prepared = runner.as_given(batches, caller=caller, input_key=input_key)
+  prepared = runner.as_given(batches, caller=caller, input_key=input_key,
+                             finite="tuning fits the SNN to its ANN on training inputs")
   for p in prepared:
     check_batch(snn, p.x, caller)
   data = [(p.x, jnp.asarray(p.mask, jnp.float32), ir.ann_outputs(snn.traced, snn.variables, p.x)[1].astype(jnp.float32))
@@ -246,6 +247,9 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                          "batches, or use loss='ann').")
       runner.check_labels(batch.labels[batch.mask], classes, caller)
     check_batch(snn, batch.x, caller)
+    if batch.count == 0:
+      raise ValueError(f"{caller}: a batch has no real example (every row is masked out); a gradient step on it would "
+                       "train on nothing.")
     seen["examples"] += batch.count
     labels = batch.labels if batch.labels is not None else np.zeros(batch.size, np.int32)
     return batch.x, jnp.asarray(labels), jnp.asarray(batch.mask, jnp.float32)
