@@ -43,7 +43,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsnn._src import checks, ir, lowering, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
