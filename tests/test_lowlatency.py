@@ -304,6 +304,21 @@ def test_finetune_fits_the_labels_through_the_snn_and_keeps_the_best_on_validati
   assert ann_tuned.traced == snn.traced
 
 
+def test_finetune_and_tune_snn_compile_once_per_network_not_per_call():
+  from conftest import count_compiles
+  snn, data, labels, batches = finetune_setup()
+  kw = dict(learning_rate=1e-2, validation=[(data, labels)], validate_every=2)
+  first, _ = jaxsnn.finetune(snn, batches[:2], 4, steps=2, **kw)
+  tuned, _ = jaxsnn.tune_snn(snn, [data[:16], data[16:32]], 4, steps=2)
+  with count_compiles() as compiles:
+    again, _ = jaxsnn.finetune(snn, batches[:2], 4, steps=2, **kw)  # a new call: nothing compiles again
+    jaxsnn.finetune(snn, batches[:2], 4, steps=2, **dict(kw, learning_rate=3e-3))  # the rate is data
+    jaxsnn.tune_snn(snn, [data[:16], data[16:32]], 4, steps=2, learning_rate=0.05)
+    jaxsnn.tune_snn(tuned, [data[:16], data[16:32]], 4, steps=2)  # other thresholds: data too
+  assert compiles == [], len(compiles)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, first.variables, again.variables)
+
+
 def test_finetune_cycles_its_batches_in_epochs_and_says_so():
   snn, data, labels, batches = finetune_setup()
   three = batches[:3]

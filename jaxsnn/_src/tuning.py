@@ -4,6 +4,7 @@ the ANN's logits) and :func:`finetune` (the weights, towards the labels or the A
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,36 @@ DEFAULT_SURROGATE = surrogates.sigmoid(2.0)
 
 def _channels(shape) -> int:
   return int(shape[-1]) if len(shape) else 1
+
+
+def _tuned(params, net: SpikingNetwork) -> SpikingNetwork:
+  """The network with tune_snn's per-channel parameters applied."""
+  names = net.site_names
+  th = {n: (net.thresholds[n] * jnp.exp(params["log_scale"][n])).astype(net.thresholds[n].dtype) for n in names}
+  off = {n: (net.offsets[n] + params["offset"][n]).astype(net.offsets[n].dtype) for n in names}
+  pot = {n: (net.initial_potential[n] + params["potential"][n]).astype(net.initial_potential[n].dtype) for n in names}
+  return net.replace(thresholds={**net.thresholds, **th}, offsets=off, initial_potential={**net.initial_potential, **pot})
+
+
+def _tune_loss(params, net, x, mask, target, *, num_steps, block_size, surrogate, tuned):
+  del tuned
+  trace = simulate(_tuned(params, net), x, num_steps, block_size, tallies=False, surrogate=surrogate)
+  err = jnp.square(trace.outputs[-1].astype(jnp.float32) - target).reshape(target.shape[0], -1).mean(axis=1)
+  return jnp.sum(jnp.where(mask > 0, err, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+_STATIC = ("num_steps", "block_size", "surrogate", "tuned")
+_tune_loss_jit = jax.jit(_tune_loss, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _tune_update(params, state, net, learning_rate, x, mask, target, **settings):
+  """One Adam step of tune_snn: compiled once per network program, T, schedule and surrogate (the network's arrays
+  and the learning rate are data)."""
+  value, grads = jax.value_and_grad(_tune_loss)(params, net, x, mask, target, **settings)
+  grads = {k: jax.tree_util.tree_map(lambda g, on=k in settings["tuned"]: g * on, v) for k, v in grads.items()}
+  updates, state = optax.adam(learning_rate).update(grads, state, params)
+  return optax.apply_updates(params, updates), state, value
 
 
 def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int = 200,
@@ -90,30 +121,11 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   params = {"log_scale": {n: jnp.zeros(channels[n]) for n in names},
             "offset": {n: jnp.zeros(channels[n]) for n in names},
             "potential": {n: jnp.zeros(channels[n]) for n in names}}
-  opt = optax.adam(learning_rate)
   mask_grads = {"log_scale": "thresholds" in tune, "offset": "offsets" in tune, "potential": "initial_potential" in tune}
-
-  def apply(params, net):
-    th = {n: (net.thresholds[n] * jnp.exp(params["log_scale"][n])).astype(net.thresholds[n].dtype) for n in names}
-    off = {n: (net.offsets[n] + params["offset"][n]).astype(net.offsets[n].dtype) for n in names}
-    pot = {n: (net.initial_potential[n] + params["potential"][n]).astype(net.initial_potential[n].dtype)
-           for n in names}
-    return net.replace(thresholds={**net.thresholds, **th}, offsets=off,
-                       initial_potential={**net.initial_potential, **pot})
-
-  def loss(params, x, mask, target):
-    trace = simulate(apply(params, snn), x, num_steps, block_size, tallies=False, surrogate=surrogate)
-    err = jnp.square(trace.outputs[-1].astype(jnp.float32) - target).reshape(target.shape[0], -1).mean(axis=1)
-    return jnp.sum(jnp.where(mask > 0, err, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-
-  grad_fn = jax.jit(jax.value_and_grad(loss))
-
-  @jax.jit
-  def update(params, state, x, mask, target):
-    value, grads = jax.value_and_grad(loss)(params, x, mask, target)
-    grads = {k: jax.tree_util.tree_map(lambda g: g * mask_grads[k], v) for k, v in grads.items()}
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, value
+  settings = dict(num_steps=num_steps, block_size=block_size, surrogate=surrogate,
+                  tuned=tuple(sorted(k for k, v in mask_grads.items() if v)))
+  rate = jnp.asarray(learning_rate, jnp.float32)
+  update = lambda params, state, *d: _tune_update(params, state, snn, rate, *d, **settings)  # noqa: E731
 
   job = None
   if checkpoint is not None:
@@ -122,12 +134,12 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                       arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay,
                               data))
   # The starting point is a candidate too: its loss over one round of the batches.
-  start = lambda params: -float(np.mean([float(grad_fn(params, *d)[0]) for d in data]))  # noqa: E731
-  result = loop.optimize(update, params, opt.init(params), data, steps, caller=caller, prepare=lambda d: d,
+  start = lambda params: -float(np.mean([float(_tune_loss_jit(params, snn, *d, **settings)) for d in data]))  # noqa: E731
+  result = loop.optimize(update, params, optax.adam(learning_rate).init(params), data, steps, caller=caller, prepare=lambda d: d,
                          score=start, select="loss", round_size=len(data), progress=progress,
                          desc=f"tune_snn T={num_steps}", checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          fingerprint=job, differs="other network data, batches, T or settings")
-  tuned = apply(result["params"], snn)
+  tuned = _tuned(result["params"], snn)
   report = Report("tune_snn", {"tuned": tuple(t for t in TUNABLE if t in tune), "steps": steps,
                                "best_loss": -result["best_score"]}, examples=sum(p.count for p in prepared),
                   num_steps=num_steps, details={"losses": result["losses"]}, seconds=time.perf_counter() - t0)
@@ -135,6 +147,34 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 
 
 LOSSES = ("labels", "ann")
+
+
+def _variables(params, fixed, treedef, trained):
+  """The network's variables from the trained (floating-point) leaves and the fixed ones."""
+  p, f = iter(params), iter(fixed)
+  return jax.tree_util.tree_unflatten(treedef, [next(p) if t else next(f) for t in trained])
+
+
+def _finetune_objective(params, fixed, net, x, labels, mask, *, treedef, trained, num_steps, loss, surrogate, remat):
+  tuned = net.replace(variables=_variables(params, fixed, treedef, trained))
+  out = simulate(tuned, x, num_steps, surrogate=surrogate, remat=remat, tallies=False).outputs[-1]
+  out = out.astype(jnp.float32).reshape(mask.shape[0], -1)
+  if loss == "labels":
+    per = optax.softmax_cross_entropy_with_integer_labels(out, labels)
+  else:  # the original network's ANN logits
+    target = ir.ann_pass(net.traced, net.variables, x)[1].astype(jnp.float32).reshape(mask.shape[0], -1)
+    per = jnp.square(out - target).mean(axis=1)
+  return jnp.sum(jnp.where(mask > 0, per, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+@functools.partial(jax.jit, static_argnames=("optimizer", "treedef", "trained", "num_steps", "loss", "surrogate",
+                                             "remat"))
+def _finetune_update(params, state, fixed, net, learning_rate, x, labels, mask, *, optimizer, **settings):
+  """One optimiser step of finetune: compiled once per network program, T, loss, surrogate and optimizer (the
+  network's arrays and the default optimizer's learning rate are data)."""
+  value, grads = jax.value_and_grad(_finetune_objective)(params, fixed, net, x, labels, mask, **settings)
+  updates, state = (optax.adam(learning_rate) if optimizer is None else optimizer).update(grads, state, params)
+  return optax.apply_updates(params, updates), state, value
 
 
 def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int,
@@ -208,34 +248,15 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
     validation = _labelled_once(validation, classes, f"{caller}: validation", input_key)
   # A given optimizer's settings are not readable from it: a resumed run must pass the same one (the caller's part).
   optimizer_key = ("adam", float(learning_rate)) if optimizer is None else "the caller's optimizer"
-  optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
   leaves, treedef = jax.tree_util.tree_flatten(snn.variables)
-  trained = [jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves]
+  trained = tuple(bool(jnp.issubdtype(jnp.result_type(leaf), jnp.floating)) for leaf in leaves)
   params = [leaf for leaf, t in zip(leaves, trained) if t]
-  fixed = [None if t else leaf for leaf, t in zip(leaves, trained)]
-
-  def variables_of(params):
-    it = iter(params)
-    return jax.tree_util.tree_unflatten(treedef, [next(it) if t else f for t, f in zip(trained, fixed)])
-
-  teacher = snn.variables
-
-  def objective(params, x, labels, mask):
-    net = snn.replace(variables=variables_of(params))
-    out = simulate(net, x, num_steps, surrogate=surrogate, remat=remat, tallies=False).outputs[-1]
-    out = out.astype(jnp.float32).reshape(mask.shape[0], -1)
-    if loss == "labels":
-      per = optax.softmax_cross_entropy_with_integer_labels(out, labels)
-    else:
-      target = ir.ann_outputs(snn.traced, teacher, x)[1].astype(jnp.float32).reshape(mask.shape[0], -1)
-      per = jnp.square(out - target).mean(axis=1)
-    return jnp.sum(jnp.where(mask > 0, per, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-
-  @jax.jit
-  def update(params, opt_state, x, labels, mask):
-    value, grads = jax.value_and_grad(objective)(params, x, labels, mask)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, value
+  fixed = [leaf for leaf, t in zip(leaves, trained) if not t]
+  settings = dict(treedef=treedef, trained=trained, num_steps=num_steps, loss=loss, surrogate=surrogate, remat=remat)
+  rate = jnp.asarray(learning_rate, jnp.float32)
+  update = lambda params, state, *batch: _finetune_update(  # noqa: E731
+      params, state, fixed, snn, rate, *batch, optimizer=optimizer, **settings)
+  variables_of = lambda params: _variables(params, fixed, treedef, trained)  # noqa: E731
 
   seen = {"examples": 0}
 
@@ -264,7 +285,8 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                       remat, validation is not None, validate_every,
                       arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay))
   try:
-    result = loop.optimize(update, params, optimizer.init(params), batches, steps, caller=caller, prepare=prepare,
+    start = (optax.adam(learning_rate) if optimizer is None else optimizer).init(params)
+    result = loop.optimize(update, params, start, batches, steps, caller=caller, prepare=prepare,
                            score=accuracy if validation is not None else None, score_every=validate_every,
                            progress=progress, desc=f"finetune T={num_steps}", checkpoint=checkpoint,
                            checkpoint_every=checkpoint_every, fingerprint=job,
