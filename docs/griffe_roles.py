@@ -17,26 +17,17 @@ import importlib
 import inspect
 import re
 import sys
-import types
 
 import griffe
 
-# The public modules whose names the API pages document, in the order a name's public path is chosen: a name
-# exported by jaxsnn and by a submodule links to jaxsnn's entry.
-PUBLIC_MODULES = ("jaxsnn", "jaxsnn.recipes", "jaxsnn.lowlatency", "jaxsnn.analysis", "jaxsnn.neurons",
-                  "jaxsnn.surrogates", "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.xla", "jaxsnn.models",
-                  "jaxsnn.data", "jaxsnn.training", "jaxsnn.plotting")
+from jaxsnn._src import public
+
+# The public modules whose names the API pages document, in the order a name's public path is chosen, and a module's
+# public names: one list, shared with the tests (jaxsnn/_src/public.py).
+PUBLIC_MODULES = public.MODULES
+public_names = public.names
 
 ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|obj|exc|const):`~?([A-Za-z_][\w.]*)(?:\(\))?`")
-
-
-def public_names(module: types.ModuleType) -> list[str]:
-  """``__all__``, or the public functions and classes defined in the module when it has none."""
-  if hasattr(module, "__all__"):
-    return list(module.__all__)
-  return [name for name, obj in vars(module).items()
-          if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
-          and obj.__module__ == module.__name__]
 
 
 def canonical(obj, fallback: str) -> str:
