@@ -7,8 +7,9 @@
     python experiments/batch.py ... --coordinator HOST:PORT --num_processes 2 --process_id 0
     python experiments/batch.py ... --coordinator HOST:PORT --num_processes 2 --process_id 1
 
-Each process reads only its shard of the calibration images and of the test set (tfds split slicing by process
-index), runs on all its local devices (``jaxsnn.calibrate`` / ``jaxsnn.evaluate`` shard every batch over them), and
+Each process reads only its part of the calibration images and of the test set (contiguous, cut at a multiple of
+``--batch_size``, the micro-batch of every computation: the numbers are a one-process job's by construction), runs on
+all its local devices (``jaxsnn.calibrate`` / ``jaxsnn.evaluate`` shard every batch over them), and
 writes its progress atomically every few batches to ``<out>/progress_<process>.npz``: killed and started again with
 the same command, it continues where it stopped. The calibration maxima are reduced over processes (so every process
 converts with the same thresholds); accuracy after every t and the spike totals are gathered on process 0, which
@@ -25,11 +26,18 @@ import common
 import jaxsnn.xla
 
 
-def _shard(split: str, index: int, count: int) -> str:
-  if count == 1:
-    return split
+def _shard(name: str, first: int, index: int, count: int, micro_batch: int) -> str:
+  """This process's part of the first ``first`` examples of split ``name``: contiguous, cut at a multiple of
+  ``micro_batch`` examples (so every example meets the same micro-batch shape and place as in a one-process job)."""
+  chunks = -(-first // micro_batch)
+  per = -(-chunks // count) * micro_batch
+  start, stop = min(first, index * per), min(first, (index + 1) * per)
+  return f"{name}[{start}:{stop}]"
+
+
+def _size(dataset: str, split: str, data_dir) -> int:
   import tensorflow_datasets as tfds
-  return tfds.even_splits(split, n=count)[index]
+  return tfds.builder(dataset, data_dir=data_dir).info.splits[split].num_examples
 
 
 def main():
@@ -40,7 +48,7 @@ def main():
   parser.add_argument("--steps", type=int, default=128)
   parser.add_argument("--num_test", type=int, default=None, help="first N test images (default: all)")
   parser.add_argument("--calib_examples", type=int, default=10000)
-  parser.add_argument("--batch_size", type=int, default=200)
+  parser.add_argument("--batch_size", type=int, default=200, help="examples per device in every computation")
   parser.add_argument("--block_size", type=int, default=None)
   parser.add_argument("--checkpoint_every", type=int, default=5, help="batches between progress writes")
   parser.add_argument("--out", default=str(common.RUNS / "batch"))
@@ -79,10 +87,13 @@ def main():
   index, count = jax.process_index(), jax.process_count()
   run = common.load_run(common.resolve_run(args.run), args.data_dir)
   split = data.splits(run.config.dataset, run.config.val_examples)
-  test_split = split["test"] if args.num_test is None else f"{split['test'].split('[')[0]}[:{args.num_test}]"
-  calib_split = f"{split['train'].split('[')[0]}[:{args.calib_examples}]"
-  run.test = data.load(run.config.dataset, _shard(test_split, index, count), args.data_dir)
-  run.train = data.load(run.config.dataset, _shard(calib_split, index, count), args.data_dir)
+  # Each process reads a contiguous part of the images, cut at a multiple of --batch_size (the micro-batch of every
+  # computation): the numbers are those of a one-process job by construction.
+  test_name, train_name = split["test"].split("[")[0], split["train"].split("[")[0]
+  num_test = _size(run.config.dataset, split["test"], args.data_dir) if args.num_test is None else args.num_test
+  run.test = data.load(run.config.dataset, _shard(test_name, num_test, index, count, args.batch_size), args.data_dir)
+  run.train = data.load(run.config.dataset, _shard(train_name, args.calib_examples, index, count, args.batch_size),
+                        args.data_dir)
   methods = {m.name: m for m in common.paper_methods() + common.lowlatency_methods() + common.qcfs_methods()}
   if args.method not in methods:
     raise SystemExit(f"--method: unknown {args.method!r}; choose one of:\n  " + "\n  ".join(methods))
@@ -98,7 +109,7 @@ def main():
 
   # Calibration: this process's shard, then the maxima reduced over processes.
   train = list(common.batches(run, run.train, args.batch_size))
-  local = jaxsnn.calibrate(run.apply_fn, run.variables, train)
+  local = jaxsnn.calibrate(run.apply_fn, run.variables, train, micro_batch=args.batch_size)
   maxima = jax.tree_util.tree_map(lambda a: np.asarray(a).max(axis=0),
                                   multihost_utils.process_allgather({k: np.asarray(v) for k, v in local.max.items()}))
   stats = jaxsnn.Stats(max={k: jax.numpy.asarray(v) for k, v in maxima.items()},
@@ -109,9 +120,10 @@ def main():
   if args.stop_after is not None:
     batches = _stopping(batches, args.stop_after)
   res = jaxsnn.evaluate(snn, batches, args.steps, args.block_size, progress=index == 0, tallies=True,
-                        checkpoint=out / f"progress_{index}.npz", checkpoint_every=args.checkpoint_every)
+                        checkpoint=out / f"progress_{index}.npz", checkpoint_every=args.checkpoint_every,
+                        micro_batch=args.batch_size)
   ann_local = training.evaluate(run.model.apply, run.variables, run.test, args.batch_size, run.spec.mean,
-                                run.spec.std)
+                                run.spec.std, micro_batch=args.batch_size)
   totals = gather_sum({"correct": res.correct, "count": np.asarray(res.count),
                        "non_finite": np.asarray(res.non_finite),
                        "ann_correct": np.asarray(round(ann_local["accuracy"] * ann_local["count"])),

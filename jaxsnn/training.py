@@ -217,8 +217,10 @@ def _classes(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, caller
   return classes
 
 
-def evaluate(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, batch_size: int, mean, std) -> dict:
-  """Loss and accuracy over every example of ``arrays`` (the last batch padded and masked).
+def evaluate(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, batch_size: int, mean, std, *,
+             micro_batch: int = runner.MICRO_BATCH) -> dict:
+  """Loss and accuracy over every example of ``arrays`` (computed in micro-batches of ``micro_batch``, the last one
+  padded and masked, as :func:`jaxsnn.evaluate`).
 
   Returns:
     ``{"loss": mean loss, "accuracy": fraction correct, "count": examples counted}``.
@@ -232,8 +234,8 @@ def evaluate(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, batch_
     return {k: totals[k] + out[k].item() for k in totals}
 
   totals, _ = runner.fold(data_lib.batches(arrays, batch_size, train=False, mean=mean, std=std), step,
-                          {"loss": 0.0, "correct": 0, "count": 0}, caller=caller, labels="accuracy",
-                          classes=classes)
+                          {"loss": 0.0, "correct": 0, "count": 0}, caller=caller, micro_batch=micro_batch,
+                          labels="accuracy", classes=classes)
   count = max(totals["count"], 1)
   return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count, "count": int(totals["count"])}
 

@@ -51,7 +51,7 @@ def test_a_killed_job_resumes_to_the_same_json(single, tmp_path):
   with np.load(tmp_path / "progress_0.npz") as f:
     job = str(f["__fingerprint__"])
   saved = files.load_checkpoint(tmp_path / "progress_0.npz", job, "test", "")
-  assert saved["batches"] == 2 and saved["count"] == 100  # two batches of 50 are done and on disk
+  assert saved["groups"] == 2 and saved["count"] == 100  # two micro-batches of 50 are done and on disk
   _, err, rc = batch(tmp_path)
   assert rc == 0, err[-3000:]
   assert (tmp_path / "result.json").read_bytes() == single
