@@ -1,4 +1,4 @@
-"""Plots of jaxsnn results (matplotlib, an optional dependency: ``pip install 'jaxsnn[plot]'``).
+"""Plots of jaxsnn results (matplotlib, an optional dependency: ``pip install 'jaxsnn-convert[plot]'``).
 
 * :func:`plot_information_loss`: the paper's Fig. 3 surface;
 * :func:`plot_accuracy_vs_time`: accuracy after every T for several methods, with the ANN as a line (Fig. 4);
@@ -20,7 +20,7 @@ def _pyplot():
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
   except ImportError as e:  # pragma: no cover
-    raise ImportError("jaxsnn.plotting needs matplotlib (pip install 'jaxsnn[plot]').") from e
+    raise ImportError("jaxsnn.plotting needs matplotlib (pip install 'jaxsnn-convert[plot]').") from e
   return plt
 
 
@@ -28,7 +28,7 @@ def plot_information_loss(surface: Mapping[str, Any], alphas, steps, path: str |
                           title: str | None = None, view: tuple[float, float] = (25.0, 45.0)) -> None:
   """Plots :func:`information_loss_surface` as the paper's Fig. 3 (log10 loss over alpha and T) to a PNG file.
 
-  One 3-D surface per norm, side by side, on a shared z axis. Needs matplotlib (``pip install jaxsnn[plot]``).
+  One 3-D surface per norm, side by side, on a shared z axis. Needs matplotlib (``pip install 'jaxsnn-convert[plot]'``).
 
   Args:
     surface: ``{norm: [len(alphas), len(steps)]}``.

@@ -1,5 +1,5 @@
 # Sourced by scripts/run.sh and scripts/test.sh: creates .venv (once) and installs jaxsnn with every extra into it.
-# A fresh machine needs nothing else: Python 3.10+ with venv, and access to PyPI.
+# A fresh machine needs nothing else: Python 3.11+ with venv, and access to PyPI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON_BIN=${PYTHON_BIN:-python3}
