@@ -1,6 +1,7 @@
 """Tests for jaxsnn.training: schedules, optimizer, checkpoints, resumable runs, configs on mock data."""
 
 import dataclasses
+import functools
 import importlib
 import json
 import pathlib
@@ -84,6 +85,30 @@ def test_checkpoints_are_written_atomically(tmp_path):
       "last.msgpack"]
 
 
+def assert_trees_equal(a, b):
+  """Same structure, and every leaf with the same dtype, shape and bits."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_training_checkpoint_round_trips_exactly(tmp_path):
+  """The whole training state after a step (parameters, BatchNorm statistics, momentum, step counter) comes back
+  from disk with the same structure, dtypes and bits."""
+  config = tiny_config()
+  spec = data.spec(config.dataset)
+  state = training.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  batch = next(data.batches(tiny_arrays()["train"], 16, train=True, mean=spec.mean, std=spec.std))
+  state, _ = training.train_step(state, batch)
+  target = {"state": state, "epoch": 3, "batch": 7}
+  assert np.any(np.asarray(jax.tree.leaves(state.opt_state)[-1]) != 0)  # momentum is not all zeros
+  training.save_checkpoint(tmp_path / "last.msgpack", target)
+  restored = training.restore_checkpoint(tmp_path / "last.msgpack", jax.tree.map(jnp.zeros_like, target))
+  assert_trees_equal(restored, target)
+
+
 def test_a_checkpoint_write_that_fails_midway_leaves_the_old_one_intact(tmp_path, monkeypatch):
   path = tmp_path / "last.msgpack"
   training.save_checkpoint(path, {"a": np.arange(5.0)})
@@ -150,10 +175,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_steps=10)
   resumed = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False)
   assert resumed["step"] == straight["step"] == 20
-  a = training.load_variables(tmp_path / "straight" / "best.msgpack")
-  b = training.load_variables(tmp_path / "resumed" / "best.msgpack")
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
-  assert resumed["test_accuracy"] == straight["test_accuracy"]
+  # The same program on the same shapes and the same batches: the same bits, not merely close numbers.
+  for name in ("best.msgpack", "last.msgpack"):
+    assert_trees_equal(training.load_variables(tmp_path / "resumed" / name),
+                       training.load_variables(tmp_path / "straight" / name))
+  val = lambda run: [(r["epoch"], r["val_loss"], r["val_accuracy"]) for r in _records(tmp_path / run)  # noqa: E731
+                     if "val_accuracy" in r]
+  assert val("resumed") == val("straight") and len(val("straight")) == 2
+  assert (resumed["test_loss"], resumed["test_accuracy"]) == (straight["test_loss"], straight["test_accuracy"])
 
 
 def test_unknown_augment_is_rejected(tmp_path):
@@ -165,17 +194,64 @@ CONFIGS = ["fashion_mnist_small_cnn", "cifar10_resnet20", "cifar10_vgg16_w025", 
            "cifar10_resnet18", "cifar100_vgg16", "cifar100_resnet18"]
 
 
+def mock_splits(config, tfds):
+  """The config's splits loaded through tfds (data.splits + data.load, as train_and_evaluate does), on mock data."""
+  with tfds.testing.mock_data(num_examples=8):
+    return {k: data.load(config.dataset, split, config.data_dir)
+            for k, split in data.splits(config.dataset, config.val_examples).items()}
+
+
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_runs_one_step_on_mock_data(name, tmp_path):
-  """Every experiment config (full-size paper configs included) loads data through tfds and takes a step."""
+def test_config_loads_its_data_and_traces_its_training_step_at_full_size(name):
+  """Every experiment config as committed (full-size paper models included): its splits load through tfds, a batch
+  gets the config's augmentation, and the model, the optimizer with its schedule and one training step trace at full
+  size with the dataset's classes (jax.eval_shape: every shape and dtype checked, nothing compiled)."""
   tfds = pytest.importorskip("tensorflow_datasets")
   config = importlib.import_module(f"experiments.configs.{name}").get_config()
   assert config.momentum == 0.9 and config.weight_decay == 5e-4 and config.val_examples > 0
-  # Small batches keep the full-size models cheap on CPU; everything else is the config as committed.
-  config = dataclasses.replace(config, batch_size=4)
+  spec = data.spec(config.dataset)
+  arrays = mock_splits(config, tfds)
+  assert set(arrays) == {"train", "validation", "test"}
+  batch = next(data.batches(arrays["train"], 4, train=True, mean=spec.mean, std=spec.std, seed=config.seed,
+                            augment=data.AUGMENTATIONS[config.augment]))
+  assert batch["image"].shape == (4,) + tuple(spec.image_shape)
+  state = jax.eval_shape(lambda: training.create_train_state(config, jax.random.key(config.seed), 10))
+  new_state, out = jax.eval_shape(training.train_step, state, batch)
+  assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+  assert [x.shape for x in jax.tree.leaves(new_state)] == [x.shape for x in jax.tree.leaves(state)]
+  assert out["loss"].shape == () and out["correct"].shape == ()
+  logits = jax.eval_shape(functools.partial(training.build_model(config).apply, train=False),
+                          {"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
+  assert logits.shape == (4, spec.num_classes)
+  assert training.learning_rate_schedule(config, 10)(0) > 0
+
+
+def test_the_small_config_trains_through_tfds():
+  """The committed CPU reference config, for real on mock data (its fast_conv gradient too): the loss of a fixed
+  batch falls within a few steps, and train_and_evaluate reads its data through tfds."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = importlib.import_module("experiments.configs.fashion_mnist_small_cnn").get_config()
+  assert config.fast_conv
+  spec = data.spec(config.dataset)
+  arrays = mock_splits(config, tfds)
+  batch = next(data.batches(arrays["train"], 8, train=True, mean=spec.mean, std=spec.std))
+  state = training.create_train_state(config, jax.random.key(0), steps_per_epoch=10)  # the rate rises over 30 steps
+  losses = []
+  for _ in range(6):
+    state, out = training.train_step(state, batch)
+    losses.append(float(out["loss"]) / 8)  # the batch's mean loss before the step
+  assert np.all(np.diff(losses) < 0) and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_train_and_evaluate_reads_the_configs_data_through_tfds(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = dataclasses.replace(importlib.import_module("experiments.configs.fashion_mnist_small_cnn").get_config(),
+                               batch_size=4)
   with tfds.testing.mock_data(num_examples=8):
     summary = training.train_and_evaluate(config, tmp_path, progress=False, max_steps=1)
-  assert summary["step"] == 1 and (tmp_path / "last.msgpack").exists()
+  assert summary["step"] == 1 and summary["stopped_early"]
+  restored = training.restore_checkpoint(tmp_path / "last.msgpack", {"state": None, "epoch": 0, "batch": 0})
+  assert int(restored["state"]["step"]) == 1 and int(restored["batch"]) == 1
 
 
 COMMITTED = sorted((ROOT / "experiments/checkpoints").glob("*.msgpack"))
