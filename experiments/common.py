@@ -407,17 +407,7 @@ class Job:
     if method.delayed:
       out["readout_delay"] = int(snn.readout_delay)
     if res.recorded is not None:
-      out["at"] = {}
-      for t in res.recorded.steps:
-        counts = jaxsnn.analysis.recorded_counts(res, t)
-        e = jaxsnn.analysis.energy(snn, counts)
-        e_avg = jaxsnn.analysis.energy(snn, counts, pooling="average")
-        out["at"][str(t)] = {
-            "average_firing_rate": jaxsnn.analysis.average_firing_rate(counts),
-            "firing_rates": jaxsnn.analysis.firing_rates(counts),
-            "positive_rates": jaxsnn.analysis.firing_rates(counts, sign="pos"),
-            "negative_rates": jaxsnn.analysis.firing_rates(counts, sign="neg"),
-            "energy_ratio": float(e.ratio), "energy_ratio_average_pooling": float(e_avg.ratio)}
+      out["at"] = cost_at(snn, res)
     write_json(path, out)
     for suffix in (".progress.npz", ".tune.npz"):
       if path.with_suffix(suffix).exists():
@@ -435,6 +425,24 @@ class Job:
                                                full(self.test) + full(first(self.run.train, self.calib_examples)))
     return jaxsnn.authors_protocol.evaluate(self.snn(Method("SNM"), steps), batches(self.run, self.test, slot), slots,
                                             steps, self.block_size, progress=self.progress)
+
+
+def cost_at(snn, res) -> dict:
+  """``{t: rates and Eq. 15 energy ratio}`` at every step an evaluation recorded (``evaluate(record_steps=...)``):
+  the cost summary of every method in the results JSONs."""
+  import jaxsnn
+  out = {}
+  for t in res.recorded.steps:
+    counts = jaxsnn.analysis.recorded_counts(res, t)
+    e = jaxsnn.analysis.energy(snn, counts)
+    e_avg = jaxsnn.analysis.energy(snn, counts, pooling="average")
+    out[str(t)] = {
+        "average_firing_rate": jaxsnn.analysis.average_firing_rate(counts),
+        "firing_rates": jaxsnn.analysis.firing_rates(counts),
+        "positive_rates": jaxsnn.analysis.firing_rates(counts, sign="pos"),
+        "negative_rates": jaxsnn.analysis.firing_rates(counts, sign="neg"),
+        "energy_ratio": float(e.ratio), "energy_ratio_average_pooling": float(e_avg.ratio)}
+  return out
 
 
 def _truncate(result: dict, steps: int) -> dict:

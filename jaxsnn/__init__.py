@@ -16,7 +16,7 @@ Every function that reads data takes batches in one protocol (arrays, ``(x, labe
 ``{"image", "label", "mask"}`` dicts, iterables of these).
 """
 
-from jaxsnn import analysis, authors_protocol, lowlatency, neurons, recipes, surrogates
+from jaxsnn import analysis, authors_protocol, encoders, lowlatency, neurons, recipes, surrogates
 from jaxsnn._src.calibrate import Stats, calibrate, load_stats, save_stats
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.evaluate import Evaluation, Recorded, accuracy_vs_time, agreement, evaluate
@@ -26,10 +26,11 @@ from jaxsnn._src.ir import ConversionError
 from jaxsnn._src.neurons import IF, SNM, Neuron, SignedIF
 from jaxsnn._src.norms import load_thresholds, save_thresholds, site_percentiles, thresholds
 from jaxsnn._src.qcfs import qcfs
+from jaxsnn._src.quantize import QuantizedApply, QuantizedVariables, quantize_for_conversion
 from jaxsnn._src.readout import choose_readout_delay
 from jaxsnn._src.reports import RecipeReport, Report
 from jaxsnn._src.rules import Rule, register as register_rule
-from jaxsnn._src.simulate import State, Tallies, Trace, init_state, readout, simulate, step
+from jaxsnn._src.simulate import Recording, State, Tallies, Trace, init_state, readout, simulate, step
 from jaxsnn._src.snn_calibration import calibrate_snn
 from jaxsnn._src.thresholds import (descend_thresholds, ratio_histograms, relaxed_quantization_error,
                                     thresholds_for_steps)
@@ -46,7 +47,7 @@ __all__ = [
     "Stats", "calibrate", "load_stats", "load_thresholds", "save_stats", "save_thresholds", "site_percentiles",
     "thresholds",
     # simulation
-    "State", "Tallies", "Trace", "init_state", "readout", "simulate", "step",
+    "Recording", "State", "Tallies", "Trace", "encoders", "init_state", "readout", "simulate", "step",
     # evaluation
     "Evaluation", "Recorded", "accuracy_vs_time", "agreement", "evaluate",
     # low latency
@@ -55,4 +56,6 @@ __all__ = [
     "ratio_histograms", "recipes", "relaxed_quantization_error", "thresholds_for_steps", "tune_snn",
     # analysis, QCFS, the authors' protocol
     "analysis", "authors_protocol", "information_loss", "qcfs",
+    # conversion-aware fine-tuning
+    "QuantizedApply", "QuantizedVariables", "quantize_for_conversion",
 ]

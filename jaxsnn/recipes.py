@@ -3,6 +3,7 @@
     snn, report = jaxsnn.recipes.paper(apply_fn, variables, train_batches)                    # the paper's method
     snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train_batches, num_steps=8)  # accurate at T = 8
     snn, report = jaxsnn.recipes.qcfs(apply_fn, qcfs_variables, train_batches, num_steps=4)   # a QCFS-trained net
+    snn, report = jaxsnn.recipes.few_steps(apply_fn, variables, train_batches, 4, validation=val)  # QCFS fine-tuning first
     print(report)
 
 A stage is ``(snn, batches) -> (snn, report)`` (e.g. ``functools.partial(jaxsnn.calibrate_snn, num_steps=8)``);
@@ -10,8 +11,8 @@ A stage is ``(snn, batches) -> (snn, report)`` (e.g. ``functools.partial(jaxsnn.
 """
 
 from jaxsnn._src.recipes import (BATCH_SIZE, DELAY_EXAMPLES, SNN_CALIBRATION_EXAMPLES, TUNE_EXAMPLES, TUNE_STEPS,
-                                 chain, low_latency, paper, qcfs)
+                                 chain, few_steps, low_latency, paper, qcfs)
 from jaxsnn._src.reports import RecipeReport, Report
 
 __all__ = ["BATCH_SIZE", "DELAY_EXAMPLES", "RecipeReport", "Report", "SNN_CALIBRATION_EXAMPLES", "TUNE_EXAMPLES",
-           "TUNE_STEPS", "chain", "low_latency", "paper", "qcfs"]
+           "TUNE_STEPS", "chain", "few_steps", "low_latency", "paper", "qcfs"]

@@ -9,7 +9,9 @@ network (calibration statistics, thresholds, conversion) and chain the stages th
 * :func:`low_latency`: the measured stack for a target T: ``v0 = θ/2``, thresholds chosen for T, layer-wise SNN
   calibration, a readout delay (and optionally end-to-end tuning through the simulation);
 * :func:`qcfs`: a network trained with :class:`jaxsnn.models.QCFS` activations, converted with its trained λ and
-  ``v0 = θ/2``, calibrated and delayed at T.
+  ``v0 = θ/2``, calibrated and delayed at T;
+* :func:`few_steps`: a trained ReLU network made a QCFS one (:func:`jaxsnn.quantize_for_conversion`), then :func:`qcfs`
+  at T, then optionally fine-tuned through the SNN.
 
 Every recipe reads training batches only (any form of the batch protocol; a one-shot iterator is read once and kept
 in memory, since the recipes read the data several times) and returns ``(snn, RecipeReport)``. The defaults are the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -31,13 +34,14 @@ from jaxsnn._src import ir, norms
 from jaxsnn._src.batches import as_batch, check_batches, take
 from jaxsnn._src.calibrate import Stats, calibrate
 from jaxsnn._src.convert import SpikingNetwork, conversion_note, convert
-from jaxsnn._src.evaluate import agreement
+from jaxsnn._src.evaluate import agreement, evaluate
 from jaxsnn._src.neurons import SNM, Neuron
+from jaxsnn._src.quantize import quantize_for_conversion
 from jaxsnn._src.readout import choose_readout_delay
 from jaxsnn._src.reports import RecipeReport, Report
 from jaxsnn._src.snn_calibration import calibrate_snn
 from jaxsnn._src.thresholds import RatioHistograms, ratio_histograms, thresholds_for_steps
-from jaxsnn._src.tuning import tune_snn
+from jaxsnn._src.tuning import finetune, tune_snn
 
 Stage = Callable[[SpikingNetwork, Any], tuple]
 
@@ -358,4 +362,107 @@ def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_s
     snn = _stages(snn, rec, int(num_steps), snn_calibration=snn_calibration, end_to_end=False,
                   readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
                   delay_examples=delay_examples, tune_examples=0, tune_steps=0, tune_checkpoint=None)
+  return snn, rec.report()
+
+
+def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_steps: int, *,
+              validation: Iterable[Any], levels: int | None = None, steps: int = 3000,
+              step_batches: Iterable[Any] | None = None, loss: str = "distill", learning_rate: float = 1e-3,
+              quantized: tuple | None = None, finetune_steps: int = 0, finetune_batches: Iterable[Any] | None = None,
+              finetune_learning_rate: float = 1e-4, finetune_loss: str = "labels", neuron: Neuron | None = None,
+              snn_calibration: bool = True, readout_delay: bool = True,
+              snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES, delay_examples: int = DELAY_EXAMPLES,
+              check_examples: int = 0, checkpoint_dir=None, progress: bool = False,
+              input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
+  """A trained ReLU network to an SNN accurate at a few time steps: conversion-aware fine-tuning
+  (:func:`jaxsnn.quantize_for_conversion`), then :func:`qcfs` at T (λ as thresholds, θ/2, SNN calibration, readout
+  delay), then optionally :func:`jaxsnn.finetune` through the SNN at T.
+
+  Every stage's report carries the validation accuracy after it (the quantised ANN's, then the SNN's at T) and its
+  time, so the report is the ablation of the path.
+
+  Args:
+    apply_fn: ``apply_fn(variables, x) -> logits`` of the trained ReLU ANN, any model style.
+    variables: its variables.
+    train_batches: finite training batches (never the test set): λ's calibration statistics and the SNN stages read
+      them (and the gradient steps, unless ``step_batches`` is given).
+    num_steps: the target T.
+    validation: labelled held-out batches (never the test set): the best iterates and every stage's score.
+    levels: the QCFS levels L (default T).
+    steps: the quantisation's gradient steps.
+    step_batches: the batches of the gradient steps (e.g. augmented epochs; default ``train_batches``).
+    loss: the quantisation's loss (:data:`jaxsnn._src.quantize.LOSSES`).
+    learning_rate: the quantisation's peak learning rate (Adam, cosine decay).
+    quantized: ``(apply_q, variables_q, report)`` from :func:`jaxsnn.quantize_for_conversion`, to reuse (one
+      quantisation for several T); the quantisation arguments above are then not used.
+    finetune_steps: steps of :func:`jaxsnn.finetune` at T (0: none).
+    finetune_batches: its batches (default ``step_batches``, else ``train_batches``; labelled for the labels loss).
+    finetune_learning_rate: its Adam rate.
+    finetune_loss: its loss (``"labels"`` or ``"ann"``: the quantised ANN's logits).
+    neuron: the neuron (default SNM).
+    snn_calibration: :func:`jaxsnn.calibrate_snn` at T.
+    readout_delay: :func:`jaxsnn.choose_readout_delay` at T.
+    snn_calibration_examples: training examples of the SNN calibration.
+    delay_examples: training examples of the readout delay.
+    check_examples: training examples of each stage's agreement check with the quantised ANN (0: none).
+    checkpoint_dir: a directory for the resumable checkpoints of the quantisation and the fine-tuning (None: none).
+    progress: tqdm bars.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    ``(snn, report)``: the stages ``quantize_for_conversion``, ``convert``, ``calibrate_snn``, ``readout_delay``,
+    ``finetune`` (those that ran), each with ``validation_accuracy`` and ``seconds``.
+
+  Raises:
+    ValueError: for a bad T, empty batches, or what the stages reject.
+
+  Example:
+    >>> snn, report = jaxsnn.recipes.few_steps(apply_fn, variables, train_batches, 4, validation=val_batches,
+    ...                                        step_batches=augmented_epochs, steps=3000)
+    >>> print(report)
+  """
+  caller = "jaxsnn.recipes.few_steps"
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise ValueError(f"{caller}: num_steps must be a positive int (the target T); got {num_steps!r}.")
+  num_steps = int(num_steps)
+  train_batches = _reusable(train_batches, caller)
+  validation = list(_reusable(validation, f"{caller}: validation"))
+  folder = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
+  if folder is not None:
+    folder.mkdir(parents=True, exist_ok=True)
+  rec = _Recipe("few_steps", train_batches, num_steps, check_examples, BATCH_SIZE, progress, None, input_key)
+
+  def scored(report: Report, snn) -> Report:
+    acc = float(evaluate(snn, validation, num_steps, input_key=input_key).accuracy[-1])
+    return dataclasses.replace(report, validation_accuracy=acc)
+
+  if quantized is None:
+    levels = num_steps if levels is None else levels
+    quantized = quantize_for_conversion(
+        apply_fn, variables, train_batches if step_batches is None else step_batches, levels=levels, steps=steps,
+        validation=validation, loss=loss, learning_rate=learning_rate, calibration=train_batches, progress=progress,
+        checkpoint=None if folder is None else folder / f"quantize_L{levels}.npz", input_key=input_key)
+  apply_q, variables_q, q_report = quantized
+  rec.add(dataclasses.replace(q_report, validation_accuracy=q_report.chose.get("best_validation_accuracy")),
+          measure=False)
+  snn, converted = qcfs(apply_q, variables_q, train_batches, None, neuron=neuron, check_examples=0,
+                        progress=progress, input_key=input_key)
+  rec.add(scored(dataclasses.replace(converted.stage("convert"), num_steps=num_steps), snn), snn)
+  stages = []
+  if snn_calibration:
+    stages.append((snn_calibration_examples,
+                   functools.partial(calibrate_snn, num_steps=num_steps, progress=progress)))
+  if readout_delay:
+    stages.append((delay_examples, functools.partial(choose_readout_delay, num_steps=num_steps, progress=progress)))
+  for examples, stage in stages:
+    t0 = time.perf_counter()
+    snn, report = stage(snn, rec.subset(examples))
+    rec.add(scored(dataclasses.replace(report, seconds=time.perf_counter() - t0), snn), snn)
+  if finetune_steps:
+    batches = finetune_batches or step_batches or train_batches
+    snn, report = finetune(snn, batches, num_steps, steps=finetune_steps, learning_rate=finetune_learning_rate,
+                           loss=finetune_loss, validation=validation, progress=progress,
+                           checkpoint=None if folder is None else folder / f"finetune_L{apply_q.levels}_T{num_steps}.npz",
+                           input_key=input_key)
+    rec.add(dataclasses.replace(report, validation_accuracy=report.chose["best_validation_accuracy"]), snn)
   return snn, rec.report()

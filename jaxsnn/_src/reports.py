@@ -22,6 +22,8 @@ class Report:
       (None where not measured).
     details: larger results (arrays: the agreement of every readout delay, the losses of tuning, ...).
     seconds: wall time.
+    validation_accuracy: the accuracy on held-out validation images after the tool, at ``num_steps`` for an SNN
+      (None where not measured; :func:`jaxsnn.recipes.few_steps` measures it after every stage).
   """
 
   tool: str
@@ -31,11 +33,14 @@ class Report:
   agreement: float | None = None
   details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   seconds: float = 0.0
+  validation_accuracy: float | None = None
 
   def line(self) -> str:
     """One line: the tool, what it chose, the agreement."""
     chose = ", ".join(f"{k}={_short(v)}" for k, v in self.chose.items())
     agree = "" if self.agreement is None else f"; agreement with the ANN {100 * self.agreement:.2f} %"
+    if self.validation_accuracy is not None:
+      agree += f"; validation accuracy {100 * self.validation_accuracy:.2f} %"
     steps = "" if self.num_steps is None else f" (T={self.num_steps})"
     return f"{self.tool}{steps}: {chose or '-'}{agree} [{self.examples} examples, {self.seconds:.1f} s]"
 
