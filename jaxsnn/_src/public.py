@@ -11,8 +11,8 @@ import inspect
 import types
 
 MODULES = ("jaxsnn", "jaxsnn.recipes", "jaxsnn.lowlatency", "jaxsnn.analysis", "jaxsnn.neurons", "jaxsnn.surrogates",
-           "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.xla", "jaxsnn.models", "jaxsnn.data", "jaxsnn.training",
-           "jaxsnn.plotting")
+           "jaxsnn.encoders", "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.xla", "jaxsnn.models", "jaxsnn.data",
+           "jaxsnn.training", "jaxsnn.plotting")
 
 
 def names(module: types.ModuleType) -> list[str]:

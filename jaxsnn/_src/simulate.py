@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from jaxsnn._src import checks, ir, lowering, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
+from jaxsnn._src.encoders import Encoder
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.surrogates import Surrogate, fire as fire_fn
 
@@ -195,18 +196,31 @@ def _cummax(op: ir.Op, state: MaxState, args, out_dtype):
 
 
 def _advance(program: ir.Program, snn: SpikingNetwork, state: State, k: int | None, fire, counters,
-             record=None, exact: bool = True) -> tuple[State, Any, tuple]:
+             record=None, exact: bool = True, trace: frozenset = frozenset(), potentials: bool = False,
+             inputs: dict | None = None) -> tuple[State, Any, tuple, dict]:
   """Runs k steps layer-major (spiking values carry a leading k axis), or one step if k is None.
 
+  Args:
+    trace: sites whose spikes (and, with ``potentials``, membrane potentials) to return for every step.
+    inputs: for a block of a time-varying input: the input-only values of each of its steps (``{id: [k, ...]}``),
+      in place of the state's constant ones.
+
   Returns:
-    ``(state, z, sums)``: the new state, the output of each step (``[k, batch, ...]`` for a block) and
-    ``(readout, window_start, t)`` after each step (stacked over the block).
+    ``(state, z, sums, traced)``: the new state, the output of each step (``[k, batch, ...]`` for a block),
+    ``(readout, window_start, t)`` after each step (stacked over the block), and ``{site: (spikes, potentials or
+    None)}`` of the traced sites (int8 spike signs; stacked over the block).
   """
   neuron, th = snn.neuron, snn.thresholds
-  spiking = lambda a: program.kind(a) == ir.SPIKE  # noqa: E731
+  if inputs:  # input-only values vary over the block's steps: they carry its leading axis, like spikes
+    spiking = lambda a: program.kind(a) != ir.CONST  # noqa: E731
+  else:
+    spiking = lambda a: program.kind(a) == ir.SPIKE  # noqa: E731
   neurons, maxes = dict(state.neurons), dict(state.maxes)
   tallies = None if state.tallies is None else Tallies(dict(state.tallies.pos), dict(state.tallies.neg))
+  traced = {}
   env = {int(i): v for i, v in state.constants.items()}
+  if inputs:
+    env.update({int(i): v for i, v in inputs.items()})
 
   def one_step(threshold, st, z):
     st, s = neuron.step(threshold, st, z, fire)
@@ -219,10 +233,17 @@ def _advance(program: ir.Program, snn: SpikingNetwork, state: State, k: int | No
     return st, s
 
   def neuron_steps(threshold, st, z, name):
+    keep_v = potentials and name in trace
+    v = None
     if k is None:
       st, s = one_step(threshold, st, z)
+      v = st.v if keep_v else None
+    elif keep_v:  # the potential after each step of the block
+      st, (s, v) = jax.lax.scan(lambda c, zk: (lambda c2, s2: (c2, (s2, c2.v)))(*one_step(threshold, c, zk)), st, z)
     else:
       st, s = jax.lax.scan(lambda c, zk: one_step(threshold, c, zk), st, z)
+    if name in trace:
+      traced[name] = ((s > 0).astype(jnp.int8) - (s < 0).astype(jnp.int8), v)
     if tallies is not None:
       pos, neg = (s > 0).astype(jnp.int32), (s < 0).astype(jnp.int32)
       if k is not None:
@@ -286,7 +307,7 @@ def _advance(program: ir.Program, snn: SpikingNetwork, state: State, k: int | No
         lambda c, zk: (lambda c2: (c2, c2))(accumulate(c, zk)[0]), (state.readout, state.window_start, state.t), z)
   new = State(neurons=neurons, maxes=maxes, readout=acc, window_start=start, t=t, finite=state.finite,
               constants=state.constants, tallies=tallies)
-  return new, z, sums
+  return new, z, sums, traced
 
 
 def readout(snn: SpikingNetwork, state: State) -> jax.Array:
@@ -359,8 +380,53 @@ def _init_state_jit(snn, x, tallies):
   return _init_state(snn, x, _program(snn, x, "jaxsnn.init_state"), jnp.int32, tallies)
 
 
+class Recording(NamedTuple):
+  """What one step records of the sites named in ``jaxsnn.step(..., record=[site, ...])``.
+
+  Attributes:
+    spikes: ``{site: int8 [batch, *site_shape]}`` in network order: +1 for a positive spike this step, -1 for a
+      negative one, 0 for none (the spike's amplitude is the neuron's threshold, ``snn.thresholds[site]``).
+    potentials: ``{site: [batch, *site_shape]}``, the membrane potential ``v`` after this step (after the reset: the
+      state's ``v``), in ``snn.state_dtype``; None unless asked (``record_potentials=True``).
+  """
+
+  spikes: dict
+  potentials: dict | None
+
+
+def recordable_sites(snn: SpikingNetwork) -> tuple:
+  """The sites whose spikes can be recorded, in network order: the neuron sites, and ``"output"`` for
+  ``readout="spike"``."""
+  return tuple(snn.site_names) + ((OUTPUT,) if snn.readout == "spike" else ())
+
+
+def _record_sites(snn: SpikingNetwork, record, potentials, caller: str) -> tuple | None:
+  """The named sites, validated, deduplicated and in network order; None for ``record=None``."""
+  if record is None:
+    if potentials:
+      raise ValueError(f"{caller}: record_potentials=True needs the sites to record: pass record=[site, ...] "
+                       f"(this network's sites: {list(recordable_sites(snn))}).")
+    return None
+  names = [record] if isinstance(record, str) else record
+  try:
+    names = list(names)
+  except TypeError:
+    raise ValueError(f"{caller}: record must be a list of site names; got {record!r}.") from None
+  sites = recordable_sites(snn)
+  unknown = [n for n in names if not isinstance(n, str) or n not in sites]
+  if unknown:
+    raise ValueError(f"{caller}: record names {unknown}, which are not sites of this network; its sites are "
+                     f"{list(sites)}.")
+  if potentials:
+    fields = jax.eval_shape(lambda: snn.neuron.init((1,), snn.state_dtype))._fields
+    if "v" not in fields:
+      raise ValueError(f"{caller}: record_potentials=True reads the neuron state's membrane potential v, but neuron "
+                       f"{snn.neuron.name!r}'s state has fields {list(fields)}.")
+  return tuple(n for n in sites if n in set(names))
+
+
 def step(snn: SpikingNetwork, state: State, x: Any = None, *, surrogate: Surrogate | None = None,
-         ) -> tuple[State, jax.Array]:
+         record=None, record_potentials: bool = False) -> tuple:
   """Advances every neuron, max site and the readout of ``snn`` by one time step: the SNN's pure step function.
 
   Jitted, vmap-able, and usable inside the caller's own ``lax.scan``; :func:`simulate` is this step scanned (one
@@ -369,27 +435,34 @@ def step(snn: SpikingNetwork, state: State, x: Any = None, *, surrogate: Surroga
   Args:
     snn: a converted network.
     state: from :func:`init_state` or a previous step.
-    x: this step's input (same shapes as the input of :func:`init_state`; e.g. a frame of a video or a rate-coded
-      image); input-only layers are then computed from it this step, and it stays the input of later steps that pass
-      none. None: the last input given (direct coding).
+    x: this step's input (same shapes as the input of :func:`init_state`; e.g. a frame of a video, or a rate-coded
+      image: ``encoder(x, state.t)`` with a :mod:`jaxsnn.encoders` code); input-only layers are then computed from it
+      this step, and it stays the input of later steps that pass none. None: the last input given (direct coding).
     surrogate: a :mod:`jaxsnn.surrogates` choice: gradients through the firing decisions (the forward spikes do not
       change); None: differentiating through spikes raises.
+    record: site names (``snn.site_names``, and ``"output"`` for ``readout="spike"``) whose spikes this step to
+      return, as a third result (:class:`Recording`); None (the default) returns two results.
+    record_potentials: with ``record``: also the membrane potentials of those sites after this step.
 
   Returns:
     ``(state, out)``: the new state and this step's output ``[batch, *output_shape]`` (the output layer's current,
-    or its spikes for ``readout="spike"``); :func:`readout` gives the averaged answer so far.
+    or its spikes for ``readout="spike"``); :func:`readout` gives the averaged answer so far. With ``record``:
+    ``(state, out, recording)``, a :class:`Recording` (a ``lax.scan`` stacks it into ``[T, batch, ...]``, the layout
+    of ``simulate(..., record=...)``).
 
   Raises:
-    ValueError: for an input that does not match the network.
+    ValueError: for an input that does not match the network, or a recorded name that is not one of its sites.
 
   Example:
     >>> def body(state, frame):
     ...   state, out = jaxsnn.step(snn, state, frame)
     ...   return state, jaxsnn.readout(snn, state)
     >>> state, answers = jax.lax.scan(body, jaxsnn.init_state(snn, frames[0]), frames)   # frames [T, batch, ...]
+    >>> state, out, rec = jaxsnn.step(snn, state, record=[snn.site_names[0]])   # rec.spikes: {site: [batch, ...]}
   """
   caller = "jaxsnn.step"
   check_snn(snn, caller)
+  sites = _record_sites(snn, record, bool(record_potentials), caller)
   if not isinstance(state, State):
     raise ValueError(f"{caller}: state must be a jaxsnn.State from jaxsnn.init_state; got {type(state).__name__}.")
   _check_state(snn, state, caller)
@@ -399,7 +472,15 @@ def step(snn: SpikingNetwork, state: State, x: Any = None, *, surrogate: Surroga
       raise ValueError(f"{caller}: this step's input has {batch} examples but the state holds {state.readout.shape[0]} "
                        "(from jaxsnn.init_state); every step of a run takes the same batch.")
   fire_fn(surrogate)  # validates the surrogate before tracing
-  return _step_jit(snn, state, x, surrogate)
+  state, out, traced = _step_jit(snn, state, x, surrogate, frozenset(sites or ()), bool(record_potentials))
+  if sites is None:
+    return state, out
+  return state, out, _recording(traced, sites, bool(record_potentials))
+
+
+def _recording(traced: dict, sites: tuple, potentials: bool) -> Recording:
+  """The traced ``{site: (spikes, potentials)}`` as a :class:`Recording` in network order (jit sorts dict keys)."""
+  return Recording({n: traced[n][0] for n in sites}, {n: traced[n][1] for n in sites} if potentials else None)
 
 
 def _check_state(snn: SpikingNetwork, state: State, caller: str) -> None:
@@ -412,8 +493,8 @@ def _check_state(snn: SpikingNetwork, state: State, caller: str) -> None:
                      f"network's output {tuple(snn.output_shape)}; make the state with jaxsnn.init_state(snn, x).")
 
 
-@functools.partial(jax.jit, static_argnums=3)
-def _step_jit(snn, state, x, surrogate):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _step_jit(snn, state, x, surrogate, trace: frozenset, potentials: bool):
   counters = next((getattr(s, f).dtype for s in state.neurons.values() for f in snn.neuron.counters), jnp.int32)
   if x is None:
     batch = state.readout.shape[0]
@@ -424,8 +505,9 @@ def _step_jit(snn, state, x, surrogate):
     program = _program(snn, x, "jaxsnn.step")
     state = state._replace(constants=_constants(program, snn.variables, x),
                            finite=state.finite & finite_samples(x))
-  state, z, _ = _advance(program, snn, state, None, fire_fn(surrogate), counters)
-  return state, z
+  state, z, _, traced = _advance(program, snn, state, None, fire_fn(surrogate), counters, trace=trace,
+                                 potentials=potentials)
+  return state, z, traced
 
 
 class Trace(NamedTuple):
@@ -440,12 +522,19 @@ class Trace(NamedTuple):
     recorded: None, or (``simulate(..., record_steps=...)``) ``{"steps": (t, ...), "pos": {site: int32 [K,
       *site_shape]}, "neg": {...}}``: each neuron's spikes over steps 1..t for every recorded t, summed over the
       batch (weighted by ``sample_weights``): firing rates and SynOps at every recorded T from one run.
+    spikes: None, or (``simulate(..., record=[site, ...])``) ``{site: int8 [num_steps, batch, *site_shape]}`` in
+      network order: every step's spikes, +1 positive, -1 negative, 0 none (amplitude: the site's threshold). Summed
+      over time, ``(spikes > 0)`` and ``(spikes < 0)`` are ``pos_spikes`` and ``neg_spikes``.
+    potentials: None, or (``record_potentials=True``) ``{site: [num_steps, batch, *site_shape]}``: each neuron's
+      membrane potential after every step (the state's ``v``, after the reset), in ``snn.state_dtype``.
   """
 
   outputs: Any
   pos_spikes: dict | None
   neg_spikes: dict | None
   recorded: Any = None
+  spikes: dict | None = None
+  potentials: dict | None = None
 
   @property
   def num_steps(self) -> int:
@@ -454,8 +543,10 @@ class Trace(NamedTuple):
 
 def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None = None, *,
              exact: bool = True, record_steps=(), sample_weights=None, tallies: bool = True,
-             surrogate: Surrogate | None = None, remat: bool = False) -> Trace:
-  """Simulates ``snn`` on input ``x`` (a constant analog current every step) for ``num_steps`` steps.
+             surrogate: Surrogate | None = None, remat: bool = False, record=None, record_potentials: bool = False,
+             encoder: Encoder | None = None) -> Trace:
+  """Simulates ``snn`` on input ``x`` (a constant analog current every step, or an ``encoder``'s frames) for
+  ``num_steps`` steps.
 
   Args:
     snn: a converted network (:func:`jaxsnn.convert`).
@@ -480,6 +571,14 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
     remat: for gradients: recompute each step's (each block's) activations in the backward pass
       (``jax.checkpoint``) instead of keeping all T steps' in memory; the carried state of every step is still kept.
       Same values; less memory, about one more forward pass of compute (``benchmarks/remat.py``).
+    record: site names (``snn.site_names``, and ``"output"`` for ``readout="spike"``) whose spikes at every step to
+      keep (``Trace.spikes``, ``[num_steps, batch, ...]``, in network order); None (the default) keeps none and runs
+      the same program as before recording existed. Memory: one byte per neuron, sample and step.
+    record_potentials: with ``record``: also keep those sites' membrane potentials after every step
+      (``Trace.potentials``).
+    encoder: a :mod:`jaxsnn.encoders` code giving each step's frame (``encoder(x, t)``), e.g.
+      ``jaxsnn.encoders.poisson(key)``; input-only layers then run every step on that step's frame. None (or
+      ``encoders.direct()``): ``x`` itself every step, its input-only layers computed once.
 
   Returns:
     A :class:`Trace`; ``trace.outputs[t - 1]`` is the readout averaged over steps 1..t (over steps
@@ -487,14 +586,23 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
     finite).
 
   Raises:
-    ValueError: for num_steps or block_size that are not positive ints, or an input that does not match the network.
+    ValueError: for num_steps or block_size that are not positive ints, an input that does not match the network,
+      a recorded name that is not one of its sites (the message lists them), or an encoder that is not one.
 
   Example:
     >>> trace = jaxsnn.simulate(snn, x_test, num_steps=256)
     >>> acc = jaxsnn.accuracy_vs_time(trace, y_test)   # accuracy after every t = 1..256
+    >>> trace = jaxsnn.simulate(snn, x_test, 32, record=snn.site_names[:2], record_potentials=True)
+    >>> trace.spikes[snn.site_names[0]].shape          # (32, batch, *site_shape)
   """
   caller = "jaxsnn.simulate"
   check_snn(snn, caller)
+  sites = _record_sites(snn, record, bool(record_potentials), caller)
+  if encoder is not None and not isinstance(encoder, Encoder):
+    raise ValueError(f"{caller}: encoder must be a jaxsnn.encoders.Encoder (e.g. jaxsnn.encoders.poisson(key)); "
+                     f"got {type(encoder).__name__}.")
+  if encoder is not None and encoder.constant:
+    encoder = None  # direct coding: the constant-input program
   num_steps = checks.positive_int(num_steps, "num_steps", caller)
   if block_size is not None:
     block_size = min(checks.positive_int(block_size, "block_size", caller), num_steps)
@@ -504,20 +612,23 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   if weights.shape != (batch,):
     raise ValueError(f"{caller}: sample_weights must have shape ({batch},); got {weights.shape}.")
   fire_fn(surrogate)
-  trace = _simulate(snn, x, weights, num_steps, block_size, bool(exact), record, bool(tallies or record), surrogate,
-                    bool(remat))
+  trace = _simulate(snn, x, weights, encoder, num_steps, block_size, bool(exact), record, bool(tallies or record),
+                    surrogate, bool(remat), frozenset(sites or ()), bool(record_potentials))
   order = list(snn.site_names) + ([OUTPUT] if snn.readout == "spike" else [])
   ordered = lambda d: None if d is None else {k: d[k] for k in order}  # noqa: E731  (jit returns sorted keys)
   recorded = trace.recorded and dict(trace.recorded, pos=ordered(trace.recorded["pos"]),
                                      neg=ordered(trace.recorded["neg"]))
+  rec = None if sites is None else _recording(trace.spikes, sites, bool(record_potentials))
+  spikes, potentials = (None, None) if rec is None else rec
   if not tallies:
-    return Trace(trace.outputs, None, None, recorded)
-  return Trace(trace.outputs, ordered(trace.pos_spikes), ordered(trace.neg_spikes), recorded)
+    return Trace(trace.outputs, None, None, recorded, spikes, potentials)
+  return Trace(trace.outputs, ordered(trace.pos_spikes), ordered(trace.neg_spikes), recorded, spikes, potentials)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9))
-def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None, exact: bool, record: tuple,
-              tallies: bool, surrogate, remat: bool) -> Trace:
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9, 10, 11, 12))
+def _simulate(snn: SpikingNetwork, x, weights, encoder: Encoder | None, num_steps: int, block: int | None, exact: bool,
+              record: tuple, tallies: bool, surrogate, remat: bool, trace: frozenset, potentials: bool) -> Trace:
+  """The run; ``Trace.spikes`` holds the traced ``{site: (spikes, potentials or None)}`` (sorted by jit)."""
   program = _program(snn, x, "jaxsnn.simulate")
   # A neuron's own counters (SNM's memory) never exceed num_steps in magnitude: kept in the narrowest int type that
   # holds it, they cost less memory traffic every step.
@@ -547,8 +658,24 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
       mix = lambda c: jnp.tensordot(upto.reshape(len(record), -1), c, axes=1)  # noqa: E731
       rec_pos[name], rec_neg[name] = rec_pos[name] + mix(ps), rec_neg[name] + mix(ns)
 
-    state, _, sums = _advance(program, snn, state, k, fire, counters, recorder if record else None, exact)
-    return (state, (rec_pos, rec_neg)), sums
+    inputs = None
+    if encoder is not None:  # a new frame every step: its input-only values too (as jaxsnn.step computes them)
+      if k is None:
+        frame = encoder(x, state.t)
+        state = state._replace(constants=_constants(program, snn.variables, frame),
+                               finite=state.finite & finite_samples(frame))
+      else:
+        inputs, finite = jax.lax.map(lambda t: frame_inputs(encoder(x, t)), state.t + jnp.arange(k, dtype=jnp.int32))
+        state = state._replace(finite=state.finite & finite.all(axis=0))
+    state, _, sums, traced = _advance(program, snn, state, k, fire, counters, recorder if record else None, exact,
+                                      trace, potentials, inputs)
+    return (state, (rec_pos, rec_neg)), (sums, traced)
+
+  input_ids = [i for i in state.constants if program.kinds[int(i)] == ir.INPUT]
+
+  def frame_inputs(frame):  # one step's input-only values (the step-major kernels: lax.map runs them per step)
+    values = _constants(program, snn.variables, frame)
+    return {i: values[i] for i in input_ids}, finite_samples(frame)
 
   carry = (state, (rec0, rec0))
   body = (lambda k: jax.checkpoint(lambda c: run(c, k))) if remat else (lambda k: lambda c: run(c, k))
@@ -564,9 +691,9 @@ def _simulate(snn: SpikingNetwork, x, weights, num_steps: int, block: int | None
       carry, tail = run(carry, rest)
       sums = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), sums, tail)
   state, (rec_pos, rec_neg) = carry
-  acc, start, t = sums
+  (acc, start, t), traced = sums
   outputs = jax.vmap(lambda a, s, tt: readout(snn, state._replace(readout=a, window_start=s, t=tt)))(acc, start, t)
   recorded = {"steps": record, "pos": rec_pos, "neg": rec_neg} if record else None
   pos, neg = (state.tallies.pos, state.tallies.neg) if tallies else (None, None)
-  return Trace(outputs=outputs, pos_spikes=pos, neg_spikes=neg, recorded=recorded)
+  return Trace(outputs=outputs, pos_spikes=pos, neg_spikes=neg, recorded=recorded, spikes=traced)
 
