@@ -7,7 +7,8 @@
 * :func:`dyadic_two_layer`: a two-layer dense net whose inputs, weights and thresholds are dyadic (every current
   exact in float32), with its first layer's current;
 * :func:`numpy_neuron_run`: an independent float64 re-statement of IF / SNM neurons with initial potentials;
-* :func:`rel_error`, :func:`count_compiles`, :func:`init_params`, :class:`Tiny`, :data:`ROOT`.
+* :func:`rel_error`, :func:`count_compiles`, :func:`init_params`, :class:`Tiny`, :data:`ROOT`;
+* :data:`SLOW`: the tests of the slow tier (``pytest -m "not slow"`` is the fast tier), marked at collection.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import functools
 import pathlib
 from typing import Sequence
 
+import pytest
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +28,121 @@ import numpy as np
 import jaxsnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# ---- the two tiers ------------------------------------------------------------------------------------------------
+# The slow tier: a whole file, a test function (every parametrization) or one parametrization, by file name. Chosen
+# from one `pytest --durations` run of the whole suite on the 2-core machine (2026-12-07), taken while other jobs
+# loaded it (load average 8-10: wall times there were ~3-4x an idle machine's): every test over ~6 s there, except one
+# cheap parametrization kept in the fast tier where a family checks a central property (the two schedules
+# bit-identical, a scan over step = simulate, surrogates leave the forward spikes alone). Seconds are that run's.
+# A test module may also mark its own tests (pytest.mark.slow); tests/test_tiers.py checks every entry names a test.
+SLOW = (
+    "test_batch_job.py",  # 85 s: two-process and killed batch jobs (subprocesses)
+    "test_main_job.py",  # 113 s: experiments/main.py runs and resumes (subprocesses)
+    "test_notebook.py::test_notebook_runs_top_to_bottom",  # 396 s: the walkthrough on the real Fashion-MNIST
+    "test_parallel.py",  # 71 s: four fake devices in a subprocess
+    "test_batches.py::test_every_streaming_function_reads_every_form_and_a_mask_really_masks[tune_snn]",  # 34 s
+    "test_convert.py::test_input_only_nonlinearity_concat_pad_and_slices_convert",  # 7 s
+    "test_encoders.py::test_simulate_is_a_loop_over_step_with_the_frames_in_both_schedules",  # 16-21 s
+    "test_encoders.py::test_poisson_is_deterministic_given_the_key[raw]",  # 15 s
+    "test_encoders.py::test_a_non_finite_input_reads_out_nan_whatever_the_code",  # 8 s
+    "test_lowlatency.py::test_calibrate_snn_errors",  # 17 s
+    "test_lowlatency.py::test_calibrate_snn_reduces_the_mean_error_at_small_T_using_only_its_batches[offset]",  # 20 s
+    "test_lowlatency.py::test_choose_readout_delay_picks_the_delay_that_agrees_most_with_the_ann",  # 42 s
+    "test_lowlatency.py::test_descend_thresholds_lowers_the_relaxed_error",  # 11 s
+    "test_lowlatency.py::test_descended_thresholds_beat_neuron_norm_on_the_relaxed_error_at_T",  # 27 s
+    "test_lowlatency.py::test_finetune_cycles_its_batches_in_epochs_and_says_so",  # 18 s
+    "test_lowlatency.py::test_finetune_fits_the_labels_through_the_snn_and_keeps_the_best_on_validation",  # 29 s
+    "test_lowlatency.py::test_finetune_resumes_from_its_checkpoint_exactly",  # 21 s
+    "test_lowlatency.py::test_ratio_histograms_and_thresholds_for_steps_on_a_network",  # 11 s
+    "test_lowlatency.py::test_tune_snn_lowers_the_distance_to_the_ann_and_changes_only_data",  # 21 s
+    "test_lowlatency.py::test_tune_snn_resumes_from_its_checkpoint_exactly",  # 34 s
+    "test_misuse.py::test_numbers_depend_on_the_examples_not_on_how_they_are_cut_padded_or_masked",  # 10 s
+    "test_model_styles.py::test_a_final_softmax_is_dropped_and_said_and_the_snn_reads_out_the_logits[linen]",  # 15 s
+    "test_model_styles.py::test_a_final_softmax_is_dropped_and_said_and_the_snn_reads_out_the_logits"
+    "[equinox-sequential]",  # 10 s
+    "test_model_styles.py::test_bfloat16_network_with_max_pooling_converges_to_t_1024",  # 21 s
+    "test_model_styles.py::test_equinox_module_as_variables_converges_and_sites_keep_the_module_path",  # 8 s
+    "test_model_styles.py::test_errors_name_the_nnx_and_equinox_module_and_gelu_gets_its_own_hint",  # 6 s
+    "test_model_styles.py::test_flax_nnx_converges_and_sites_keep_the_module_path",  # 6 s
+    "test_models.py::test_conv_im2col_grad_matches_lax",  # 12-16 s each
+    "test_models.py::test_fast_conv_model_has_same_variables_and_gradients",  # 12 s
+    "test_models.py::test_forward_shapes_and_batchnorm_modes[vgg11-shape1]",  # 6-7 s each; small_cnn stays
+    "test_models.py::test_forward_shapes_and_batchnorm_modes[vgg16-shape2]",
+    "test_models.py::test_forward_shapes_and_batchnorm_modes[resnet20-shape3]",
+    "test_models.py::test_forward_shapes_and_batchnorm_modes[resnet18-shape4]",
+    "test_models.py::test_models_convert_and_converge",  # 14-31 s each
+    "test_qcfs.py::test_one_qcfs_layer_converted_with_half_threshold_start_is_exact_at_T_equal_L[4-1.0-neuron0]",
+    "test_qcfs.py::test_qcfs_net_with_residual_blocks_and_avg_pools_converges_as_T_grows",  # 25 s
+    "test_quantize.py::test_few_steps_runs_every_stage_and_reports_validation_and_time",  # 11 s
+    "test_readme.py::test_differentiable_simulation_block_runs_as_written",  # 15 s
+    "test_readme.py::test_every_model_style_block_runs_as_written_and_converges",  # 13 s
+    "test_readme.py::test_quick_start_runs_as_written",  # 24 s
+    "test_recipes.py::test_every_low_latency_tool_can_be_switched_off",  # 12 s
+    "test_recipes.py::test_low_latency_is_the_documented_stack_of_stages",  # 11 s
+    "test_recipes.py::test_qcfs_recipe_takes_the_trained_lambda_and_calibrates_at_T",  # 11 s
+    "test_recording.py::test_step_records_what_simulate_records_and_the_potential_is_the_states_v",  # 11 s
+    "test_recording.py::test_both_schedules_record_the_same_bits[neuron0-membrane-4]",  # 7 s
+    "test_recording.py::test_both_schedules_record_the_same_bits[neuron1-spike-5]",  # 7 s
+    "test_recording.py::test_both_schedules_record_the_same_bits[neuron1-spike-4]",  # 7 s
+    "test_simulate.py::test_bfloat16_network_keeps_float32_state_converges_and_matches_float32_spikes",  # 61 s
+    "test_simulate.py::test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result",  # 9 s
+    "test_simulate.py::test_evaluate_streams_batches_and_counts_only_masked_examples",  # 17 s
+    "test_simulate.py::test_first_site_spike_counts_match_a_direct_neuron_run",  # 7 s
+    "test_simulate.py::test_folded_simulation_equals_the_unfolded_one_to_rounding_and_runs_fewer_ops",  # 7 s
+    "test_simulate.py::test_narrow_counters_count_past_their_int8_range_exactly[127]",  # 14 s
+    "test_simulate.py::test_non_finite_inputs_read_out_nan_and_count_as_wrong",  # 19 s
+    # 16 of the 20 random architectures (6-23 s each); 2, 3, 8 and 12 stay (under 5 s)
+    *(f"test_simulate.py::test_random_architectures_converge_to_the_ann[{i}]"
+      for i in (0, 1, 4, 5, 6, 7, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19)),
+    "test_simulate.py::test_readout_delay_against_numpy_and_schedules_bit_identical",  # 11-13 s each
+    "test_simulate.py::test_recorded_counts_equal_shorter_runs",  # 6-13 s each
+    "test_simulate.py::test_schedules_stay_bit_identical_with_potentials_and_offsets",  # 13-14 s each
+    "test_simulate.py::test_schedules_stay_bit_identical_with_sums_before_the_readout[membrane-False]",  # 7 s
+    "test_simulate.py::test_small_convolutions_run_as_matmuls_and_give_the_same_spikes",  # 28 s
+    "test_simulate.py::test_spike_readout_converges_to_relu_of_logits",  # 9 s
+    "test_simulate.py::test_step_major_equals_layer_major_bit_for_bit[neuron1-spike]",  # 44 s; neuron0 (21 s) stays
+    "test_simulate.py::test_step_major_equals_layer_major_bit_for_bit[neuron2-membrane]",  # 36 s
+    "test_simulate.py::test_step_major_equals_layer_major_bit_for_bit[neuron3-spike]",  # 47 s
+    # the strict mkdocs build of the whole site (the module fixture `site`: ~15 s) and the tests that read it
+    "test_site.py::test_every_public_name_has_an_api_entry",
+    "test_site.py::test_the_api_check_sees_a_missing_entry",
+    "test_site.py::test_pages_are_offline_and_show_their_figures",
+    "test_site.py::test_the_notebook_is_rendered_with_its_committed_outputs",
+    *(f"test_site.py::test_every_python_block_of_the_page_runs[guides/{page}.md]"  # 7-49 s each
+      for page in ("analysis", "converting", "differentiable", "extending", "low-latency", "models-data-training",
+                   "paper", "qcfs")),
+    "test_step.py::test_a_scan_over_step_is_simulate_bit_for_bit[neuron0-membrane]",  # 6-8 s each; neuron2 stays
+    "test_step.py::test_a_scan_over_step_is_simulate_bit_for_bit[neuron1-spike]",
+    "test_step.py::test_a_scan_over_step_is_simulate_bit_for_bit[neuron3-spike]",
+    "test_step.py::test_a_scan_over_step_is_simulate_bit_for_bit[neuron4-membrane]",
+    "test_step.py::test_a_scan_over_step_is_simulate_bit_for_bit[neuron5-spike]",
+    "test_step.py::test_step_in_a_python_loop_and_under_vmap_agrees_with_simulate",  # 9 s
+    "test_surrogates.py::test_differentiating_spikes_without_a_surrogate_is_an_error_and_the_analog_part_is_fine",
+    *(f"test_surrogates.py::test_forward_spikes_are_bit_identical_with_every_surrogate[{p}]"  # 7-13 s; None-3 stays
+      for p in ("None-0", "None-1", "None-2", "3-0", "3-1", "3-2", "3-3")),
+    "test_surrogates.py::test_relaxed_model_gradients_match_finite_differences_for_every_input",  # 21 s each
+    "test_surrogates.py::test_remat_gives_the_same_gradients_with_less_memory",  # 13 s
+    "test_surrogates.py::test_surrogate_gradient_equals_the_straight_through_restatement",  # 30 s
+    "test_training.py::test_the_small_config_trains_through_tfds",  # 23 s (measured alone)
+    "test_training.py::test_train_and_evaluate_reads_the_configs_data_through_tfds",  # 12 s (measured alone)
+    "test_xla.py::test_schedules_and_the_step_function_stay_bit_identical_under_the_fast_kernels",  # 36 s
+)
+
+
+def slow_entry_matches(entry: str, nodeid: str) -> bool:
+  """Whether a :data:`SLOW` entry (``file``, ``file::test`` or ``file::test[params]``) names a collected test."""
+  path, _, name = nodeid.partition("::")
+  file, _, test = entry.partition("::")
+  if pathlib.PurePosixPath(path).name != file:
+    return False
+  return not test or name == test or ("[" not in test and name.split("[", 1)[0] == test)
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if any(slow_entry_matches(entry, item.nodeid) for entry in SLOW):
+      item.add_marker(pytest.mark.slow)
 
 
 def rel_error(out, ann) -> float:

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -87,9 +88,20 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
   return done
 
 
+def source_copy(dest: pathlib.Path) -> pathlib.Path:
+  """The repository's files (tracked, and new ones not ignored) copied to ``dest``: setuptools writes its
+  ``*.egg-info`` into the tree it builds, and no test writes into the repository."""
+  listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT).stdout
+  for name in filter(None, listed.split("\0")):
+    if (ROOT / name).is_file():
+      (dest / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(ROOT / name, dest / name)
+  return dest
+
+
 def test_the_built_wheel_installs_in_a_clean_venv_and_runs_the_quick_start(tmp_path):
   dist = tmp_path / "dist"
-  run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)])
+  run([sys.executable, "-m", "build", "--outdir", str(dist), str(source_copy(tmp_path / "src"))])
   (wheel,) = dist.glob("*.whl")
   (sdist,) = dist.glob("*.tar.gz")
   stem = f"{DIST_NAME.replace('-', '_')}-{jaxsnn.__version__}"
