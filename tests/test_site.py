@@ -53,10 +53,21 @@ def build(site_dir: pathlib.Path, docs: pathlib.Path = DOCS) -> subprocess.Compl
                         timeout=BUILD_TIMEOUT_S)
 
 
+def mirror(root: pathlib.Path) -> pathlib.Path:
+  """A copy of docs/ beside links to the rest of the repository: the build stages files into docs/_vendor (the
+  notebook it renders; KaTeX, fetched when missing), and no test writes into the repository. The repository's KaTeX,
+  if fetched already, is copied with docs/."""
+  shutil.copytree(DOCS, root / "docs", ignore=shutil.ignore_patterns("_site", "pages", "__pycache__"))
+  for entry in ROOT.iterdir():
+    if entry.name not in ("docs", ".git", ".venv"):
+      (root / entry.name).symlink_to(entry)
+  return root / "docs"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> pathlib.Path:
   site_dir = tmp_path_factory.mktemp("site")
-  done = build(site_dir)
+  done = build(site_dir, mirror(tmp_path_factory.mktemp("repository")))
   assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
   return site_dir
 
