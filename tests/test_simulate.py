@@ -214,7 +214,9 @@ def test_no_recompilation_when_only_values_change():
     assert not np.array_equal(a.outputs, b.outputs) and not np.array_equal(b.outputs, c.outputs)
     assert simulate_module._simulate._cache_size() == cache
     assert not traces  # nothing was traced again
-    jaxsnn.simulate(snn, x, 10)  # a new number of steps is a new program: compiles (the counter can see it)
+    # A new number of steps is a new program: it compiles, and the counter sees it. (29: a T that no other test
+    # simulates this network with; with 10, a test that ran before left that program in the cache.)
+    jaxsnn.simulate(snn, x, 29)
     assert traces
   finally:
     simulate_module.ir.build_program = real
