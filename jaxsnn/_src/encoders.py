@@ -22,7 +22,9 @@ which is direct coding compressed into one step. TTFS needs its own conversion o
 & Liu 2018, Stanojevic et al. 2023), not an input encoder.
 
 Encoders are pytrees: their arrays (the key, ``low`` / ``high``) are data, so a new key or range never recompiles a
-simulation; what the code is (its function) is static.
+simulation; what the code is (its function) is static. The frames of :func:`poisson` and :func:`phase` are piecewise
+constant in ``x`` (a draw, a bit): ``jax.grad`` with respect to the input through them is zero; differentiate with
+respect to the network's data (thresholds, weights) instead, or through :func:`direct`.
 """
 
 from __future__ import annotations
