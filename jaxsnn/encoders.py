@@ -2,9 +2,9 @@
 :func:`jaxsnn.step`.
 
     enc = jaxsnn.encoders.poisson(jax.random.key(0), low=-2.0, high=2.0)
-    trace = jaxsnn.simulate(snn, x, 128, encoder=enc)
+    trace = jaxsnn.simulate(snn, x, 32, encoder=enc)
     state = jaxsnn.init_state(snn, x)
-    for t in range(128):                                        # the same frames, a step at a time
+    for t in range(32):                                         # the same frames, a step at a time
       state, out = jaxsnn.step(snn, state, enc(x, state.t))
 
 * :func:`direct`: the input itself every step (the default: an analog current);
