@@ -227,7 +227,7 @@ def base():
 def tiny_namespace():
   model, variables, apply_fn, x, y = tiny()
   return {**base(), "model": model, "variables": variables, "apply_fn": apply_fn,
-          "x_train": x[:12], "x_test": x[12:], "y_test": y[12:], "x": x, "y": y,
+          "x_train": x[:12], "y_train": y[:12], "x_test": x[12:], "y_test": y[12:], "x": x, "y": y,
           "train_batches": [(x[:12], y[:12])], "test_batches": [(x[12:], y[12:])]}
 
 
