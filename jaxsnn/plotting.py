@@ -16,6 +16,7 @@ write a PNG and close the figure when one is.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,8 @@ import numpy as np
 def _pyplot():
   try:
     import matplotlib
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules:  # a script: files only; a notebook's (inline) backend is kept
+      matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
   except ImportError as e:  # pragma: no cover
     raise ImportError("jaxsnn.plotting needs matplotlib (pip install 'jaxsnn-convert[plot]').") from e
