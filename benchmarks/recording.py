@@ -99,10 +99,10 @@ def main():
   for name, (snn, x) in nets.items():
     sites = list(snn.site_names)
     variants = {
-        "no record": lambda: jaxsnn.simulate(snn, x, args.steps).outputs,
-        "spikes of every site": lambda: jaxsnn.simulate(snn, x, args.steps, record=sites),
-        "spikes and potentials of every site": lambda: jaxsnn.simulate(snn, x, args.steps, record=sites,
-                                                                       record_potentials=True),
+        "no record": lambda snn=snn, x=x: jaxsnn.simulate(snn, x, args.steps).outputs,
+        "spikes of every site": lambda snn=snn, x=x, sites=sites: jaxsnn.simulate(snn, x, args.steps, record=sites),
+        "spikes and potentials of every site": lambda snn=snn, x=x, sites=sites: jaxsnn.simulate(
+            snn, x, args.steps, record=sites, record_potentials=True),
     }
     for fn in variants.values():  # compile (and warm) every variant first
       jax.block_until_ready(fn())

@@ -67,7 +67,7 @@ def test_step_records_what_simulate_records_and_the_potential_is_the_states_v():
   trace = jaxsnn.simulate(snn, x, 8, record=sites, record_potentials=True)
   state = jaxsnn.init_state(snn, x)
   for t in range(8):
-    state, out, rec = jaxsnn.step(snn, state, record=sites[::-1], record_potentials=True)
+    state, _, rec = jaxsnn.step(snn, state, record=sites[::-1], record_potentials=True)
     assert isinstance(rec, jaxsnn.Recording) and list(rec.spikes) == sites
     for site in sites:
       np.testing.assert_array_equal(rec.spikes[site], trace.spikes[site][t])

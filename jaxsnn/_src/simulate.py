@@ -244,7 +244,11 @@ def _advance(program: ir.Program, snn: SpikingNetwork, state: State, k: int | No
       st, s = one_step(threshold, st, z)
       v = st.v if keep_v else None
     elif keep_v:  # the potential after each step of the block
-      st, (s, v) = jax.lax.scan(lambda c, zk: (lambda c2, s2: (c2, (s2, c2.v)))(*one_step(threshold, c, zk)), st, z)
+      def with_potential(c, zk):
+        c, sk = one_step(threshold, c, zk)
+        return c, (sk, c.v)
+
+      st, (s, v) = jax.lax.scan(with_potential, st, z)
     else:
       st, s = jax.lax.scan(lambda c, zk: one_step(threshold, c, zk), st, z)
     if name in trace:
