@@ -49,9 +49,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="cifar10_resnet20")
   parser.add_argument("--plan", default="4:1,2,4,8 8:8", help="'L:T,T ...': QCFS levels and the targets T of each")
-  parser.add_argument("--qat_steps", default="5000,3000", help="quantisation steps per L of the plan")
+  parser.add_argument("--qat_steps", default="4000,2500", help="quantisation steps per L of the plan")
   parser.add_argument("--loss", default="distill", choices=("labels", "distill", "both"))
-  parser.add_argument("--learning_rate", type=float, default=1e-3)
+  parser.add_argument("--learning_rate", type=float, default=5e-4)
+  parser.add_argument("--granularity", default="layer", choices=("layer", "channel"), help="one λ per layer / channel")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--finetune", default="4:200 8:100", help="'T:steps ...': fine-tuning through the SNN at T")
   parser.add_argument("--finetune_batch", type=int, default=64)
@@ -186,11 +187,11 @@ def main():
     quantized[L] = jaxsnn.quantize_for_conversion(
         run.apply_fn, run.variables, epochs(args.batch), calibration=train, levels=L, steps=qat_steps[L],
         validation=val, loss=args.loss, learning_rate=args.learning_rate, validate_every=args.validate_every,
-        progress=True, checkpoint=work / f"quantize_L{L}.npz")
+        granularity=args.granularity, progress=True, checkpoint=work / f"quantize_L{L}.npz")
     q = quantized[L][2]
     print(q, flush=True)
     timed(f"quantize L={L}" + (" (resumed)" if resumed else ""), time.time() - t0)
-    info = {"levels": L, "loss": args.loss, "steps": qat_steps[L], "batch": args.batch,
+    info = {"levels": L, "loss": args.loss, "steps": qat_steps[L], "batch": args.batch, "granularity": args.granularity,
             "learning_rate": args.learning_rate, "validation": q.details["validation"],
             "relu_validation_accuracy": q.chose["relu_validation_accuracy"],
             "best_validation_accuracy": q.chose["best_validation_accuracy"], "lambda": q.chose["lambda"],

@@ -100,6 +100,19 @@ def test_the_quantised_network_is_the_relu_network_with_qcfs_at_every_site():
   np.testing.assert_allclose(float(lam["layer1/qcfs"]), np.percentile(z[z > 0], 99.9), rtol=2 ** -8)
 
 
+def test_channel_granularity_trains_one_lambda_per_channel_and_converts_with_it():
+  p = dense_params()
+  apply_q, variables_q, report = jaxsnn.quantize_for_conversion(plain_apply, p, BATCHES, levels=2, steps=6,
+                                                                learning_rate=3e-2, granularity="channel", loss="both")
+  lam = variables_q.thresholds
+  assert lam["layer1/qcfs"].shape == (16,) and lam["layer2/qcfs"].shape == (8,)
+  assert len(np.unique(np.asarray(lam["layer1/qcfs"]))) > 1  # the channels moved apart
+  snn, _ = jaxsnn.recipes.qcfs(apply_q, variables_q, BATCHES, check_examples=0)
+  np.testing.assert_array_equal(snn.thresholds["layer1/qcfs"], lam["layer1/qcfs"])
+  with pytest.raises(ValueError, match="granularity must be one of"):
+    jaxsnn.quantize_for_conversion(plain_apply, p, BATCHES, levels=2, steps=1, granularity="neuron")
+
+
 @pytest.mark.parametrize("neuron", [jaxsnn.IF(), jaxsnn.SNM()])
 @pytest.mark.parametrize("levels,lam", [(4, 1.0), (8, 2.0), (2, 0.5), (4, 4.0)])
 def test_spike_counts_equal_the_quantised_levels_exactly_at_T_equal_L_on_dyadic_data(neuron, levels, lam):

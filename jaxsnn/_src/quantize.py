@@ -38,6 +38,8 @@ from jaxsnn._src.reports import Report
 LOSSES = ("labels", "distill", "both")
 """What :func:`quantize_for_conversion` minimises: the labels' cross-entropy, the distillation from the ReLU network
 (KL divergence of the quantised network's softmax from the ReLU network's, at ``temperature``), or their mean."""
+GRANULARITIES = ("layer", "channel")
+"""One trainable λ per ReLU site (``"layer"``, as Bu et al. 2022), or one per channel of the site (its last axis)."""
 STATISTICS = ("batch_stats", "mean", "var")
 """Key names of the variables that :func:`default_trainable` leaves frozen: BatchNorm's running statistics (Flax
 linen's ``batch_stats`` collection; NNX's and linen's ``mean`` / ``var`` leaves)."""
@@ -61,8 +63,8 @@ class QuantizedVariables:
   Attributes:
     variables: the ANN's variables (their array leaves; an Equinox module's other leaves are None here: the apply
       function holds them).
-    thresholds: ``{site: λ}``, one float32 scalar per QCFS site, keyed by the site names of the converted network
-      (``snn.site_names``): the ANN's module paths, ``".../qcfs"``.
+    thresholds: ``{site: λ}``, a float32 scalar per QCFS site (``[channels]`` with ``granularity="channel"``), keyed
+      by the site names of the converted network (``snn.site_names``): the ANN's module paths, ``".../qcfs"``.
 
   As a pytree, the leaves of ``variables`` keep the key paths they have in the ANN's own variables (and each λ is one
   more child): every name that jaxsnn derives from a variable's path stays the ANN's.
@@ -221,7 +223,7 @@ def _labelled(batches, what: str, input_key: str) -> list:
 def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, levels: int,
                             steps: int, validation: Iterable[Any] | None = None, loss: str = "distill",
                             temperature: float = 1.0, optimizer: optax.GradientTransformation | None = None,
-                            learning_rate: float = 1e-3, percentile: float = 99.9,
+                            learning_rate: float = 1e-3, percentile: float = 99.9, granularity: str = "layer",
                             calibration: Iterable[Any] | None = None,
                             trainable: Callable[[tuple, Any], bool] = default_trainable, validate_every: int = 200,
                             progress: bool = False, checkpoint=None, checkpoint_every: int = 50,
@@ -258,6 +260,8 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
       cosine). Pass the same one again to resume (it is not part of the checkpoint's fingerprint).
     learning_rate: the default optimizer's peak rate.
     percentile: λ's initial value, a percentile of each site's positive activations.
+    granularity: ``"layer"`` (one λ per site) or ``"channel"`` (one per channel of the site, its last axis; each
+      starts at the layer's percentile).
     calibration: the batches of that statistic (default ``train_batches``, which must then be finite and
       re-iterable: a list, not a generator of endless epochs).
     trainable: ``trainable(path, leaf) -> bool``: which leaves of ``variables`` train (``path``: the leaf's key path
@@ -272,7 +276,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
   Returns:
     ``(apply_q, variables_q, report)``: a :class:`QuantizedApply`, :class:`QuantizedVariables`, and a
     :class:`jaxsnn.Report` (tool ``"quantize_for_conversion"``) whose ``chose`` holds the levels, the loss, the initial
-    and trained λ per site and the validation accuracies (the ReLU ANN's, the quantised one's before training and the
+    and trained λ per site (a channel-wise λ: its mean) and the validation accuracies (the ReLU ANN's, the quantised one's before training and the
     best), and whose ``details`` hold the loss of every step and the validation history ``[(step, accuracy), ...]``.
     A network without a ReLU site is returned untouched: ``(apply_fn, variables, report)`` with ``chose["sites"]``
     empty.
@@ -301,6 +305,8 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
     raise ValueError(f"{caller}: temperature must be > 0; got {temperature!r}.")
   if not 0 < percentile <= 100:
     raise ValueError(f"{caller}: percentile must be in (0, 100]; got {percentile!r}.")
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"{caller}: granularity must be one of {GRANULARITIES}; got {granularity!r}.")
   check_batches(train_batches, caller)
   if calibration is None:
     if isinstance(train_batches, Iterator):
@@ -335,7 +341,11 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
                          f"{[s.name for s in program.sites]}.")
   relu_new = [n for n, s in zip(new, program.sites) if s.kind == ir.RELU]
   apply_q = QuantizedApply(fn, levels, tuple((s.name, n) for s, n in zip(relus, relu_new)))
-  start = QuantizedVariables(arrays, {n: jnp.float32(initial[s.name]) for s, n in zip(relus, relu_new)})
+  def lam(site, value):  # one λ per layer, or one per channel (the site's last axis), all from the layer's statistic
+    shape = () if granularity == "layer" else tuple(program.avals[site.x].shape[-1:])
+    return jnp.full(shape, value, jnp.float32)
+
+  start = QuantizedVariables(arrays, {n: lam(s, initial[s.name]) for s, n in zip(relus, relu_new)})
 
   # Trained leaves: the chosen leaves of the variables, and every λ.
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(arrays)
@@ -410,7 +420,8 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
   chose = {"levels": levels, "sites": tuple(n for _, n in apply_q.sites), "loss": loss, "steps": steps,
            "epochs": result["epochs"] if steps else 0, "trained_leaves": sum(trained),
            "initial_lambda": {n: float(initial[o]) for o, n in apply_q.sites},
-           "lambda": {n: float(v) for n, v in variables_q.thresholds.items()}, "percentile": percentile}
+           "lambda": {n: float(np.mean(np.asarray(v))) for n, v in variables_q.thresholds.items()},
+           "percentile": percentile, "granularity": granularity}
   if validation is not None:
     chose.update(relu_validation_accuracy=relu_accuracy, initial_validation_accuracy=history[0][1],
                  best_validation_accuracy=result["best_score"])
