@@ -7,12 +7,16 @@
     print(report)
 
 A stage is ``(snn, batches) -> (snn, report)`` (e.g. ``functools.partial(jaxsnn.calibrate_snn, num_steps=8)``);
-:func:`chain` composes stages.
+:func:`chain` composes stages into a stage (every recipe is a chain after its conversion); :func:`on_first` gives a
+stage its share of the data, :func:`checked` measures the network after it; :func:`low_latency_stages` are the
+recipes' own, to splice yours into.
 """
 
 from jaxsnn._src.recipes import (BATCH_SIZE, DELAY_EXAMPLES, SNN_CALIBRATION_EXAMPLES, TUNE_EXAMPLES, TUNE_STEPS,
-                                 chain, few_steps, low_latency, paper, qcfs)
+                                 Stage, agreement_check, chain, checked, few_steps, low_latency, low_latency_stages,
+                                 on_first, paper, qcfs, validation_check)
 from jaxsnn._src.reports import RecipeReport, Report
 
-__all__ = ["BATCH_SIZE", "DELAY_EXAMPLES", "RecipeReport", "Report", "SNN_CALIBRATION_EXAMPLES", "TUNE_EXAMPLES",
-           "TUNE_STEPS", "chain", "few_steps", "low_latency", "paper", "qcfs"]
+__all__ = ["BATCH_SIZE", "DELAY_EXAMPLES", "RecipeReport", "Report", "SNN_CALIBRATION_EXAMPLES", "Stage",
+           "TUNE_EXAMPLES", "TUNE_STEPS", "agreement_check", "chain", "checked", "few_steps", "low_latency",
+           "low_latency_stages", "on_first", "paper", "qcfs", "validation_check"]

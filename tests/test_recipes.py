@@ -121,6 +121,36 @@ def test_chain_composes_stages():
   want, _ = jaxsnn.choose_readout_delay(want, train, 4)
   assert_same_network(got, want)
   assert (first.tool, second.tool) == ("calibrate_snn", "readout_delay")
+  # Closed: a chain is a stage, chains nest, and the nested reports come out flat and in order.
+  nested = jaxsnn.recipes.chain(jaxsnn.recipes.chain(functools.partial(jaxsnn.calibrate_snn, num_steps=4)),
+                                functools.partial(jaxsnn.choose_readout_delay, num_steps=4))
+  again, report = nested(snn, train)
+  assert isinstance(report, jaxsnn.RecipeReport) and [s.tool for s in report] == ["calibrate_snn", "readout_delay"]
+  assert_same_network(again, want)
+  with pytest.raises(TypeError, match="stage 0 is not callable"):
+    jaxsnn.recipes.chain(None)
+
+
+def test_a_users_own_stage_plugs_into_the_low_latency_recipe_and_reports():
+  apply_fn, variables, train = setup()
+  seen = []
+
+  def halve_offsets(snn, batches):  # a stage of the user's own: it sees the recipe's network and batches
+    seen.append(len(list(batches)))
+    snn = snn.replace(offsets={k: v * 0.5 for k, v in snn.offsets.items()})
+    return snn, jaxsnn.Report("halve_offsets", {"factor": 0.5})
+
+  calib, delay = jaxsnn.recipes.low_latency_stages(4)
+  snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train, 4, stages=(calib, halve_offsets, delay),
+                                           check_examples=8)
+  tools = [s.tool for s in report.stages]
+  assert tools[-3:] == ["calibrate_snn", "halve_offsets", "readout_delay"], tools
+  mine = report.stage("halve_offsets")
+  assert mine.chose == {"factor": 0.5} and mine.agreement is not None and mine.seconds > 0  # checked like the rest
+  assert seen  # it ran, on the recipe's training batches
+  # The same recipe without the user's stage differs only by it: its chain is the default one.
+  default, default_report = jaxsnn.recipes.low_latency(apply_fn, variables, train, 4, check_examples=8)
+  assert [s.tool for s in default_report.stages][-2:] == ["calibrate_snn", "readout_delay"]
 
 
 def test_recipe_errors():

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxsnn._src import ir, norms
+from jaxsnn._src import checks, ir, norms
 from jaxsnn._src.batches import as_batch, check_batches, take
 from jaxsnn._src.calibrate import Stats, calibrate
 from jaxsnn._src.convert import SpikingNetwork, conversion_note, convert
@@ -44,6 +44,8 @@ from jaxsnn._src.thresholds import RatioHistograms, ratio_histograms, thresholds
 from jaxsnn._src.tuning import finetune, tune_snn
 
 Stage = Callable[[SpikingNetwork, Any], tuple]
+"""A stage: ``(snn, batches) -> (snn, report)``, the report a :class:`jaxsnn.Report` or a :class:`jaxsnn.RecipeReport`
+(a chain of stages is a stage too)."""
 
 SNN_CALIBRATION_EXAMPLES = 256  # calibrate_snn's training examples in every committed result
 """Training examples that the recipes' :func:`jaxsnn.calibrate_snn` stage reads (as in every committed result)."""
@@ -55,29 +57,173 @@ BATCH_SIZE = 128
 """Batch size of the training subsets that the recipes' SNN stages read (the first examples, re-batched)."""
 
 
-def chain(*stages: Stage) -> Stage:
-  """Composes stages ``(snn, batches) -> (snn, report)`` into one that runs them in order on the same batches and
-  returns the last network and the tuple of their reports.
+def _reports(report) -> tuple:
+  """A stage's reports: a chain's are spliced in, so that chains nest and their reports stay flat."""
+  if isinstance(report, RecipeReport):
+    return tuple(report.stages)
+  if isinstance(report, Report):
+    return (report,)
+  raise TypeError(f"jaxsnn.recipes.chain: a stage returned {type(report).__name__} as its report; a stage returns "
+                  "(snn, jaxsnn.Report) or (snn, jaxsnn.RecipeReport).")
+
+
+def chain(*stages: Stage, name: str = "chain", num_steps: int | None = None) -> Stage:
+  """Composes stages ``(snn, batches) -> (snn, report)`` into one stage that runs them in order on the same batches.
+
+  Closed, as ``optax.chain`` is: the result is a stage again, so chains nest, and every recipe is a chain.
 
   Args:
-    *stages: functions ``(snn, batches) -> (snn, report)``, e.g. the library's tools with their settings bound by
-      ``functools.partial``.
+    *stages: stages, e.g. the library's tools with their settings bound by ``functools.partial``, wrapped by
+      :func:`on_first` (a data subset) and :func:`checked` (the agreement with the ANN after the stage), or your own.
+    name: the :class:`jaxsnn.RecipeReport`'s name.
+    num_steps: the T it reports (None: any).
 
   Returns:
-    A stage ``(snn, batches) -> (snn, reports)``.
+    A stage ``(snn, batches) -> (snn, RecipeReport)`` whose report lists every stage's report in order (a nested
+    chain's reports spliced in).
 
   Example:
     >>> stage = jaxsnn.recipes.chain(functools.partial(jaxsnn.calibrate_snn, num_steps=8),
     ...                              functools.partial(jaxsnn.choose_readout_delay, num_steps=8))
-    >>> snn, (calibration, delay) = stage(snn, train_batches)
+    >>> snn, report = stage(snn, train_batches)
   """
+  for i, stage in enumerate(stages):
+    if not callable(stage):
+      raise TypeError(f"jaxsnn.recipes.chain: stage {i} is not callable: {stage!r}; a stage is a function "
+                      "(snn, batches) -> (snn, report).")
+
   def run(snn, batches):
     reports = []
     for stage in stages:
       snn, report = stage(snn, batches)
-      reports.append(report)
-    return snn, tuple(reports)
+      reports.extend(_reports(report))
+    return snn, RecipeReport(name, num_steps, tuple(reports))
   return run
+
+
+def on_first(examples: int, stage: Stage, *, batch_size: int = BATCH_SIZE, input_key: str = "image") -> Stage:
+  """``stage`` run on the first ``examples`` real examples of the batches, re-batched by ``batch_size`` (how the
+  recipes give each tool its share of the training data).
+
+  Args:
+    examples: how many examples the stage reads.
+    stage: the stage.
+    batch_size: the batch size of the subset.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    A stage.
+
+  Example:
+    >>> calibration = jaxsnn.recipes.on_first(256, functools.partial(jaxsnn.calibrate_snn, num_steps=8))
+  """
+  examples = checks.positive_int(examples, "examples", "jaxsnn.recipes.on_first")
+
+  def run(snn, batches):
+    return stage(snn, take(batches, examples, batch_size, "jaxsnn.recipes.on_first", input_key))
+  return run
+
+
+def checked(stage: Stage, check: Callable[[SpikingNetwork], dict]) -> Stage:
+  """``stage``, with ``check(snn)`` measured on the network it returns and written into its last report (fields of
+  :class:`jaxsnn.Report`, e.g. ``{"agreement": ...}`` or ``{"validation_accuracy": ...}``), unless the stage measured
+  them itself; the report's ``seconds`` is the stage's wall time when the stage left it at 0.
+
+  Args:
+    stage: the stage.
+    check: ``check(snn) -> {field: value}``, e.g. :func:`agreement_check` or :func:`validation_check`.
+
+  Returns:
+    A stage.
+  """
+  def run(snn, batches):
+    t0 = time.perf_counter()
+    snn, report = stage(snn, batches)
+    reports = list(_reports(report))
+    seconds = time.perf_counter() - t0
+    last = reports[-1]
+    if not last.seconds:
+      last = dataclasses.replace(last, seconds=seconds)
+    measured = {k: v for k, v in check(snn).items() if getattr(last, k) is None}
+    reports[-1] = dataclasses.replace(last, **measured)
+    return snn, (reports[0] if len(reports) == 1 else RecipeReport("chain", report.num_steps, tuple(reports)))
+  return run
+
+
+def agreement_check(batches, num_steps: int, *, progress: bool = False, mesh=None) -> Callable:
+  """A check for :func:`checked`: the SNN's agreement with its ANN after ``num_steps`` on ``batches``.
+
+  Args:
+    batches: training batches (labels are not read).
+    num_steps: T.
+    progress: a tqdm bar.
+    mesh: as in :func:`jaxsnn.agreement`.
+
+  Returns:
+    ``check(snn) -> {"agreement": float}``.
+  """
+  return lambda snn: {"agreement": agreement(snn, batches, num_steps, progress=progress, mesh=mesh)}
+
+
+def validation_check(batches, num_steps: int, *, input_key: str = "image") -> Callable:
+  """A check for :func:`checked`: the SNN's accuracy after ``num_steps`` on labelled held-out ``batches``.
+
+  Args:
+    batches: labelled held-out batches (never the test set).
+    num_steps: T.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    ``check(snn) -> {"validation_accuracy": float}``.
+  """
+  return lambda snn: {"validation_accuracy": float(evaluate(snn, batches, num_steps,
+                                                            input_key=input_key).accuracy[-1])}
+
+
+def low_latency_stages(num_steps: int, *, snn_calibration: bool = True, end_to_end: bool = False,
+                       readout_delay: bool = True, snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES,
+                       delay_examples: int = DELAY_EXAMPLES, tune_examples: int = TUNE_EXAMPLES,
+                       tune_steps: int = TUNE_STEPS, tune_checkpoint=None, progress: bool = False,
+                       mesh=None, input_key: str = "image") -> tuple:
+  """The stages that :func:`low_latency` (and :func:`qcfs`) run after the conversion, each on its share of the
+  training data: layer-wise SNN calibration, optionally end-to-end tuning, the readout delay. Splice your own stage in
+  and pass the tuple back as ``low_latency(..., stages=...)``, or chain them yourself.
+
+  Args:
+    num_steps: the target T.
+    snn_calibration: :func:`jaxsnn.calibrate_snn` on the first ``snn_calibration_examples`` examples.
+    end_to_end: :func:`jaxsnn.tune_snn` on the first ``tune_examples`` for ``tune_steps`` steps.
+    readout_delay: :func:`jaxsnn.choose_readout_delay` on the first ``delay_examples`` examples.
+    snn_calibration_examples: see above.
+    delay_examples: see above.
+    tune_examples: see above.
+    tune_steps: see above.
+    tune_checkpoint: ``tune_snn``'s checkpoint file.
+    progress: tqdm bars.
+    mesh: as in :func:`jaxsnn.calibrate`.
+    input_key: the input's key in dict batches.
+
+  Returns:
+    The stages, in order.
+
+  Example:
+    >>> calib, delay = jaxsnn.recipes.low_latency_stages(8)
+    >>> mine = lambda snn, batches: (snn, jaxsnn.Report("mine", {}))   # any (snn, batches) -> (snn, report)
+    >>> snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train_batches, 8, stages=(calib, mine, delay))
+  """
+  num_steps = checks.num_steps(num_steps, "jaxsnn.recipes.low_latency_stages")
+  stages = []
+  if snn_calibration:
+    stages.append(on_first(snn_calibration_examples, functools.partial(
+        calibrate_snn, num_steps=num_steps, progress=progress, mesh=mesh), input_key=input_key))
+  if end_to_end:
+    stages.append(on_first(tune_examples, functools.partial(
+        tune_snn, num_steps=num_steps, steps=tune_steps, progress=progress, checkpoint=tune_checkpoint),
+        input_key=input_key))
+  if readout_delay:
+    stages.append(on_first(delay_examples, functools.partial(
+        choose_readout_delay, num_steps=num_steps, progress=progress, mesh=mesh), input_key=input_key))
+  return tuple(stages)
 
 
 def _reusable(batches: Iterable[Any], caller: str):
@@ -192,23 +338,13 @@ def paper(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, n
   return snn, rec.report()
 
 
-def _stages(snn, rec: _Recipe, num_steps: int, *, snn_calibration: bool, end_to_end: bool, readout_delay: bool,
-            snn_calibration_examples: int, delay_examples: int, tune_examples: int, tune_steps: int,
-            tune_checkpoint) -> SpikingNetwork:
-  stages = []
-  if snn_calibration:
-    stages.append(("calibrate_snn", snn_calibration_examples,
-                   functools.partial(calibrate_snn, num_steps=num_steps, progress=rec.progress, mesh=rec.mesh)))
-  if end_to_end:
-    stages.append(("tune_snn", tune_examples,
-                   functools.partial(tune_snn, num_steps=num_steps, steps=tune_steps, progress=rec.progress,
-                                     checkpoint=tune_checkpoint)))
-  if readout_delay:
-    stages.append(("readout_delay", delay_examples,
-                   functools.partial(choose_readout_delay, num_steps=num_steps, progress=rec.progress, mesh=rec.mesh)))
-  for _, examples, stage in stages:
-    snn, report = stage(snn, rec.subset(examples))
-    rec.add(report, snn)
+def _chained(snn, rec: _Recipe, stages) -> SpikingNetwork:
+  """The recipe's stages as one chain, each followed by the agreement check when the recipe has one."""
+  if rec.check is not None:
+    check = agreement_check(rec.check, rec.num_steps, progress=rec.progress, mesh=rec.mesh)
+    stages = [checked(stage, check) for stage in stages]
+  snn, report = chain(*stages, name=rec.name, num_steps=rec.num_steps)(snn, rec.batches)
+  rec.stages.extend(report.stages)
   return snn
 
 
@@ -218,8 +354,8 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
                 stats: Stats | None = None, histograms: RatioHistograms | None = None,
                 snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES, delay_examples: int = DELAY_EXAMPLES,
                 tune_examples: int = TUNE_EXAMPLES, tune_steps: int = TUNE_STEPS, tune_checkpoint=None,
-                check_examples: int = DELAY_EXAMPLES, mesh=None, progress: bool = False,
-                input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
+                stages: tuple | None = None, check_examples: int = DELAY_EXAMPLES, mesh=None,
+                progress: bool = False, input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
   """jaxsnn's measured low-latency stack for a target T, every tool from training data (experiments/RESULTS.md,
   "Low latency"):
 
@@ -252,6 +388,8 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
     tune_examples: see above.
     tune_steps: see above.
     tune_checkpoint: see above.
+    stages: the stages after the conversion, in place of the ones the options above switch on: e.g.
+      :func:`low_latency_stages` with a stage of your own spliced in (each stage is followed by the agreement check).
     check_examples: training examples of the agreement check (0: none).
     mesh: as in :func:`jaxsnn.calibrate`.
     progress: tqdm bars.
@@ -296,10 +434,12 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
                 neuron=_neuron(neuron, caller), initial_potential=initial_potential)
   rec.add(Report("convert", _noted(snn, {"neuron": snn.neuron.name, "initial_potential": initial_potential}),
                  num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
-  snn = _stages(snn, rec, num_steps, snn_calibration=snn_calibration, end_to_end=end_to_end,
-                readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
-                delay_examples=delay_examples, tune_examples=tune_examples, tune_steps=tune_steps,
-                tune_checkpoint=tune_checkpoint)
+  if stages is None:
+    stages = low_latency_stages(num_steps, snn_calibration=snn_calibration, end_to_end=end_to_end,
+                                readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
+                                delay_examples=delay_examples, tune_examples=tune_examples, tune_steps=tune_steps,
+                                tune_checkpoint=tune_checkpoint, progress=progress, mesh=mesh, input_key=input_key)
+  snn = _chained(snn, rec, stages)
   return snn, rec.report()
 
 
@@ -359,9 +499,10 @@ def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_s
                                         "initial_potential": 0.5}),
                  num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
   if num_steps is not None:  # both tools need a target T
-    snn = _stages(snn, rec, int(num_steps), snn_calibration=snn_calibration, end_to_end=False,
-                  readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
-                  delay_examples=delay_examples, tune_examples=0, tune_steps=0, tune_checkpoint=None)
+    snn = _chained(snn, rec, low_latency_stages(
+        int(num_steps), snn_calibration=snn_calibration, readout_delay=readout_delay,
+        snn_calibration_examples=snn_calibration_examples, delay_examples=delay_examples, progress=progress,
+        mesh=mesh, input_key=input_key))
   return snn, rec.report()
 
 
@@ -432,10 +573,7 @@ def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], 
     folder.mkdir(parents=True, exist_ok=True)
   rec = _Recipe("few_steps", train_batches, num_steps, check_examples, BATCH_SIZE, progress, None, input_key)
 
-  def scored(report: Report, snn) -> Report:
-    acc = float(evaluate(snn, validation, num_steps, input_key=input_key).accuracy[-1])
-    return dataclasses.replace(report, validation_accuracy=acc)
-
+  validate = validation_check(validation, num_steps, input_key=input_key)
   if quantized is None:
     levels = num_steps if levels is None else levels
     quantized = quantize_for_conversion(
@@ -447,22 +585,20 @@ def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], 
           measure=False)
   snn, converted = qcfs(apply_q, variables_q, train_batches, None, neuron=neuron, check_examples=0,
                         progress=progress, input_key=input_key)
-  rec.add(scored(dataclasses.replace(converted.stage("convert"), num_steps=num_steps), snn), snn)
-  stages = []
-  if snn_calibration:
-    stages.append((snn_calibration_examples,
-                   functools.partial(calibrate_snn, num_steps=num_steps, progress=progress)))
-  if readout_delay:
-    stages.append((delay_examples, functools.partial(choose_readout_delay, num_steps=num_steps, progress=progress)))
-  for examples, stage in stages:
-    t0 = time.perf_counter()
-    snn, report = stage(snn, rec.subset(examples))
-    rec.add(scored(dataclasses.replace(report, seconds=time.perf_counter() - t0), snn), snn)
+  rec.add(dataclasses.replace(converted.stage("convert"), num_steps=num_steps, **validate(snn)), snn)
+  stages = [checked(stage, validate) for stage in low_latency_stages(
+      num_steps, snn_calibration=snn_calibration, readout_delay=readout_delay,
+      snn_calibration_examples=snn_calibration_examples, delay_examples=delay_examples, progress=progress,
+      input_key=input_key)]
   if finetune_steps:
     batches = finetune_batches or step_batches or train_batches
-    snn, report = finetune(snn, batches, num_steps, steps=finetune_steps, learning_rate=finetune_learning_rate,
-                           loss=finetune_loss, validation=validation, progress=progress,
-                           checkpoint=None if folder is None else folder / f"finetune_L{apply_q.levels}_T{num_steps}.npz",
-                           input_key=input_key)
-    rec.add(dataclasses.replace(report, validation_accuracy=report.chose["best_validation_accuracy"]), snn)
+    checkpoint = None if folder is None else folder / f"finetune_L{apply_q.levels}_T{num_steps}.npz"
+
+    def fine_tuned(snn, _):  # its own batches; it chose its iterate on the validation batches already
+      snn, report = finetune(snn, batches, num_steps, steps=finetune_steps, learning_rate=finetune_learning_rate,
+                             loss=finetune_loss, validation=validation, progress=progress, checkpoint=checkpoint,
+                             input_key=input_key)
+      return snn, dataclasses.replace(report, validation_accuracy=report.chose["best_validation_accuracy"])
+    stages.append(fine_tuned)
+  snn = _chained(snn, rec, stages)
   return snn, rec.report()

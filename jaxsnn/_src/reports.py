@@ -62,6 +62,16 @@ class RecipeReport:
   num_steps: int | None
   stages: tuple
 
+  def __iter__(self):
+    """The stages' reports in order (``snn, (calibration, delay) = chain(a, b)(snn, batches)`` unpacks them)."""
+    return iter(self.stages)
+
+  def __len__(self) -> int:
+    return len(self.stages)
+
+  def __getitem__(self, i):
+    return self.stages[i]
+
   @property
   def agreement(self) -> float | None:
     """The agreement with the ANN after the last stage that measured it."""
