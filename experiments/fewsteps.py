@@ -21,7 +21,6 @@ images, which alone choose the method at each T (``selection``). Writes ``experi
 (the schema of ``experiments/main.py``) and a PNG beside it; every stage is cached in ``experiments/runs/fewsteps_<run>``.
 """
 import argparse
-import itertools
 import json
 import pathlib
 import time
@@ -103,11 +102,21 @@ def main():
     common.write_json(ann_file, {"accuracy": ann})
   print(f"{run.name}: ANN {100 * ann:.2f} % on {len(test.labels)} test images", flush=True)
 
-  def epochs(batch):  # augmented training batches, epoch after epoch, the same every time the job runs (to resume)
-    augment = data.cifar_augment if run.config.dataset.startswith("cifar") else data.flip_only
-    for epoch in itertools.count():
-      yield from data.batches(run.train, batch, train=True, mean=run.spec.mean, std=run.spec.std, seed=0,
-                              epoch=epoch, augment=augment)
+  augment = data.cifar_augment if run.config.dataset.startswith("cifar") else data.flip_only
+
+  class Epochs:
+    """Augmented training batches, one epoch per iteration (its own order and augmentation, the same every time the
+    job runs, to resume): a re-iterable, so that the loop reads each epoch afresh instead of keeping every batch."""
+
+    def __init__(self, batch):
+      self.batch, self.epoch = batch, 0
+
+    def __iter__(self):
+      epoch, self.epoch = self.epoch, self.epoch + 1
+      return data.batches(run.train, self.batch, train=True, mean=run.spec.mean, std=run.spec.std, seed=0,
+                          epoch=epoch, augment=augment)
+
+  epochs = Epochs
 
   methods, pending = {}, []
 

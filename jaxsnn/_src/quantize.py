@@ -248,8 +248,9 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
       averages, deterministic dropout).
     variables: its variables.
     train_batches: training batches for the gradient steps (any form of the batch protocol; labelled for
-      ``loss="labels"`` or ``"both"``), e.g. augmented epochs; cycled in epochs (a one-shot iterator is read once and
-      replayed). Never the test set.
+      ``loss="labels"`` or ``"both"``), cycled in epochs: a re-iterable is iterated afresh every epoch (for augmented
+      data, an object whose ``__iter__`` gives the next epoch's shuffled, augmented batches), a one-shot iterator is
+      read once and its batches kept in memory and replayed. Never the test set.
     levels: L >= 1, the quantisation levels of every site (the SNN is exact at T = L from constant currents).
     steps: gradient steps (0: the λ's initialisation only).
     validation: labelled held-out batches (never the test set): the quantised ANN's accuracy is measured there at the
@@ -347,6 +348,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
 
   start = QuantizedVariables(arrays, {n: lam(s, initial[s.name]) for s, n in zip(relus, relu_new)})
 
+  names = tuple(n for _, n in apply_q.sites)
   # Trained leaves: the chosen leaves of the variables, and every λ.
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(arrays)
   trained = [bool(trainable(path, leaf)) for path, leaf in paths_leaves]
@@ -357,7 +359,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
   def variables_of(params) -> QuantizedVariables:
     it = iter(params["variables"])
     tree = jax.tree_util.tree_unflatten(treedef, [next(it) if t else f for t, f in zip(trained, fixed)])
-    return QuantizedVariables(tree, dict(params["lambda"]))
+    return QuantizedVariables(tree, {n: params["lambda"][n] for n in names})  # network order, not jit's sorted one
 
   optimizer_key = ("adam-cosine", float(learning_rate)) if optimizer is None else "the caller's optimizer"
   if optimizer is None:
