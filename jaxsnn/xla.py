@@ -6,9 +6,12 @@ XLA:CPU's YNNPACK kernels for the contractions (``--xla_cpu_experimental_ynn_fus
 differently from XLA's own kernels, so spike trains are not bit-equal to a run without them; the answers are the same
 to the tolerance stated in benchmarks/RESULTS.md, and both simulation schedules stay bit-identical under either.
 
-XLA reads its flags once, when JAX starts its CPU backend: set them before the first JAX computation. Importing
-jaxsnn never changes your environment; the scripts of ``experiments/`` and ``benchmarks/`` (and so ``bash
-scripts/run.sh``) call :func:`use_fast_cpu_kernels` first thing, unless ``JAXSNN_FAST_CPU=0``. In your own script::
+jaxsnn's own computations get these kernels whoever calls them: on CPU, every function jaxsnn compiles carries the
+equivalent compiler option (``jaxsnn._src.jitting``; same kernels, same bits), unless ``JAXSNN_FAST_CPU=0`` or your
+``XLA_FLAGS`` name the option. The flag below is for the rest of a process's JAX code: XLA reads its flags once, when
+JAX starts its CPU backend, so set them before the first JAX computation. Importing jaxsnn never changes your
+environment; the scripts of ``experiments/`` and ``benchmarks/`` (and so ``bash scripts/run.sh``) call
+:func:`use_fast_cpu_kernels` first thing, unless ``JAXSNN_FAST_CPU=0``. In your own script::
 
     import jaxsnn.xla
     jaxsnn.xla.use_fast_cpu_kernels()     # before any JAX computation

@@ -55,3 +55,23 @@ def test_schedules_and_the_step_function_stay_bit_identical_under_the_fast_kerne
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out.pop("flags") == FLAG
   assert out == {"SNM": True, "IF(subtract)": True}
+
+
+def kernels(extra_env):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXSNN_FAST_CPU")}
+  env.update(extra_env)
+  proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kernels_check.py")], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_jaxsnns_computations_get_the_fast_kernels_whoever_calls_them():
+  """A notebook that never sets XLA_FLAGS computes exactly what a script with the flag computes: jaxsnn's own
+  computations carry the option themselves (and an opt-out, or the user's own flag, leaves XLA's choice alone)."""
+  library = kernels({})  # a user's process: no flag anywhere
+  script = kernels({"XLA_FLAGS": FLAG})  # what the entry points set
+  opted_out = kernels({"JAXSNN_FAST_CPU": "0"})
+  assert library["options"] == {"xla_cpu_experimental_ynn_fusion_type": 1}
+  assert script["options"] is None and opted_out["options"] is None  # the flag is the user's; the opt-out is honoured
+  assert library["digest"] == script["digest"]

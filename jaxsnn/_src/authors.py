@@ -21,9 +21,10 @@ from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.evaluate import Evaluation, stream_evaluation
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.simulate import Trace
+from jaxsnn._src.jitting import jit
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jit, static_argnums=0)
 def _slot_max_step(traced: ir.Traced, variables, x, running):
   rec, out = ir.ann_pass(traced, variables, x)
   rec[OUTPUT] = out

@@ -30,16 +30,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import ir, parallel, runner
-from jaxsnn._src.files import atomic_write, fingerprint
+from jaxsnn._src import files, ir, parallel, runner
+from jaxsnn._src.files import fingerprint
 from jaxsnn._src.ir import OUTPUT
+from jaxsnn._src.jitting import jit
 
 HIST_MANTISSA_BITS = 7
 _HIST_SHIFT = 23 - HIST_MANTISSA_BITS
 HIST_BINS = (0x7F800000 >> _HIST_SHIFT) + 1  # the last bin holds +inf (and NaN)
 PERCENTILE_RELATIVE_ERROR = 2.0 ** -(HIST_MANTISSA_BITS + 1)
 _INT32_MAX = 2**31 - 1
-_FORMAT = "jaxsnn-stats-v1"
+_LEGACY_FORMAT = "jaxsnn-stats-v1"  # the .npz of stats before the jaxsnn file format
 
 
 class Stats(NamedTuple):
@@ -84,7 +85,7 @@ def hist_bin_points() -> np.ndarray:
   return np.concatenate([[0.0], 2 * lo * hi / (lo + hi), [np.inf]])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
+@functools.partial(jit, static_argnums=(0, 5))
 def _calibration_step(traced: ir.Traced, variables, x, mask, state, histogram: bool):
   rec, out = ir.ann_pass(traced, variables, x)
   running, hist, bad = state
@@ -209,25 +210,28 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
 # ----------------------------------------------------------------------------------------------------------------
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> None:
-  """Saves :class:`Stats` to an ``.npz`` file, keyed by site name (exact round trip with :func:`load_stats`).
+  """Saves :class:`Stats` to a jaxsnn file (exact round trip with :func:`load_stats`), atomically.
 
   Site names come from the model's module paths, so they are the same every time the same model is traced. The file
-  is written atomically.
+  is the format of every jaxsnn artifact (:mod:`jaxsnn.files`): versioned and fingerprinted.
 
   Args:
-    path: the file.
+    path: the file (``.jaxsnn`` by convention).
     stats: from :func:`calibrate`.
+
+  Example:
+    >>> jaxsnn.save_stats("stats.jaxsnn", stats)
+    >>> jaxsnn.load_stats("stats.jaxsnn").num_samples == stats.num_samples
+    True
   """
-  arrays = {"__format__": np.asarray(_FORMAT), "__num_samples__": np.asarray(stats.num_samples, np.int64),
-            "__hist_bits__": np.asarray(HIST_MANTISSA_BITS)}
-  arrays.update({f"max:{k}": np.asarray(v) for k, v in stats.max.items()})
-  if stats.hist is not None:
-    arrays.update({f"hist:{k}": np.asarray(v, np.int64) for k, v in stats.hist.items()})
-  atomic_write(path, lambda f: np.savez(f, **arrays))
+  files.write(path, "stats", {
+      "max": {k: np.asarray(v) for k, v in stats.max.items()}, "num_samples": int(stats.num_samples),
+      "hist_mantissa_bits": HIST_MANTISSA_BITS,
+      "hist": None if stats.hist is None else {k: np.asarray(v, np.int64) for k, v in stats.hist.items()}})
 
 
 def load_stats(path: str | os.PathLike) -> Stats:
-  """Loads :class:`Stats` saved by :func:`save_stats`.
+  """Loads :class:`Stats` saved by :func:`save_stats` (also the ``.npz`` files of jaxsnn before its file format 1).
 
   Args:
     path: the file.
@@ -236,14 +240,23 @@ def load_stats(path: str | os.PathLike) -> Stats:
     :class:`Stats`.
 
   Raises:
-    ValueError: if the file is not a jaxsnn stats file or was written with a different histogram resolution.
+    jaxsnn.files.FormatError: if the file is not a jaxsnn stats file (another kind, another format version,
+      damaged or altered: the message says which).
+    ValueError: if its histograms were written with a different histogram resolution.
+
+  Example:
+    >>> stats = jaxsnn.load_stats("stats.jaxsnn")
   """
-  with np.load(path) as f:
-    if "__format__" not in f.files or str(f["__format__"]) != _FORMAT:
-      raise ValueError(f"jaxsnn.load_stats: {os.fspath(path)!r} is not a jaxsnn stats file ({_FORMAT}).")
-    maxes = {k[4:]: jnp.asarray(f[k]) for k in f.files if k.startswith("max:")}
-    hists = {k[5:]: np.asarray(f[k]) for k in f.files if k.startswith("hist:")}
-    if hists and int(f["__hist_bits__"]) != HIST_MANTISSA_BITS:
-      raise ValueError(f"jaxsnn.load_stats: histogram written with {int(f['__hist_bits__'])} mantissa bits; this "
-                       f"version uses {HIST_MANTISSA_BITS}.")
-    return Stats(max=maxes, num_samples=int(f["__num_samples__"]), hist=hists or None)
+  caller = "jaxsnn.load_stats"
+  legacy = files.read_legacy_npz(path, _LEGACY_FORMAT)
+  if legacy is not None:
+    content = {"max": {k[4:]: v for k, v in legacy.items() if k.startswith("max:")},
+               "num_samples": int(legacy["__num_samples__"]), "hist_mantissa_bits": int(legacy["__hist_bits__"]),
+               "hist": {k[5:]: v for k, v in legacy.items() if k.startswith("hist:")} or None}
+  else:
+    content = files.read(path, "stats", caller=caller)
+  if content["hist"] and content["hist_mantissa_bits"] != HIST_MANTISSA_BITS:
+    raise ValueError(f"{caller}: histogram written with {content['hist_mantissa_bits']} mantissa bits; this "
+                     f"version uses {HIST_MANTISSA_BITS}.")
+  return Stats(max={k: jnp.asarray(v) for k, v in content["max"].items()}, num_samples=int(content["num_samples"]),
+               hist=None if content["hist"] is None else {k: np.asarray(v) for k, v in content["hist"].items()})

@@ -21,6 +21,7 @@ from jaxsnn._src import ir, rules
 from jaxsnn._src.activity import SpikeCounts, spike_counts
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.simulate import Trace
+from jaxsnn._src.jitting import jit
 
 E_MAC_PJ = 4.6  # energy of a 32-bit float multiply-accumulate (Horowitz 2014), the paper's alpha in Eq. 15
 """Energy of a 32-bit float multiply-accumulate in pJ (Horowitz 2014): the paper's alpha in Eq. 15."""
@@ -90,7 +91,7 @@ def _unit_input(snn: SpikingNetwork):
       treedef, [jnp.zeros((1,) + s, d if jnp.issubdtype(d, jnp.floating) else jnp.float32) for s, d in spec])
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
+@functools.partial(jit, static_argnums=(1,))
 def _fan_out(snn: SpikingNetwork, pooling: str) -> dict:
   caller = "jaxsnn.fan_out"
   treedef, _ = snn.input_spec
@@ -184,7 +185,7 @@ def ann_macs(snn: SpikingNetwork) -> MACs:
               total=sum(per_layer.values(), jnp.zeros(())))
 
 
-@jax.jit
+@jit
 def _ann_macs(snn: SpikingNetwork):
   caller = "jaxsnn.ann_macs"
   x1 = _unit_input(snn)

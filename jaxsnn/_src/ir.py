@@ -43,6 +43,7 @@ from jax.extend.core import primitives as P
 
 from jaxsnn._src import rules
 from jaxsnn._src.qcfs import qcfs_p
+from jaxsnn._src.jitting import jit
 
 CONST, INPUT, SPIKE = 0, 1, 2
 OUTPUT = "output"  # key of the output layer in thresholds, stats and spike counts
@@ -1125,25 +1126,36 @@ def _param_key(value):
   return ("value", type(value).__name__, repr(value))
 
 
-def _atom_key(atom):
-  return ("lit", _digest(atom.val)) if isinstance(atom, Lit) else atom
-
-
 def _program_key(ops, out, var_ids, input_ids, consts, kinds, avals) -> str:
-  parts = [("vars", var_ids), ("inputs", input_ids), ("out", _atom_key(out))]
-  parts.append(("consts", tuple((i, _digest(v)) for i, v in consts)))
+  """The digest of :attr:`Program.key`. Values are numbered in the order the program first mentions them
+  (variables, inputs, then each op's operands and results), so the numbers the builder happened to hand out (gaps
+  left by dead code, the order in which nested jaxprs' constants were met) do not enter it: a program rebuilt from
+  its saved form (:mod:`jaxsnn._src.program_io`) has the key of the original."""
+  number: dict = {}
+
+  def atom(a):
+    if isinstance(a, Lit):
+      return ("lit", _digest(a.val))
+    if a not in number:
+      number[a] = len(number)
+    return number[a]
+
+  parts = [("vars", tuple(map(atom, var_ids))), ("inputs", tuple(map(atom, input_ids)))]
   for op in ops:
     if isinstance(op, Site):
-      parts.append(("site", op.name, op.kind, op.levels, tuple(_atom_key(a) for a in op.ins), op.out))
+      parts.append(("site", op.name, op.kind, op.levels, tuple(map(atom, op.ins)), atom(op.out)))
       continue
     name = None
     if isinstance(op, MaxSite):
       name, op = op.name, op.op
     parts.append(("op", name, op.prim.name, type(op.prim).__name__,
                   tuple(_param_key(v) for v in sorted(op.params.items())),
-                  tuple(_atom_key(a) for a in op.ins), op.outs))
-  parts.append(("kinds", tuple(sorted(kinds.items()))))
-  parts.append(("avals", tuple((i, tuple(map(str, a.shape)), str(a.dtype)) for i, a in sorted(avals.items()))))
+                  tuple(map(atom, op.ins)), tuple(map(atom, op.outs))))
+  parts.append(("out", atom(out)))
+  parts.append(("consts", tuple(sorted((number[i], _digest(v)) for i, v in consts if i in number))))
+  parts.append(("kinds", tuple(sorted((n, kinds[i]) for i, n in number.items() if i in kinds))))
+  parts.append(("avals", tuple((n, tuple(map(str, avals[i].shape)), str(avals[i].dtype))
+                               for i, n in sorted(number.items(), key=lambda kv: kv[1]))))
   return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -1318,7 +1330,7 @@ def ann_pass(traced: Traced, variables, x) -> tuple[dict, Any]:
   return site_values(build_program(traced.fn, variables, x), variables, x)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jit, static_argnums=0)
 def ann_outputs(traced: Traced, variables, x) -> tuple[dict, Any]:
   """:func:`ann_pass`, jitted (compiled once per program and input shape). Its dict comes back key-sorted (as every
   dict out of jit): reorder by the network's site names where order matters."""

@@ -54,6 +54,7 @@ from jaxsnn._src.convert import SpikingNetwork, check_input
 from jaxsnn._src.encoders import Encoder
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.surrogates import Surrogate, fire as fire_fn
+from jaxsnn._src.jitting import jit
 
 
 class Tallies(NamedTuple):
@@ -386,7 +387,7 @@ def init_state(snn: SpikingNetwork, x: Any, *, tallies: bool = True) -> State:
   return _init_state_jit(snn, x, bool(tallies))
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@functools.partial(jit, static_argnums=2)
 def _init_state_jit(snn, x, tallies):
   return _init_state(snn, x, _program(snn, x, "jaxsnn.init_state"), jnp.int32, tallies)
 
@@ -504,7 +505,7 @@ def _check_state(snn: SpikingNetwork, state: State, caller: str) -> None:
                      f"network's output {tuple(snn.output_shape)}; make the state with jaxsnn.init_state(snn, x).")
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+@functools.partial(jit, static_argnums=(3, 4, 5))
 def _step_jit(snn, state, x, surrogate, trace: frozenset, potentials: bool):
   counters = next((getattr(s, f).dtype for s in state.neurons.values() for f in snn.neuron.counters), jnp.int32)
   if x is None:
@@ -636,7 +637,7 @@ def simulate(snn: SpikingNetwork, x: Any, num_steps: int, block_size: int | None
   return Trace(trace.outputs, ordered(trace.pos_spikes), ordered(trace.neg_spikes), recorded, spikes, potentials)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9, 10, 11, 12))
+@functools.partial(jit, static_argnums=(4, 5, 6, 7, 8, 9, 10, 11, 12))
 def _simulate(snn: SpikingNetwork, x, weights, encoder: Encoder | None, num_steps: int, block: int | None, exact: bool,
               record: tuple, tallies: bool, surrogate, remat: bool, trace: frozenset, potentials: bool) -> Trace:
   """The run; ``Trace.spikes`` holds the traced ``{site: (spikes, potentials or None)}`` (sorted by jit)."""

@@ -42,6 +42,7 @@ from jaxsnn._src.calibrate import Stats
 from jaxsnn._src.files import fingerprint
 from jaxsnn._src.ir import OUTPUT
 from jaxsnn._src.norms import NORMS, normalize
+from jaxsnn._src.jitting import jit
 
 RATIO_BINS = 4096
 """Number of bins of :func:`ratio_histograms` over [0, 1] (each positive activation divided by its neuron's max)."""
@@ -73,7 +74,7 @@ def _channels(shape) -> int:
   return int(shape[-1]) if len(shape) else 1
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
+@functools.partial(jit, static_argnums=(0, 5))
 def _ratio_step(traced: ir.Traced, variables, x, mask, base, groups: int):
   """``{site: [groups, 3, channels, RATIO_BINS]}``: the moments of each micro-batch (added in order on the host:
   float sums, so that one device and many make the same additions)."""
@@ -287,7 +288,7 @@ def _scale_shape(shape, granularity):
   return ()
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+@functools.partial(jit, static_argnums=(3, 4, 5, 6))
 def _descend(log_scales, base, acts, num_steps, initial_potential, temperature, steps_and_rate):
   steps, rate = steps_and_rate
   opt = optax.adam(rate)

@@ -21,6 +21,7 @@ from jaxsnn._src.evaluate import evaluate
 from jaxsnn._src.files import fingerprint
 from jaxsnn._src.reports import Report
 from jaxsnn._src.simulate import check_batch, check_snn, simulate
+from jaxsnn._src.jitting import jit
 
 TUNABLE = ("thresholds", "offsets", "initial_potential")
 DEFAULT_SURROGATE = surrogates.sigmoid(2.0)
@@ -47,10 +48,10 @@ def _tune_loss(params, net, x, mask, target, *, num_steps, block_size, surrogate
 
 
 _STATIC = ("num_steps", "block_size", "surrogate", "tuned")
-_tune_loss_jit = jax.jit(_tune_loss, static_argnames=_STATIC)
+_tune_loss_jit = jit(_tune_loss, static_argnames=_STATIC)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@functools.partial(jit, static_argnames=_STATIC)
 def _tune_update(params, state, net, learning_rate, x, mask, target, **settings):
   """One Adam step of tune_snn: compiled once per network program, T, schedule and surrogate (the network's arrays
   and the learning rate are data)."""
@@ -167,7 +168,7 @@ def _finetune_objective(params, fixed, net, x, labels, mask, *, treedef, trained
   return jnp.sum(jnp.where(mask > 0, per, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "treedef", "trained", "num_steps", "loss", "surrogate",
+@functools.partial(jit, static_argnames=("optimizer", "treedef", "trained", "num_steps", "loss", "surrogate",
                                              "remat"))
 def _finetune_update(params, state, fixed, net, learning_rate, x, labels, mask, *, optimizer, **settings):
   """One optimiser step of finetune: compiled once per network program, T, loss, surrogate and optimizer (the
