@@ -16,7 +16,7 @@ Every function that reads data takes batches in one protocol (arrays, ``(x, labe
 ``{"image", "label", "mask"}`` dicts, iterables of these).
 """
 
-from jaxsnn import analysis, authors_protocol, encoders, lowlatency, neurons, recipes, surrogates
+from jaxsnn import analysis, authors_protocol, encoders, files, lowlatency, neurons, recipes, surrogates
 from jaxsnn._src.calibrate import Stats, calibrate, load_stats, save_stats
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.evaluate import Evaluation, Recorded, accuracy_vs_time, agreement, evaluate
@@ -30,6 +30,7 @@ from jaxsnn._src.quantize import QuantizedApply, QuantizedVariables, quantize_fo
 from jaxsnn._src.readout import choose_readout_delay
 from jaxsnn._src.reports import RecipeReport, Report
 from jaxsnn._src.rules import Rule, register as register_rule
+from jaxsnn._src.saving import load, save
 from jaxsnn._src.simulate import Recording, State, Tallies, Trace, init_state, readout, simulate, step
 from jaxsnn._src.snn_calibration import calibrate_snn
 from jaxsnn._src.thresholds import (descend_thresholds, ratio_histograms, relaxed_quantization_error,
@@ -43,6 +44,8 @@ __all__ = [
     "IF", "Neuron", "SNM", "SignedIF", "neurons", "surrogates",
     # conversion
     "ConversionError", "Rule", "SpikingNetwork", "convert", "register_rule",
+    # saving and loading (one file format: jaxsnn.files)
+    "files", "load", "save",
     # calibration and thresholds
     "Stats", "calibrate", "load_stats", "load_thresholds", "save_stats", "save_thresholds", "site_percentiles",
     "thresholds",

@@ -1,5 +1,13 @@
-"""Writing results safely: atomic writes (a file is the old one or the complete new one, never half of either)."""
+"""Files: the one format of every artifact jaxsnn writes (a converted network, calibration statistics, thresholds, the
+checkpoints of resumable jobs), and atomic writes (a file is the old one or the complete new one, never half of
+either).
 
-from jaxsnn._src.files import atomic_write, write_json
+A jaxsnn file is a zip of a JSON header and ``.npy`` arrays, versioned and fingerprinted, never pickled; reading one
+checks it and names what differs (see :class:`FormatError`). Write and read them with :func:`jaxsnn.save` /
+:func:`jaxsnn.load`, :func:`jaxsnn.save_stats` / :func:`jaxsnn.load_stats` and :func:`jaxsnn.save_thresholds` /
+:func:`jaxsnn.load_thresholds`; :func:`info` says what a file is.
+"""
 
-__all__ = ["atomic_write", "write_json"]
+from jaxsnn._src.files import FormatError, Node, atomic_write, fingerprint, info, write_json
+
+__all__ = ["FormatError", "Node", "atomic_write", "fingerprint", "info", "write_json"]

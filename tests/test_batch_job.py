@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,8 +47,7 @@ def test_a_killed_job_resumes_to_the_same_json(single, tmp_path):
   _, _, rc = batch(tmp_path, "--stop_after", "2")
   assert rc == 3 and not (tmp_path / "result.json").exists()
   from jaxsnn._src import files
-  with np.load(tmp_path / "progress_0.npz") as f:
-    job = str(f["__fingerprint__"])
+  job = files.checkpoint_job(tmp_path / "progress_0.npz")
   saved = files.load_checkpoint(tmp_path / "progress_0.npz", job, "test", "")
   assert saved["groups"] == 2 and saved["count"] == 100  # two micro-batches of 50 are done and on disk
   _, err, rc = batch(tmp_path)

@@ -7,7 +7,6 @@ re-batchings of the same examples.
 """
 
 import functools
-import json
 
 import hypothesis
 import hypothesis.strategies as st
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 import jaxsnn
+from jaxsnn._src import files
 from conftest import Tiny
 
 X = jnp.asarray(np.random.default_rng(5).normal(size=(20, 6)), jnp.float32)
@@ -93,9 +93,8 @@ def test_finetune_stops_on_a_non_finite_loss_naming_step_and_batch(tmp_path):
   assert (err.step, err.epoch, err.batch) == (3, 0, 2)
   assert isinstance(err.best, jaxsnn.SpikingNetwork)
   # The checkpoint holds the state before the bad step (two steps), and the best network so far is finite.
-  with np.load(path) as f:
-    saved = json.loads(str(f["__tree__"]))
-  assert saved["dict"]["step"]["value"] == 2
+  saved = files.load_checkpoint(path, files.checkpoint_job(path), "test", "")
+  assert saved["step"] == 2
   assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(err.best.variables))
 
 

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsnn._src.calibrate import Stats, hist_bin_points
-from jaxsnn._src.files import atomic_write
+from jaxsnn._src import files
 
 NORMS = ("neuron", "channel", "layer")
-_FORMAT = "jaxsnn-stats-v1-thresholds"  # the format tag of saved thresholds files
+_LEGACY_FORMAT = "jaxsnn-stats-v1-thresholds"  # the .npz of thresholds before the jaxsnn file format
 
 
 def site_percentiles(stats: Stats, q: float, include_zeros: bool = False) -> dict:
@@ -127,20 +127,21 @@ def thresholds(stats: Stats, norm: str = "neuron", alpha: float = 1.0, percentil
 # ----------------------------------------------------------------------------------------------------------------
 
 def save_thresholds(path: str | os.PathLike, thresholds: Mapping[str, Any]) -> None:
-  """Saves a thresholds dict ``{site: array}`` to an ``.npz`` file (exact round trip with :func:`load_thresholds`),
-  atomically.
+  """Saves a thresholds dict ``{site: array}`` to a jaxsnn file (exact round trip with :func:`load_thresholds`),
+  atomically: the format of every jaxsnn artifact (:mod:`jaxsnn.files`), versioned and fingerprinted.
 
   Args:
-    path: the file.
+    path: the file (``.jaxsnn`` by convention).
     thresholds: ``{site: array}`` (e.g. from :func:`thresholds`).
+
+  Example:
+    >>> jaxsnn.save_thresholds("thresholds.jaxsnn", jaxsnn.thresholds(stats))
   """
-  arrays = {"__format__": np.asarray(_FORMAT)}
-  arrays.update({f"th:{k}": np.asarray(v) for k, v in thresholds.items()})
-  atomic_write(path, lambda f: np.savez(f, **arrays))
+  files.write(path, "thresholds", {k: np.asarray(v) for k, v in thresholds.items()})
 
 
 def load_thresholds(path: str | os.PathLike) -> dict:
-  """Loads thresholds saved by :func:`save_thresholds`.
+  """Loads thresholds saved by :func:`save_thresholds` (also the ``.npz`` files of jaxsnn before its file format 1).
 
   Args:
     path: the file.
@@ -149,11 +150,15 @@ def load_thresholds(path: str | os.PathLike) -> dict:
     ``{site: jax array}``, in the saved order.
 
   Raises:
-    ValueError: if the file is not a jaxsnn thresholds file.
+    jaxsnn.files.FormatError: if the file is not a jaxsnn thresholds file (another kind, another format version,
+      damaged or altered: the message says which).
+
+  Example:
+    >>> th = jaxsnn.load_thresholds("thresholds.jaxsnn")
   """
-  with np.load(path) as f:
-    if "__format__" not in f.files or str(f["__format__"]) != _FORMAT:
-      raise ValueError(f"jaxsnn.load_thresholds: {os.fspath(path)!r} is not a jaxsnn thresholds file.")
-    return {k[3:]: jnp.asarray(f[k]) for k in f.files if k.startswith("th:")}
+  legacy = files.read_legacy_npz(path, _LEGACY_FORMAT)
+  if legacy is not None:
+    return {k[3:]: jnp.asarray(v) for k, v in legacy.items() if k.startswith("th:")}
+  return {k: jnp.asarray(v) for k, v in files.read(path, "thresholds", caller="jaxsnn.load_thresholds").items()}
 
 

@@ -38,11 +38,10 @@ def _abstract_eval(z, threshold, *, levels: int):
   if threshold.dtype != z.dtype:
     raise TypeError(f"jaxsnn.qcfs: the threshold's dtype {threshold.dtype} differs from the input's {z.dtype}; "
                     "cast it (QCFS does this for you).")
-  try:
-    shape = np.broadcast_shapes(threshold.shape, z.shape)
-  except ValueError:
-    shape = None
-  if shape != z.shape:
+  # Broadcasts to the input's shape (compared dimension by dimension, so that a symbolic batch size traces too).
+  fits = threshold.ndim <= z.ndim and all(
+      t == 1 or t == d for t, d in zip(threshold.shape[::-1], z.shape[::-1]))
+  if not fits:
     raise TypeError(f"jaxsnn.qcfs: a threshold of shape {threshold.shape} does not broadcast to the input's "
                     f"shape {z.shape}.")
   return jax.core.ShapedArray(z.shape, z.dtype)
