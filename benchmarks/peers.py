@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -293,7 +292,7 @@ def load_net(net: str) -> "Net":
 def prepare(net: str, args) -> Net:
   """Loads the checkpoint and the data, and writes the ``.npz`` files the torch side reads."""
   import jax
-  from jaxsnn import data
+  from jaxsnn import data, files
 
   loaded = load_net(net)
   config, model, variables = loaded.config, loaded.model, loaded.variables
@@ -313,17 +312,16 @@ def prepare(net: str, args) -> Net:
     arrays.update(val_x=norm(val.images), val_y=val.labels)
   CACHE.mkdir(parents=True, exist_ok=True)
   data_path, weights_path = CACHE / "data.npz", CACHE / f"{net}_weights.npz"
-  np.savez(data_path, **arrays)
+  # Plain .npz files (the torch side reads NumPy and nothing else), written atomically by jaxsnn.files.
+  files.write_npz(data_path, arrays)
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
   apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
   check_logits = np.asarray(jax.jit(apply_fn)(variables, arrays["test_x"][:args.check]))
-  np.savez(weights_path, check_logits=check_logits, **flat)
-  h = hashlib.sha256(repr((net, sorted(arrays), sorted(flat))).encode())
-  for d in (arrays, flat):
-    for k in sorted(d):
-      h.update(np.ascontiguousarray(d[k]).tobytes())
-  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split, h.hexdigest(), config)
+  files.write_npz(weights_path, {"check_logits": check_logits, **flat})
+  fingerprint = files.fingerprint(net, sorted(arrays), sorted(flat),
+                                  arrays=[arrays[k] for k in sorted(arrays)] + [flat[k] for k in sorted(flat)])
+  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split, fingerprint, config)
 
 
 def batched(x: np.ndarray, y: np.ndarray | None, batch: int):
@@ -354,9 +352,10 @@ def _progress_path(net: Net, name: str) -> pathlib.Path:
 def _jaxsnn_curve(net: Net, name: str, snn, x, y, max_T: int, args, split: str) -> list:
   """Accuracy after every t of one jaxsnn network on (x, y), resumable (data_cache/peers/<net>/)."""
   import jaxsnn
+  from jaxsnn import files
   block = "" if args.jaxsnn_block is None else f"_K{args.jaxsnn_block}"
   if os.environ.get("XLA_FLAGS"):  # other kernels may round differently: a curve of its own
-    block += "_x" + hashlib.sha256(os.environ["XLA_FLAGS"].encode()).hexdigest()[:8]
+    block += "_x" + files.fingerprint(os.environ["XLA_FLAGS"])[:8]
   ckpt = _progress_path(net, f"jaxsnn_{name}_{split}_T{max_T}_n{len(y)}_b{args.batch}{block}")
   ckpt.parent.mkdir(parents=True, exist_ok=True)
   res = jaxsnn.evaluate(snn, padded(x, y, args.batch), max_T, args.jaxsnn_block, progress=True, checkpoint=ckpt,
@@ -444,24 +443,6 @@ SETTING_LABELS = {"default": "jaxsnn's defaults (XLA:CPU fast contraction kernel
                   "with_tallies": "opt-in: per-neuron spike tallies (firing rates, energy)"}
 
 
-def _save_snn(snn, path: pathlib.Path) -> None:
-  """The data of a converted network (thresholds, potentials, offsets, delay): what a worker needs to rebuild it."""
-  arrays = {f"{field}/{k}": np.asarray(v) for field in ("thresholds", "initial_potential", "offsets")
-            for k, v in getattr(snn, field).items()}
-  arrays["readout_delay"] = np.asarray(snn.readout_delay)
-  np.savez(path, **arrays)
-
-
-def _load_snn(net: "Net", example, path: pathlib.Path):
-  import jaxsnn
-  with np.load(path) as f:
-    data = {k: f[k] for k in f.files}
-  field = lambda name: {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(name + "/")}  # noqa: E731
-  snn = jaxsnn.convert(net.apply_fn, net.variables, example, field("thresholds"),
-                       initial_potential=field("initial_potential"))
-  return snn.replace(offsets=field("offsets"), readout_delay=int(data["readout_delay"]))
-
-
 def _worker_env(fast_cpu: bool) -> dict:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAXSNN_FAST_CPU"] = "1" if fast_cpu else "0"
@@ -490,7 +471,7 @@ def jaxsnn_worker(job_path: str, out_path: str) -> None:
   with np.load(CACHE / "data.npz") as f:
     test_x, test_y = f["test_x"], f["test_y"]
   xb = test_x[:task["batch"]]
-  snn = _load_snn(net, xb, pathlib.Path(task["snn"]))
+  snn = jaxsnn.load(task["snn"])  # the network as the parent built it (jaxsnn.save), program included
   out = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__}
   if task["kind"] == "speed":
     ann_fn = jax.jit(net.apply_fn)
@@ -511,9 +492,10 @@ def jaxsnn_worker(job_path: str, out_path: str) -> None:
 def jaxsnn_own_kernels_curve(net: "Net", args, snns: dict, out: dict) -> None:
   """The chosen recipe's test curve again with XLA's own kernels (the opt-out): how far the fast kernels' rounding
   moves the answers (``out["recipes"][name]["accuracy_xla_own_kernels"]`` and the largest difference)."""
+  import jaxsnn
   for name, snn in snns.items():
-    path = CACHE / f"{net.name}_{name}_snn.npz"
-    _save_snn(snn, path)
+    path = CACHE / f"{net.name}_{name}_snn.jaxsnn"
+    jaxsnn.save(path, snn)
     res = run_jaxsnn_worker({"kind": "curve", "net": net.name, "snn": str(path), "recipe": name,
                              "batch": args.batch, "T": args.jaxsnn_max_T, "block": args.jaxsnn_block},
                             net.name, fast_cpu=False)
@@ -527,9 +509,10 @@ def jaxsnn_own_kernels_curve(net: "Net", args, snns: dict, out: dict) -> None:
 def jaxsnn_speed(net: "Net", args, snns: dict, out: dict) -> None:
   """Fills ``out`` (from :func:`jaxsnn_curves`) with the ANN pass time and each recipe's per-step speed under every
   setting of :data:`SPEED_SETTINGS`, each in a fresh process; the recipe's own numbers are the default's."""
+  import jaxsnn
   for name, snn in snns.items():
-    path = CACHE / f"{net.name}_{name}_snn.npz"
-    _save_snn(snn, path)
+    path = CACHE / f"{net.name}_{name}_snn.jaxsnn"
+    jaxsnn.save(path, snn)
     rec = out["recipes"][name]
     rec["settings"] = {}
     for setting, opts in SPEED_SETTINGS.items():

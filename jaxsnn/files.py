@@ -5,9 +5,10 @@ either).
 A jaxsnn file is a zip of a JSON header and ``.npy`` arrays, versioned and fingerprinted, never pickled; reading one
 checks it and names what differs (see :class:`FormatError`). Write and read them with :func:`jaxsnn.save` /
 :func:`jaxsnn.load`, :func:`jaxsnn.save_stats` / :func:`jaxsnn.load_stats` and :func:`jaxsnn.save_thresholds` /
-:func:`jaxsnn.load_thresholds`; :func:`info` says what a file is.
+:func:`jaxsnn.load_thresholds`; :func:`info` says what a file is. :func:`write_npz` writes a plain ``.npz`` for
+programs that read NumPy files and nothing else.
 """
 
-from jaxsnn._src.files import FormatError, Node, atomic_write, fingerprint, info, write_json
+from jaxsnn._src.files import FormatError, Node, atomic_write, fingerprint, info, write_json, write_npz
 
-__all__ = ["FormatError", "Node", "atomic_write", "fingerprint", "info", "write_json"]
+__all__ = ["FormatError", "Node", "atomic_write", "fingerprint", "info", "write_json", "write_npz"]

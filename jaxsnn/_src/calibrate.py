@@ -245,7 +245,9 @@ def load_stats(path: str | os.PathLike) -> Stats:
     ValueError: if its histograms were written with a different histogram resolution.
 
   Example:
-    >>> stats = jaxsnn.load_stats("stats.jaxsnn")
+    >>> jaxsnn.save_stats("stats.jaxsnn", stats)
+    >>> list(jaxsnn.load_stats("stats.jaxsnn").max) == list(stats.max)
+    True
   """
   caller = "jaxsnn.load_stats"
   legacy = files.read_legacy_npz(path, _LEGACY_FORMAT)

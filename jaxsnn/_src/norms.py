@@ -154,6 +154,7 @@ def load_thresholds(path: str | os.PathLike) -> dict:
       damaged or altered: the message says which).
 
   Example:
+    >>> jaxsnn.save_thresholds("thresholds.jaxsnn", jaxsnn.thresholds(stats))
     >>> th = jaxsnn.load_thresholds("thresholds.jaxsnn")
   """
   legacy = files.read_legacy_npz(path, _LEGACY_FORMAT)
