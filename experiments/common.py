@@ -315,9 +315,10 @@ class Job:
                        " validation images")
     self.work.mkdir(parents=True, exist_ok=True)
     self.train = train_batches(run, calib_examples, batch_size)
-    stats_file = self.work / f"stats_{calib_examples}.npz"
-    if stats_file.exists():
-      self.stats = jaxsnn.load_stats(stats_file)
+    stats_file = self.work / f"stats_{calib_examples}.jaxsnn"
+    old_file = stats_file.with_suffix(".npz")  # the .npz of a work dir made before jaxsnn's file format (still read)
+    if stats_file.exists() or old_file.exists():
+      self.stats = jaxsnn.load_stats(stats_file if stats_file.exists() else old_file)
     else:
       self.stats = jaxsnn.calibrate(run.apply_fn, run.variables, self.train, progress=progress)
       jaxsnn.save_stats(stats_file, self.stats)
