@@ -84,6 +84,8 @@ SLOW = (
     "test_recording.py::test_both_schedules_record_the_same_bits[neuron0-membrane-4]",  # 7 s
     "test_recording.py::test_both_schedules_record_the_same_bits[neuron1-spike-5]",  # 7 s
     "test_recording.py::test_both_schedules_record_the_same_bits[neuron1-spike-4]",  # 7 s
+    "test_serialization.py::test_saved_networks_simulate_bit_for_bit_the_same_in_a_fresh_process_without_their_code",
+    # ^ 19 s: two recipes, three networks simulated in both schedules, and a fresh process loading them
     "test_simulate.py::test_bfloat16_network_keeps_float32_state_converges_and_matches_float32_spikes",  # 61 s
     "test_simulate.py::test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result",  # 9 s
     "test_simulate.py::test_evaluate_streams_batches_and_counts_only_masked_examples",  # 17 s

@@ -273,6 +273,7 @@ NAMESPACES = {
     "guides/low-latency.md": (tiny_namespace, "tmp"),
     "guides/qcfs.md": (mnist_like_namespace, "tmp"),
     "guides/step.md": (converted_namespace, "tmp"),
+    "guides/saving.md": (converted_namespace, "tmp"),
     "guides/differentiable.md": (differentiable_namespace, "tmp"),
     "guides/analysis.md": (converted_namespace, "tmp"),
     "guides/batch-jobs.md": (converted_namespace, "tmp"),

@@ -106,7 +106,12 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Non
 
 def write_npz(path: str | os.PathLike, arrays: dict) -> None:
   """Writes a plain ``.npz`` of ``{name: array}`` atomically: an exchange file for a program that reads NumPy files
-  and nothing else (the SpikingJelly side of ``benchmarks/peers.py``), not a jaxsnn file (no header, no checks)."""
+  and nothing else (the SpikingJelly side of ``benchmarks/peers.py``), not a jaxsnn file (no header, no checks).
+
+  Args:
+    path: the file.
+    arrays: ``{name: array}``.
+  """
   arrays = {k: np.asarray(v) for k, v in arrays.items()}
   atomic_write(path, lambda f: np.savez(f, **arrays))
 

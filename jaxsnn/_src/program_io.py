@@ -1,7 +1,7 @@
 """A converted network's program, saved and rebuilt without the model's Python code.
 
-The second module of jaxsnn that touches JAX's internals (beside :mod:`jaxsnn._src.ir`): the registry of primitives
-by name, the encoding of their parameters, and the literal types of jaxprs.
+The second module of jaxsnn that touches jaxprs' internals (``jax.extend.core``, beside :mod:`jaxsnn._src.ir`): the
+registry of primitives by name, the encoding of their parameters and literals.
 
 **What is saved.** jaxsnn's own program representation (:class:`jaxsnn._src.ir.Program`): every op as (primitive
 name, parameters, operand ids or literals, result ids, module scope), every ReLU or QCFS site as (kind, operands,
@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax._src import literals
 from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
@@ -111,9 +110,8 @@ class _Encoder:
       return {"$": "enum", "type": cls.__name__, "name": value.name}
     if isinstance(value, np.dtype):
       return {"$": "dtype", "name": str(value)}
-    if isinstance(value, (literals.TypedInt, literals.TypedFloat)):
-      return {"$": "typed", "kind": type(value).__name__, "dtype": str(value.dtype), "value": self.param(
-          type(value).__mro__[1](value), where)}
+    if _typed_scalar(value):
+      return {"$": "typed", "value": self.param(_python(value), where), "dtype": str(value.dtype)}
     if isinstance(value, np.generic):
       return {"$": "scalar", "value": value}
     if isinstance(value, jcore.ClosedJaxpr):
@@ -124,14 +122,13 @@ class _Encoder:
                       where)
 
   def literal(self, val, where: str) -> dict:
-    if isinstance(val, literals.TypedNdArray):
-      return {"lit": "ndarray", "value": np.asarray(val), "weak": bool(val.weak_type)}
-    if isinstance(val, (literals.TypedInt, literals.TypedFloat)):
-      return {"lit": type(val).__name__, "dtype": str(val.dtype), "value": type(val).__mro__[1](val)}
-    if type(val) in (bool, int, float):
-      return {"lit": "python", "value": val}
-    if isinstance(val, (np.ndarray, np.generic)):
-      return {"lit": "numpy", "value": val}
+    if isinstance(val, np.ndarray):  # jaxprs hold their array literals as a subclass of ndarray that may be weak
+      return {"lit": "array", "value": np.asarray(val), "weak": bool(getattr(getattr(val, "aval", None),
+                                                                              "weak_type", False))}
+    if _typed_scalar(val):  # a weakly typed Python scalar: a subclass of int or float that carries its dtype
+      return {"lit": "scalar", "value": _python(val), "dtype": str(val.dtype)}
+    if type(val) in (bool, int, float) or isinstance(val, np.generic):
+      return {"lit": "value", "value": val}
     raise self.refuse(f"a literal of type {type(val).__module__}.{type(val).__qualname__}", where)
 
   def atom(self, a, where: str):
@@ -163,6 +160,16 @@ class _Encoder:
                             "out": [var(v) for v in eqn.outvars]})
     out["outvars"] = [var(v) for v in jaxpr.outvars]
     return out
+
+
+def _typed_scalar(value) -> bool:
+  """A Python int or float of a subclass that carries a dtype (how a jaxpr holds a weakly typed scalar)."""
+  return (isinstance(value, (int, float)) and type(value) not in (bool, int, float) and hasattr(value, "dtype")
+          and not isinstance(value, np.generic))
+
+
+def _python(value):
+  return int(value) if isinstance(value, int) else float(value)
 
 
 def _module(name: str, kind: str) -> str:
@@ -208,15 +215,15 @@ def encode(program: ir.Program, caller: str) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 def _literal(entry: dict):
+  """A literal as ``bind`` takes it, so that the trace holds it as the original did: an array literal as a NumPy array
+  of its dtype, a weakly typed scalar as the Python number it canonicalises from. (A literal that does not come back
+  the same is caught by the key check of :func:`save`.)"""
   kind, value = entry["lit"], entry["value"]
-  if kind == "ndarray":
-    a = np.asarray(value)
-    return literals.TypedNdArray(a, jax.core.ShapedArray(a.shape, a.dtype, weak_type=bool(entry["weak"])))
-  if kind == "TypedInt":
-    return literals.TypedInt(int(value), np.dtype(entry["dtype"]))
-  if kind == "TypedFloat":
-    return literals.TypedFloat(float(value), np.dtype(entry["dtype"]))
-  if kind in ("python", "numpy"):
+  if kind == "array":
+    return np.asarray(value)
+  if kind == "scalar":
+    return _python(value)
+  if kind == "value":
     return value
   raise ValueError(f"an unknown literal kind {kind!r}")
 
@@ -236,8 +243,7 @@ def _param(value, batch):
   if tag == "dim":  # a batch-sized dimension: a * batch + c
     return value["a"] * batch + value["c"] if (value["a"], value["c"]) != (1, 0) else batch
   if tag == "typed":
-    cls = {"TypedInt": literals.TypedInt, "TypedFloat": literals.TypedFloat}[value["kind"]]
-    return cls(value["value"], np.dtype(value["dtype"]))
+    return value["value"]
   if tag == "scalar":
     return value["value"]
   if tag == "jaxpr":
