@@ -32,7 +32,8 @@ class SpikingNetwork:
   potentials and current offsets; a jitted function taking it compiles once per network structure and never again
   when those values change (:meth:`replace`). Its static part identifies the converted program by what it computes
   (:class:`jaxsnn._src.ir.Traced`), not by the Python function object, so converting an equal ``apply_fn`` again
-  (a fresh ``lambda``, a notebook cell run twice) reuses the compiled simulator. Build it with :func:`convert`.
+  (a fresh ``lambda``, a notebook cell run twice) reuses the compiled simulator. Build it with :func:`convert`; keep it
+  with :func:`jaxsnn.save` (one file, loadable by :func:`jaxsnn.load` in any process without the model's code).
 
   Attributes:
     variables: the ANN's variables (a pytree of arrays).

@@ -27,8 +27,8 @@ code that wrote it).
 Why not Orbax: jaxsnn's artifacts are small, host-local trees (a network's variables and per-neuron arrays, running
 maxima, histograms, an optimiser's state) that one process writes as one file; Orbax's strengths (sharded arrays
 written by many hosts in parallel, asynchronous saves, a directory per checkpoint) solve problems jaxsnn does not
-have, and it would not hold the network's program. In a multi-host job each host writes its own progress file
-(``jaxsnn.recipes`` / the runner name them per process), so one file per host is the whole story.
+have, and it would not hold the network's program. In a multi-host job each process checkpoints its own share to its
+own file (``experiments/batch.py``: ``progress_<process>``), so one file per process is the whole story.
 
 Files written before version 1 (the ``.npz`` formats ``jaxsnn-checkpoint-v2``, ``jaxsnn-stats-v1`` and
 ``jaxsnn-stats-v1-thresholds``) are still read by the functions that wrote them.

@@ -154,10 +154,10 @@ class _Encoder:
            "consts": [np.asarray(c) for c in consts], "const_avals": [self.aval(v.aval) for v in jaxpr.constvars],
            "invars": [var(v) for v in jaxpr.invars], "in_avals": [self.aval(v.aval) for v in jaxpr.invars], "eqns": []}
     for eqn in jaxpr.eqns:
-        inner = f"{eqn.primitive.name} inside {where}"
-        out["eqns"].append({"prim": self.prim(eqn.primitive, inner), "in": [var(v) for v in eqn.invars],
-                            "params": {k: self.param(v, f"parameter '{k}' of {inner}") for k, v in eqn.params.items()},
-                            "out": [var(v) for v in eqn.outvars]})
+      inner = f"{eqn.primitive.name} inside {where}"
+      out["eqns"].append({"prim": self.prim(eqn.primitive, inner), "in": [var(v) for v in eqn.invars],
+                          "params": {k: self.param(v, f"parameter '{k}' of {inner}") for k, v in eqn.params.items()},
+                          "out": [var(v) for v in eqn.outvars]})
     out["outvars"] = [var(v) for v in jaxpr.outvars]
     return out
 
@@ -367,7 +367,8 @@ def program_key(fn: Callable, variables, input_spec, caller: str, batch: int = C
   return ir.build_program(fn, _specs(variables), example_input(input_spec, batch), caller=caller).key
 
 
-_IDS = frozenset({"in", "out", "vars", "inputs", "consts", "constvars", "invars", "outvars"})  # lists of value ids: never batch dimensions
+# Entries that hold value ids (never batch dimensions).
+_IDS = frozenset({"in", "out", "vars", "inputs", "consts", "constvars", "invars", "outvars"})
 
 
 def _merge(a, b, where: str, caller: str, batches=TRACE_BATCHES, ids: bool = False):
