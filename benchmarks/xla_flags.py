@@ -62,7 +62,7 @@ def worker(args):
   saved = {"outputs": np.asarray(sim(snn, x)), "logits": np.asarray(ann(variables, x))}
   if args.accuracy_run:
     saved.update(real_data_predictions(args))
-  np.savez(args.save, **saved)
+  jaxsnn.files.write_npz(args.save, saved)  # a plain .npz (atomic) for the parent to compare
   print(json.dumps({"ann_s": ann_s, "sim_s": sim_s, "ann_first_s": ann_first, "sim_first_s": sim_first}))
 
 
