@@ -356,6 +356,9 @@ def _check_header(header: dict, path, caller: str, kind: str | None) -> None:
     raise _error(caller, path, f"is jaxsnn file format version {version} (written by jaxsnn "
                  f"{writer.get('jaxsnn', '?')}); this jaxsnn ({jaxsnn.__version__}) reads version {VERSION}"
                  + (": update jaxsnn to read it." if newer else ": write it again with this jaxsnn."))
+  missing = sorted({"kind", "writer", "content", "arrays", "fingerprint"} - set(header))
+  if missing:
+    raise _error(caller, path, f"is corrupted: its header lacks {missing}.")
   if header.get("fingerprint") != _header_digest(header):
     raise _error(caller, path, "was altered after it was written: its header does not match its fingerprint.")
   if kind is not None and header.get("kind") != kind:
