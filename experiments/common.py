@@ -1,43 +1,23 @@
 """What the experiment scripts share: paths, the committed checkpoints with their data, the named conversion arms
-(each one call of :mod:`jaxsnn.recipes`), result caching and reporting, and the CPU allocator.
+(each one call of :mod:`jaxsnn.recipes`) and a work dir of results per method (:class:`jaxsnn.results.Cache`).
 
-Every script in ``experiments/`` imports this module (``import common``: the script's own directory is on the
-path) and nothing from another script; all conversion logic is library code (``jaxsnn``): an arm here is only a name
-and the options of one recipe call. Importing it puts the repository root on ``sys.path`` so that
-``experiments.configs`` is importable from any working directory.
-
-Committed reference checkpoints live in ``experiments/checkpoints/NAME.msgpack`` with ``NAME.config.json`` and
-``NAME.metrics.jsonl``; a run directory of ``experiments/train.py`` holds ``config.json``, ``best.msgpack`` and
-``metrics.jsonl``; ``jaxsnn.training.load_trained`` reads either.
-
-XLA's CPU kernels: every conversion script calls ``jaxsnn.xla.use_fast_cpu_kernels()`` first thing in ``main()``
-(before JAX computes anything), so jaxsnn's entry points simulate with XLA:CPU's fast contraction kernels unless
-``JAXSNN_FAST_CPU=0``; importing this module (or jaxsnn) changes nothing.
-
-The CPU allocator (:func:`use_tcmalloc`): Runs a script under tcmalloc when the machine has it: CPU training here spends a third of its time in the kernel.
-
-XLA:CPU allocates and frees its temporary buffers on every step. Under glibc's malloc, buffers above the mmap
-threshold (the im2col and activation buffers of a CIFAR batch are tens of MB) are mmap'ed and unmapped each time,
-so every step page-faults its whole working set back in. Measured on a CIFAR-10 ResNet-20 training step (batch
-128, 2 cores): 246,000 minor page faults and 12.3 s of system time per 15 steps under glibc; 16,000 faults and
-4.0 s under tcmalloc with ``TCMALLOC_RELEASE_RATE=0``; 103 → 147 images/s. The numbers computed are the same
-(the allocator only changes where buffers live).
-
-Call ``use_tcmalloc()`` at the start of a script's ``main()`` (the re-exec then costs one more import of jax). It re-runs
-the process with tcmalloc preloaded when ``libtcmalloc_minimal.so.4`` is installed (Debian/Ubuntu package
-``libtcmalloc-minimal4``; ``scripts/setup_offline_data.sh`` installs it) and does nothing otherwise. Set
-``JAXSNN_MALLOC=system`` to keep the system allocator.
+Every script in ``experiments/`` imports this module (``import common``: the script's own directory is on the path)
+and nothing from another script; all logic a user would want is library code (``jaxsnn``: the recipes, the results
+schema, the validation choice and the tables in :mod:`jaxsnn.results`, the CPU allocator in
+:func:`jaxsnn.training.use_tcmalloc`): an arm here is only a name and the options of one recipe call. Importing it
+puts the repository root on ``sys.path`` so that ``experiments.configs`` is importable from any working directory.
+Every conversion script calls ``jaxsnn.xla.use_fast_cpu_kernels()`` first thing in ``main()``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import pathlib
 import sys
-import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jaxsnn
+from jaxsnn import data, files, results, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -56,64 +36,24 @@ def resolve_run(name_or_path) -> pathlib.Path:
   return path
 
 
-def best_epoch(run) -> dict:
-  """The metrics line of the run's best validation accuracy (the epoch its variables hold)."""
-  from jaxsnn import training
-  lines = training.checkpoint_files(run)[2].read_text().splitlines()
-  metrics = [json.loads(line) for line in lines if line.strip()]
-  return max((m for m in metrics if "val_accuracy" in m), key=lambda m: m["val_accuracy"], default={})
-
-
-@dataclasses.dataclass
-class Run:
-  """A trained network with its data: what every conversion experiment starts from."""
-  name: str
-  config: Any
-  model: Any
-  apply_fn: Callable
-  variables: Any
-  train: Any  # data.Arrays of the training split (validation held out): thresholds come from here only
-  validation: Any  # data.Arrays of the validation split (the last val_examples training images): choices only
-  test: Any  # data.Arrays of the test split
-  spec: Any
-
-  def normalize(self, images):
-    from jaxsnn import data
-    return data.normalize(images, self.spec.mean, self.spec.std)
+Run, best_epoch = training.Run, training.best_epoch
 
 
 def load_run(run, data_dir: Optional[str] = None) -> Run:
-  """Loads a committed checkpoint or run directory, its model, and its dataset's train, validation and test splits."""
-  from jaxsnn import data, training
+  """:func:`jaxsnn.training.load_run`, a missing checkpoint named as the ``--run`` flag's error."""
   try:
-    config, model, variables = training.load_trained(run)
+    return training.load_run(run, data_dir)
   except FileNotFoundError as e:
     raise SystemExit(f"--run: {e}") from None
-  apply_fn = functools.partial(_apply, model)
-  spec = data.spec(config.dataset)
-  split = data.splits(config.dataset, config.val_examples)
-  data_dir = data_dir or config.data_dir
-  load = functools.partial(data.load, config.dataset, data_dir=data_dir)
-  train, test = load(split["train"]), load(split["test"])
-  validation = load(split["validation"]) if "validation" in split else None
-  checkpoint = training.checkpoint_files(run)[1]
-  name = checkpoint.stem if checkpoint.name != "best.msgpack" else pathlib.Path(run).name
-  return Run(name, config, model, apply_fn, variables, train, validation, test, spec)
-
-
-def _apply(model, variables, x):
-  return model.apply(variables, x, train=False)
 
 
 def first(arrays, n: Optional[int]):
   """The first ``n`` examples of a ``data.Arrays`` (all of them for None)."""
-  from jaxsnn import data
   return arrays if n is None else data.Arrays(arrays.images[:n], arrays.labels[:n])
 
 
 def batches(run: Run, arrays, batch_size: int) -> Iterator[dict]:
   """``{"image", "label", "mask"}`` batches of ``arrays`` in order (the last one padded and masked), normalised."""
-  from jaxsnn import data
   return data.batches(arrays, batch_size, train=False, mean=run.spec.mean, std=run.spec.std)
 
 
@@ -122,45 +62,7 @@ def train_batches(run: Run, num_examples: int, batch_size: int) -> list:
   return list(batches(run, first(run.train, num_examples), batch_size))
 
 
-def write_json(path, obj) -> None:
-  """Writes ``obj`` as JSON atomically (``jaxsnn.files.write_json``)."""
-  from jaxsnn import files
-  files.write_json(path, obj)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The CPU allocator.
-# ----------------------------------------------------------------------------------------------------------------
-
-LIBRARY = "libtcmalloc_minimal.so.4"
-SEARCH_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
-               "/usr/local/lib")
-
-
-def tcmalloc_environ(environ: Mapping[str, str],
-                     search_dirs: Sequence[str] = SEARCH_DIRS) -> Optional[dict[str, str]]:
-  """The environment to re-exec with, or None when tcmalloc is off, missing or already loaded."""
-  if environ.get("JAXSNN_MALLOC", "tcmalloc") == "system" or "tcmalloc" in environ.get("LD_PRELOAD", ""):
-    return None
-  for directory in search_dirs:
-    path = os.path.join(directory, LIBRARY)
-    if os.path.isfile(path):
-      env = dict(environ)
-      env["LD_PRELOAD"] = ":".join(p for p in (path, environ.get("LD_PRELOAD", "")) if p)
-      env.setdefault("TCMALLOC_RELEASE_RATE", "0")  # keep freed pages: they are reused by the next step
-      return env
-  return None
-
-
-def use_tcmalloc() -> None:
-  """Re-executes the running script with tcmalloc preloaded if it is available (Linux only); else returns."""
-  if not sys.platform.startswith("linux"):
-    return
-  env = tcmalloc_environ(os.environ)
-  if env is not None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+write_json = files.write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,7 +70,7 @@ def use_tcmalloc() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 NORM_NAMES = {"neuron": "NeuronNorm", "layer": "LayerNorm", "channel": "ChannelNorm", "qcfs": "QCFS λ"}
-RECORD = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+RECORD = results.RECORD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +171,6 @@ def build_snn(run: Run, method: Method, num_steps: int, train: list, stats, hist
   """The SNN of ``method`` for ``run``: one call of :mod:`jaxsnn.recipes` with the method's options, on the training
   batches ``train`` (statistics, histograms and every tool; ``stats`` and ``histograms()`` are the ones already
   computed on them, reused across methods)."""
-  import jaxsnn
   neuron = jaxsnn.SNM() if method.neuron == "SNM" else jaxsnn.IF()
   common = dict(neuron=neuron, stats=stats, check_examples=0, progress=progress)
   if method.authors:
@@ -291,29 +192,26 @@ def build_snn(run: Run, method: Method, num_steps: int, train: list, stats, hist
 
 
 class Job:
-  """One network, its calibration statistics (training data only), and cached method results in a work dir.
+  """One network, its calibration statistics (training data only), and its methods' results in a work dir.
 
-  Every method's result is written atomically to ``work/<method>.json`` as soon as it is done, and its evaluation
-  checkpoints every few batches (``jaxsnn.evaluate(checkpoint=...)``): the same command run again after a kill skips
-  what is done and resumes the rest. A result for a larger T or the same settings is reused for a smaller T. With
-  ``select`` validation images, every method is also scored on the first ``select`` images of the validation split
-  (the last training images, held out from training and from the thresholds): that, never the test set, chooses
-  "the best recipe at T" in the reports.
+  Every method's result is written as soon as it is done (:class:`jaxsnn.results.Cache`), and its evaluation
+  checkpoints every few batches: the same command run again after a kill skips what is done and resumes the rest.
+  With ``select`` validation images, every method is also scored on the first ``select`` images of the validation
+  split (the last training images, held out from training and from the thresholds): that, never the test set,
+  chooses "the best recipe at T" (:func:`jaxsnn.results.chosen`).
   """
 
   def __init__(self, run: Run, work, num_test: Optional[int], calib_examples: int, batch_size: int,
                block_size: Optional[int] = None, progress: bool = True, select: int = 0):
-    import jaxsnn
     self.run, self.work = run, pathlib.Path(work)
     self.test = first(run.test, num_test)
-    self.batch_size, self.block_size, self.progress = batch_size, block_size, progress
+    self.batch_size, self.block_size, self.progress, self.select = batch_size, block_size, progress, select
     self.settings = {"test_images": int(len(self.test.labels)), "calibration_images": calib_examples,
                      "calibrate_snn_images": jaxsnn.recipes.SNN_CALIBRATION_EXAMPLES, "batch_size": batch_size}
-    self.select = select
-    if select and (run.validation is None or len(run.validation.labels) < select):
-      raise SystemExit(f"--select {select}: the run holds out {0 if run.validation is None else len(run.validation.labels)}"
-                       " validation images")
-    self.work.mkdir(parents=True, exist_ok=True)
+    held_out = 0 if run.validation is None else len(run.validation.labels)
+    if select > held_out:
+      raise SystemExit(f"--select {select}: the run holds out {held_out} validation images")
+    self.cache = results.Cache(work, self.settings)
     self.train = train_batches(run, calib_examples, batch_size)
     stats_file = self.work / f"stats_{calib_examples}.jaxsnn"
     old_file = stats_file.with_suffix(".npz")  # the .npz of a work dir made before jaxsnn's file format (still read)
@@ -322,15 +220,9 @@ class Job:
     else:
       self.stats = jaxsnn.calibrate(run.apply_fn, run.variables, self.train, progress=progress)
       jaxsnn.save_stats(stats_file, self.stats)
-    self._hist = None
+    self.histograms = functools.cache(lambda: jaxsnn.ratio_histograms(run.apply_fn, run.variables, self.train,
+                                                                      self.stats, progress=progress))
     self.calib_examples = calib_examples
-
-  def histograms(self):
-    import jaxsnn
-    if self._hist is None:
-      self._hist = jaxsnn.ratio_histograms(self.run.apply_fn, self.run.variables, self.train, self.stats,
-                                           progress=self.progress)
-    return self._hist
 
   def snn(self, method: Method, num_steps: int):
     """The converted (and, per the method, tuned and calibrated) network."""
@@ -338,88 +230,39 @@ class Job:
                      tune_checkpoint=self.path_of(method).with_suffix(".tune.npz"))
 
   def path_of(self, method: Method, split: str = "test") -> pathlib.Path:
-    slug = "".join(c if c.isalnum() else "_" for c in method.name.replace("θ/2", "half").replace("λ", "lambda"))
-    # The image count is in the name: a 1,000-image run (the README's command) never overwrites a full-set result.
-    images = self.settings["test_images"] if split == "test" else self.select
-    return self.work / (f"{slug}.{images}img.json" if split == "test" else f"{slug}.val{images}img.json")
+    return self.cache.path(method.name, self.settings["test_images"] if split == "test" else self.select, split)
 
   def cached(self, method: Method, num_steps: int) -> Optional[dict]:
-    """The method's result if it is in the work dir for these settings and at least its T; else None."""
-    steps = method.steps(num_steps)
-    path = self.path_of(method)
-    if path.exists():
-      cached = json.loads(path.read_text())
-      if cached["settings"] == self.settings and cached["steps"] >= steps:
-        return _truncate(cached, steps)
-    return None
+    return self.cache.get(method.name, method.steps(num_steps), self.settings["test_images"])
 
-  def seed(self, results: dict) -> None:
-    """Puts the test results of a committed results JSON into the work dir (same settings), so that only what is
-    missing (e.g. the validation scores) runs."""
-    for name, r in results.items():
-      method = Method(**r["method"]) if "method" in r else None
-      path = self.path_of(method) if method is not None else None
-      if path is not None and not path.exists() and r.get("settings") == self.settings:
-        write_json(path, {k: v for k, v in r.items() if k != "validation"})
+  def seed(self, committed: dict) -> None:
+    self.cache.seed(committed, self.settings["test_images"])
 
   def validation(self, method: Method, num_steps: int, snn=None) -> dict:
     """The method's accuracy after every t <= its T on the first ``select`` validation images (cached)."""
-    import jaxsnn
     steps = method.steps(num_steps)
-    path = self.path_of(method, "validation")
-    if path.exists():
-      cached = json.loads(path.read_text())
-      if cached["steps"] >= steps:
-        return {"images": cached["images"], "accuracy": cached["accuracy"][:steps]}
-    if method.authors:
-      return {}
-    snn = snn if snn is not None else self.snn(method, steps)
-    res = jaxsnn.evaluate(snn, batches(self.run, first(self.run.validation, self.select), self.batch_size), steps,
-                          self.block_size, progress=self.progress)
-    out = {"images": self.select, "steps": steps, "accuracy": res.accuracy.tolist()}
-    write_json(path, out)
-    return {"images": self.select, "accuracy": out["accuracy"]}
+    held_out = lambda: batches(self.run, first(self.run.validation, self.select), self.batch_size)  # noqa: E731
+    return self.cache.validation(method.name, lambda: snn or self.snn(method, steps), held_out, steps, self.select,
+                                 block_size=self.block_size, progress=self.progress)
 
   def result(self, method: Method, num_steps: int) -> dict:
     """The method's accuracy after every t <= its T, rates and energy at the recorded steps (cached), and with
     ``select``, its validation accuracy."""
-    import jaxsnn
-    cached = self.cached(method, num_steps)
-    if cached is not None:
-      if self.select and not method.authors:
-        cached["validation"] = self.validation(method, num_steps)
-      return cached
     steps = method.steps(num_steps)
-    path = self.path_of(method)
-    t0 = time.time()
-    snn = None if method.authors else self.snn(method, steps)
-    prepare_seconds = time.time() - t0
-    t0 = time.time()
-    if method.authors:
-      res = self._authors(steps)
-    else:
-      res = jaxsnn.evaluate(snn, batches(self.run, self.test, self.batch_size), steps, self.block_size,
-                            progress=self.progress, record_steps=[t for t in RECORD if t <= steps],
-                            checkpoint=path.with_suffix(".progress.npz"))
-    seconds = time.time() - t0
-    out = {"name": method.name, "method": dataclasses.asdict(method), "settings": self.settings, "steps": steps,
-           "accuracy": res.accuracy.tolist(), "seconds": round(seconds, 1),
-           "prepare_seconds": round(prepare_seconds, 1), "non_finite": res.non_finite}
-    if method.delayed:
-      out["readout_delay"] = int(snn.readout_delay)
-    if res.recorded is not None:
-      out["at"] = cost_at(snn, res)
-    write_json(path, out)
-    for suffix in (".progress.npz", ".tune.npz"):
-      if path.with_suffix(suffix).exists():
-        path.with_suffix(suffix).unlink()
+    about = lambda snn: {"method": dataclasses.asdict(method),  # noqa: E731
+                         **({"readout_delay": int(snn.readout_delay)} if method.delayed else {})}
+    out, snn = self.cache.result(
+        method.name, lambda: None if method.authors else self.snn(method, steps),
+        lambda: batches(self.run, self.test, self.batch_size), steps, self.settings["test_images"],
+        block_size=self.block_size, progress=self.progress, about=about,
+        run=(lambda _, __: self._authors(steps)) if method.authors else None)
+    self.path_of(method).with_suffix(".tune.npz").unlink(missing_ok=True)
     if self.select and not method.authors:
       out = dict(out, validation=self.validation(method, num_steps, snn))
     return out
 
   def _authors(self, steps: int):
     """The authors' protocol over the whole test set: slots of 256 from the test batches, then the train batches."""
-    import jaxsnn
     slot = 256
     full = lambda arrays: [b for b in batches(self.run, arrays, slot) if b["mask"].all()]  # noqa: E731
     slots = jaxsnn.authors_protocol.thresholds(self.run.apply_fn, self.run.variables,
@@ -428,130 +271,22 @@ class Job:
                                             steps, self.block_size, progress=self.progress)
 
 
-def cost_at(snn, res) -> dict:
-  """``{t: rates and Eq. 15 energy ratio}`` at every step an evaluation recorded (``evaluate(record_steps=...)``):
-  the cost summary of every method in the results JSONs."""
-  import jaxsnn
-  out = {}
-  for t in res.recorded.steps:
-    counts = jaxsnn.analysis.recorded_counts(res, t)
-    e = jaxsnn.analysis.energy(snn, counts)
-    e_avg = jaxsnn.analysis.energy(snn, counts, pooling="average")
-    out[str(t)] = {
-        "average_firing_rate": jaxsnn.analysis.average_firing_rate(counts),
-        "firing_rates": jaxsnn.analysis.firing_rates(counts),
-        "positive_rates": jaxsnn.analysis.firing_rates(counts, sign="pos"),
-        "negative_rates": jaxsnn.analysis.firing_rates(counts, sign="neg"),
-        "energy_ratio": float(e.ratio), "energy_ratio_average_pooling": float(e_avg.ratio)}
-  return out
-
-
-def _truncate(result: dict, steps: int) -> dict:
-  out = dict(result, steps=steps, accuracy=result["accuracy"][:steps])
-  if "at" in result:
-    out["at"] = {t: v for t, v in result["at"].items() if int(t) <= steps}
-  return out
-
-
-def report(job: Job, results: dict, ann_accuracy: float, pending: Sequence[str] = ()) -> dict:
-  """The results JSON (the schema of experiments/main.py); ``pending`` names the methods not done yet (a partial
-  report lists them under ``"pending"``; a complete one has no such key)."""
-  out = {"checkpoint": job.run.name, "dataset": job.run.config.dataset, "model": job.run.config.model,
-         "test_images": job.settings["test_images"], "calibration_images": job.settings["calibration_images"],
-         "ann_accuracy": ann_accuracy, "methods": results}
-  if pending:
-    out["pending"] = list(pending)
-  return out
+def report(job: Job, methods: dict, ann_accuracy: float, pending: Sequence[str] = ()) -> dict:
+  """The results JSON of a job (:func:`jaxsnn.results.report`, experiments/main.py's schema)."""
+  return results.report(checkpoint=job.run.name, dataset=job.run.config.dataset, model=job.run.config.model,
+                        test_images=job.settings["test_images"], calibration_images=job.settings["calibration_images"],
+                        ann_accuracy=ann_accuracy, methods=methods, pending=pending)
 
 
 def ann_accuracy(run: Run, arrays, batch_size: int) -> float:
-  from jaxsnn import training
   res = training.evaluate(run.model.apply, run.variables, arrays, batch_size, run.spec.mean, run.spec.std)
   return float(res["accuracy"])
 
 
-def table(report_: dict, steps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), with_cost: bool = True) -> str:
-  """A markdown table: accuracy (%) after T steps, and (per method, at its largest shown T) rate and energy."""
-  shown = [t for t in steps if any(len(r["accuracy"]) >= t for r in report_["methods"].values())]
-  head = "| method | " + " | ".join(f"T={t}" for t in shown) + (" | avg rate | E_SNN/E_ANN |" if with_cost else " |")
-  lines = [f"ANN {100 * report_['ann_accuracy']:.2f} % on {report_['test_images']} test images", "", head,
-           "|" + "---|" * (len(shown) + 1 + 2 * with_cost)]
-  for name, r in report_["methods"].items():
-    acc = r["accuracy"]
-    cells = [f"{100 * acc[t - 1]:.2f}" if t <= len(acc) else "" for t in shown]
-    row = f"| {name} | " + " | ".join(cells)
-    if with_cost:
-      last = str(max((int(t) for t in r.get("at", {})), default=0))
-      at = r.get("at", {}).get(last)
-      row += (f" | {at['average_firing_rate']:.4f} (T={last}) | {at['energy_ratio']:.3f} (T={last})" if at
-              else " | | ")
-    lines.append(row + " |")
-  return "\n".join(lines)
-
-
-def chosen(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> dict:
-  """``{T: (method name, test accuracy, validation accuracy)}``: at each T, the method with the best accuracy at T on
-  the validation images (the first of equals), among the methods simulated to T (a method tuned for a target T
-  competes at its target only). None where a candidate has no validation score: the test set never chooses."""
-  out = {}
-  for t in steps:
-    candidates = [(name, r) for name, r in report_["methods"].items()
-                  if t <= len(r["accuracy"]) and r.get("method", {}).get("target") in (None, t)
-                  and not r.get("method", {}).get("authors")]
-    if not candidates or any("validation" not in r or t > len(r["validation"]["accuracy"]) for _, r in candidates):
-      out[t] = None
-      continue
-    name, r = max(candidates, key=lambda nr: nr[1]["validation"]["accuracy"][t - 1])  # max keeps the first of equals
-    out[t] = (name, r["accuracy"][t - 1], r["validation"]["accuracy"][t - 1])
-  return out
-
-
-def cost_table(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> str:
-  """Markdown: per method, accuracy (%) / average firing rate / Eq. 15 energy ratio at each T; a method tuned for a
-  target T fills only that column. Then the method chosen at each T on the validation images (:func:`chosen`) with
-  its test accuracy and the points lost against the ANN, and, for reference only, the best test accuracy (which no
-  rule may choose by)."""
-  ann = report_["ann_accuracy"]
-  head = "| method | " + " | ".join(f"T={t}: acc / rate / E" for t in steps) + " |"
-  lines = [head, "|" + "---|" * (len(steps) + 1)]
-  oracle = {t: None for t in steps}
-  for name, r in report_["methods"].items():
-    target = r["method"].get("target") if "method" in r else None
-    cells = []
-    for t in steps:
-      at = r.get("at", {}).get(str(t))
-      if t > len(r["accuracy"]) or (target and target != t) or at is None:
-        cells.append("")
-        continue
-      acc = r["accuracy"][t - 1]
-      cells.append(f"{100 * acc:.2f} / {at['average_firing_rate']:.3f} / {at['energy_ratio']:.2f}")
-      if not r.get("method", {}).get("authors") and (oracle[t] is None or acc > oracle[t]):
-        oracle[t] = acc
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  picks = chosen(report_, steps)
-  images = {r["validation"]["images"] for r in report_["methods"].values() if "validation" in r}
-  label = f"chosen on {images.pop():,} validation images" if len(images) == 1 else "chosen on validation images"
-  lines.append(f"| **{label}: test % (points lost vs ANN)** | " + " | ".join(
-      f"**{100 * p[1]:.2f}** ({100 * (ann - p[1]):+.2f}): {p[0]}" if p else "(no validation scores)"
-      for p in picks.values()) + " |")
-  lines.append("| best on the test set (reference only, not a choice) | " + " | ".join(
-      f"{100 * a:.2f} ({100 * (ann - a):+.2f})" if a is not None else "" for a in oracle.values()) + " |")
-  return "\n".join(lines)
-
-
-def recipes(report_: dict) -> dict:
-  """``{recipe: {T: (accuracy, energy ratio)}}`` for ``jaxsnn.plotting.plot_recipes``: a method tuned for a target T
-  is one point of its recipe (the name without " (T=...)"); a method simulated once gives every recorded T."""
-  out: dict = {}
-  for name, r in report_["methods"].items():
-    target = r.get("method", {}).get("target")
-    recipe = name.rsplit(" (T=", 1)[0] if target else name
-    at = r.get("at", {})
-    steps = [target] if target else [int(t) for t in at if int(t) <= len(r["accuracy"])] or [len(r["accuracy"])]
-    for t in steps:
-      e = at.get(str(t), {}).get("energy_ratio")
-      out.setdefault(recipe, {})[t] = (r["accuracy"][t - 1], e)
-  return out
+# The report's tables and the validation choice are the library's (what a user reproducing a table calls too).
+table, chosen, cost_table, cost_at = results.table, results.chosen, results.cost_table, results.cost_at
+recipes = results.recipe_curves
+use_tcmalloc = training.use_tcmalloc
 
 
 # Method sets of main.py --methods (and site_errors.py).

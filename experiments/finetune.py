@@ -22,12 +22,12 @@ import time
 import common
 import jaxsnn.xla
 import jaxsnn
-from jaxsnn import data, plotting
+from jaxsnn import data, plotting, training
 
 
 def main():
   jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
-  common.use_tcmalloc()
+  training.use_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="cifar10_resnet20")
   parser.add_argument("--target", type=int, default=8, help="the T of the recipe and of the fine-tuning")

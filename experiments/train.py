@@ -6,12 +6,12 @@ Runs under tcmalloc when it is installed (~1.4x faster on CPU, see ``experiments
 import argparse
 import json
 
-import common
+import common  # noqa: F401  (puts the repository root on sys.path: experiments.configs import each other)
 from jaxsnn import training
 
 
 def main():
-  common.use_tcmalloc()
+  training.use_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("config")
   parser.add_argument("workdir")

@@ -16,7 +16,7 @@ Every function that reads data takes batches in one protocol (arrays, ``(x, labe
 ``{"image", "label", "mask"}`` dicts, iterables of these).
 """
 
-from jaxsnn import analysis, authors_protocol, encoders, files, lowlatency, neurons, recipes, surrogates
+from jaxsnn import analysis, authors_protocol, encoders, files, lowlatency, neurons, recipes, results, surrogates
 from jaxsnn._src.calibrate import Stats, calibrate, load_stats, save_stats
 from jaxsnn._src.convert import SpikingNetwork, convert
 from jaxsnn._src.evaluate import Evaluation, Recorded, accuracy_vs_time, agreement, evaluate
@@ -58,7 +58,7 @@ __all__ = [
     "finetune", "lowlatency",
     "ratio_histograms", "recipes", "relaxed_quantization_error", "thresholds_for_steps", "tune_snn",
     # analysis, QCFS, the authors' protocol
-    "analysis", "authors_protocol", "information_loss", "qcfs",
+    "analysis", "authors_protocol", "information_loss", "qcfs", "results",
     # conversion-aware fine-tuning
     "QuantizedApply", "QuantizedVariables", "quantize_for_conversion",
 ]

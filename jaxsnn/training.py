@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -43,8 +44,9 @@ from jaxsnn import models
 
 __all__ = ["JsonlWriter", "ModelApply", "TrainConfig", "TrainState", "build_model", "checkpoint_files",
            "create_train_state", "eval_step", "evaluate", "learning_rate_schedule", "load_config", "load_trained",
-           "load_variables", "make_optimizer", "restore_checkpoint", "save_checkpoint", "train_and_evaluate",
-           "train_step"]
+           "load_variables", "make_optimizer", "restore_checkpoint", "save_checkpoint", "tcmalloc_environ", "Run",
+           "best_epoch", "load_run",
+           "train_and_evaluate", "train_step", "use_tcmalloc"]
 
 
 @dataclasses.dataclass
@@ -464,3 +466,125 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
   metrics.write(summary)
   metrics.close()
   return summary
+
+
+# --- the CPU allocator ------------------------------------------------------------------------------------------
+
+TCMALLOC = "libtcmalloc_minimal.so.4"
+"""The tcmalloc library :func:`use_tcmalloc` preloads (Debian/Ubuntu package ``libtcmalloc-minimal4``)."""
+TCMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+
+
+def tcmalloc_environ(environ, search_dirs=TCMALLOC_DIRS) -> Optional[dict]:
+  """The environment to re-execute with tcmalloc preloaded, or None when it is off (``JAXSNN_MALLOC=system``),
+  missing or already loaded.
+
+  Args:
+    environ: the current environment.
+    search_dirs: where to look for :data:`TCMALLOC`.
+
+  Returns:
+    A new environment, or None.
+  """
+  if environ.get("JAXSNN_MALLOC", "tcmalloc") == "system" or "tcmalloc" in environ.get("LD_PRELOAD", ""):
+    return None
+  for directory in search_dirs:
+    path = os.path.join(directory, TCMALLOC)
+    if os.path.isfile(path):
+      env = dict(environ)
+      env["LD_PRELOAD"] = ":".join(p for p in (path, environ.get("LD_PRELOAD", "")) if p)
+      env.setdefault("TCMALLOC_RELEASE_RATE", "0")  # keep freed pages: the next step reuses them
+      return env
+  return None
+
+
+def use_tcmalloc() -> None:
+  """Re-executes the running script with tcmalloc preloaded when it is installed (Linux); else returns.
+
+  Why: XLA:CPU allocates and frees its temporary buffers on every training step; under glibc's malloc, buffers above
+  the mmap threshold (the im2col and activation buffers of a CIFAR batch) are mapped and unmapped each time, so every
+  step page-faults its working set back in. tcmalloc keeps them (the numbers computed are the same: the allocator only
+  changes where buffers live). Call it first thing in a training script's ``main()``; ``JAXSNN_MALLOC=system`` keeps
+  the system allocator.
+  """
+  if not sys.platform.startswith("linux"):
+    return
+  env = tcmalloc_environ(os.environ)
+  if env is not None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+# --- a trained network with its data ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+  """A trained network with its data: what a conversion experiment starts from (:func:`load_run`).
+
+  Attributes:
+    name: the checkpoint's name.
+    config: its :class:`TrainConfig`.
+    model: the Flax model.
+    apply_fn: ``apply_fn(variables, x)`` in eval mode.
+    variables: its variables.
+    train: :class:`jaxsnn.data.Arrays` of the training split (validation held out): thresholds come from here only.
+    validation: the validation split (the last ``val_examples`` training images): choices only; None if none.
+    test: the test split.
+    spec: the dataset's :class:`jaxsnn.data.DatasetSpec`.
+  """
+
+  name: str
+  config: Any
+  model: Any
+  apply_fn: Callable
+  variables: Any
+  train: Any
+  validation: Any
+  test: Any
+  spec: Any
+
+  def normalize(self, images):
+    return data_lib.normalize(images, self.spec.mean, self.spec.std)
+
+
+def load_run(run: os.PathLike | str, data_dir: Optional[str] = None) -> Run:
+  """A committed checkpoint or a run directory of :func:`train_and_evaluate`, its model, and its dataset's train,
+  validation and test splits (through tfds).
+
+  Args:
+    run: the checkpoint (``NAME`` beside ``NAME.config.json``) or the run directory.
+    data_dir: tfds's data dir (default: the run's, else tfds's own).
+
+  Returns:
+    A :class:`Run`.
+
+  Raises:
+    FileNotFoundError: if there is no such checkpoint.
+  """
+  config, model, variables = load_trained(run)
+  split = data_lib.splits(config.dataset, config.val_examples)
+  load = functools.partial(data_lib.load, config.dataset, data_dir=data_dir or config.data_dir)
+  checkpoint = checkpoint_files(run)[1]
+  name = checkpoint.stem if checkpoint.name != "best.msgpack" else pathlib.Path(run).name
+  return Run(name, config, model, functools.partial(_eval_apply, model), variables, load(split["train"]),
+             load(split["validation"]) if "validation" in split else None, load(split["test"]),
+             data_lib.spec(config.dataset))
+
+
+def _eval_apply(model, variables, x):
+  return model.apply(variables, x, train=False)
+
+
+def best_epoch(run: os.PathLike | str) -> dict:
+  """The metrics line of the run's best validation accuracy (the epoch its variables hold).
+
+  Args:
+    run: as in :func:`load_run`.
+
+  Returns:
+    That line of ``metrics.jsonl`` (empty if none has a validation accuracy).
+  """
+  lines = checkpoint_files(run)[2].read_text().splitlines()
+  metrics = [json.loads(line) for line in lines if line.strip()]
+  return max((m for m in metrics if "val_accuracy" in m), key=lambda m: m["val_accuracy"], default={})

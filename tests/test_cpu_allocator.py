@@ -1,4 +1,4 @@
-"""experiments/common.py (the CPU allocator): when and how training re-executes itself under tcmalloc."""
+"""jaxsnn.training (the CPU allocator): when and how training re-executes itself under tcmalloc."""
 
 import os
 import pathlib
@@ -7,19 +7,19 @@ import sys
 
 import pytest
 
-from experiments import common as cpu_allocator
+from jaxsnn import training as cpu_allocator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _fake_lib(tmp_path):
-  (tmp_path / cpu_allocator.LIBRARY).write_bytes(b"")
+  (tmp_path / cpu_allocator.TCMALLOC).write_bytes(b"")
   return [str(tmp_path / "missing"), str(tmp_path)]
 
 
 def test_preloads_the_first_library_found_and_keeps_other_preloads(tmp_path):
   env = cpu_allocator.tcmalloc_environ({"LD_PRELOAD": "/x/other.so", "PATH": "/bin"}, _fake_lib(tmp_path))
-  assert env["LD_PRELOAD"] == f"{tmp_path / cpu_allocator.LIBRARY}:/x/other.so"
+  assert env["LD_PRELOAD"] == f"{tmp_path / cpu_allocator.TCMALLOC}:/x/other.so"
   assert env["TCMALLOC_RELEASE_RATE"] == "0" and env["PATH"] == "/bin"
 
 
@@ -44,7 +44,7 @@ def test_use_tcmalloc_reexecs_the_script_with_the_library_loaded(tmp_path):
   script.write_text(
       "import sys\n"
       f"sys.path.insert(0, {str(ROOT)!r})\n"
-      "from experiments.common import use_tcmalloc\n"
+      "from jaxsnn.training import use_tcmalloc\n"
       "print('start', flush=True)\n"
       "use_tcmalloc()\n"
       "print('tcmalloc' in open('/proc/self/maps').read(), sys.argv[1:])\n")

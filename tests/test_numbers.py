@@ -42,13 +42,11 @@ import math
 import pathlib
 import re
 import statistics
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-import common  # noqa: E402  (experiments/common.py: the validation choice and the cost tables the reports print)
+from jaxsnn import results  # the validation choice and the cost tables the reports print
 
 PAGES = ("README.md", "experiments/RESULTS.md", "benchmarks/RESULTS.md",
          *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs/src").rglob("*.md")))
@@ -81,7 +79,7 @@ class Result:
   * ``r.ann``: the ANN's accuracy, %; ``r.acc(m, T)`` the test accuracy of method m after T steps, %;
     ``r.val(m, T)`` on the validation images; ``r.lost(m, T)`` = ``r.ann - r.acc(m, T)``;
   * ``r.rate(m, T)``, ``r.E(m, T)``, ``r.Eavg(m, T)``: average firing rate, Eq. 15 energy ratio (fold, average pooling);
-  * ``r.chosen(T)``: the method chosen at T on the validation images (``common.chosen``, the rule of the reports,
+  * ``r.chosen(T)``: the method chosen at T on the validation images (``jaxsnn.results.chosen``, the rule of the reports,
     checked against the file's own ``selection``); ``r.best(T)``: the best on the test set (reference only);
   * ``r.seconds(m)``, ``r.prepare(m)``: simulation and preparation time; ``r.minutes()``: all methods'
     together (fine-tuning included).
@@ -156,7 +154,7 @@ class Result:
                for r in self.j["methods"].values()) / 60
 
   def chosen(self, t: int) -> str:
-    pick = common.chosen(self.j, (t,))[t]
+    pick = results.chosen(self.j, (t,))[t]
     assert pick is not None, f"{self.path}: no validation choice at T = {t}"
     recorded = self.j.get("selection", {}).get("chosen", {}).get(str(t))
     assert recorded in (None, pick[0]), f"{self.path}: the file's selection at T = {t} is {recorded}, not {pick[0]}"
@@ -183,7 +181,7 @@ class Result:
 
 
 def cost_table(result: Result, steps) -> str:
-  return common.cost_table(result.j, steps)
+  return results.cost_table(result.j, steps)
 
 
 def seq(values, decimals: int, sep: str = ", ") -> str:

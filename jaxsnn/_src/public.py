@@ -10,9 +10,9 @@ from __future__ import annotations
 import inspect
 import types
 
-MODULES = ("jaxsnn", "jaxsnn.recipes", "jaxsnn.lowlatency", "jaxsnn.analysis", "jaxsnn.neurons", "jaxsnn.surrogates",
-           "jaxsnn.encoders", "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.xla", "jaxsnn.models", "jaxsnn.data",
-           "jaxsnn.training", "jaxsnn.plotting")
+MODULES = ("jaxsnn", "jaxsnn.recipes", "jaxsnn.lowlatency", "jaxsnn.analysis", "jaxsnn.results", "jaxsnn.neurons",
+           "jaxsnn.surrogates", "jaxsnn.encoders", "jaxsnn.authors_protocol", "jaxsnn.files", "jaxsnn.xla", "jaxsnn.models",
+           "jaxsnn.data", "jaxsnn.training", "jaxsnn.plotting")
 
 
 def names(module: types.ModuleType) -> list[str]:
