@@ -93,9 +93,8 @@ SLOW = (
     "test_simulate.py::test_folded_simulation_equals_the_unfolded_one_to_rounding_and_runs_fewer_ops",  # 7 s
     "test_simulate.py::test_narrow_counters_count_past_their_int8_range_exactly[127]",  # 14 s
     "test_simulate.py::test_non_finite_inputs_read_out_nan_and_count_as_wrong",  # 19 s
-    # 18 of the 20 random architectures (5-23 s each); 3 and 8 stay
-    *(f"test_simulate.py::test_random_architectures_converge_to_the_ann[{i}]"
-      for i in (0, 1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19)),
+    # 10 of the 12 random architectures (5-23 s each); 3 and 8 stay
+    *(f"test_simulate.py::test_random_architectures_converge_to_the_ann[{i}]" for i in (0, 1, 2, 4, 5, 6, 7, 9, 10, 11)),
     "test_simulate.py::test_readout_delay_against_numpy_and_schedules_bit_identical",  # 11-13 s each
     "test_simulate.py::test_recorded_counts_equal_shorter_runs",  # 6-13 s each
     "test_simulate.py::test_schedules_stay_bit_identical_with_potentials_and_offsets",  # 13-14 s each
@@ -128,7 +127,7 @@ SLOW = (
     "test_surrogates.py::test_surrogate_derivatives_have_unit_area_and_their_steps_integrate_them",  # 8 s
     "test_training.py::test_the_small_config_trains_through_tfds",  # 23 s (measured alone)
     "test_training.py::test_train_and_evaluate_reads_the_configs_data_through_tfds",  # 12 s (measured alone)
-    "test_xla.py::test_schedules_and_the_step_function_stay_bit_identical_under_the_fast_kernels",  # 36 s
+    "test_xla.py::test_jaxsnns_computations_get_the_fast_kernels_whoever_calls_them",  # 27 s idle
     # Over ~4 s in a run of the fast tier itself (same day, same load), which these leave at about half its time:
     "test_analysis.py::test_conversion_error_against_numpy_and_it_shrinks_with_T",  # 5 s
     "test_calibration.py::test_thresholds_of_every_norm_have_the_sites_shapes[3]",  # 4 s

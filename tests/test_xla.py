@@ -1,5 +1,6 @@
-"""XLA's fast CPU kernels: jaxsnn's entry points use them by default (an opt-out), importing jaxsnn never changes the
-environment, and the exactness claims hold under them."""
+"""XLA's fast CPU kernels: jaxsnn's own computations carry them whoever calls (the same bits as the scripts' flag), the
+entry points also set the flag (an opt-out), and importing jaxsnn never changes the environment. Every exactness test of
+the suite (schedules, step function, padding, devices) runs under them, since this process sets no XLA_FLAGS."""
 
 import json
 import os
@@ -47,16 +48,6 @@ def test_importing_jaxsnn_or_the_experiments_changes_nothing_and_the_scripts_opt
   assert flags_after(on, {"JAXSNN_FAST_CPU": "0"}) == "None"
 
 
-def test_schedules_and_the_step_function_stay_bit_identical_under_the_fast_kernels():
-  env = dict(os.environ, XLA_FLAGS=FLAG)
-  proc = subprocess.run([sys.executable, str(ROOT / "tests" / "xla_check.py")], env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert out.pop("flags") == FLAG
-  assert out == {"SNM": True, "IF(subtract)": True}
-
-
 def kernels(extra_env):
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXSNN_FAST_CPU")}
   env.update(extra_env)
@@ -66,12 +57,21 @@ def kernels(extra_env):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_jaxsnns_computations_get_the_fast_kernels_whoever_calls_them():
+def test_jaxsnns_computations_get_the_fast_kernels_whoever_calls_them(monkeypatch):
   """A notebook that never sets XLA_FLAGS computes exactly what a script with the flag computes: jaxsnn's own
   computations carry the option themselves (and an opt-out, or the user's own flag, leaves XLA's choice alone)."""
   library = kernels({})  # a user's process: no flag anywhere
   script = kernels({"XLA_FLAGS": FLAG})  # what the entry points set
-  opted_out = kernels({"JAXSNN_FAST_CPU": "0"})
   assert library["options"] == {"xla_cpu_experimental_ynn_fusion_type": 1}
-  assert script["options"] is None and opted_out["options"] is None  # the flag is the user's; the opt-out is honoured
+  assert script["options"] is None  # the flag is the process's own: nothing added
   assert library["digest"] == script["digest"]
+  from jaxsnn._src import jitting
+  for env, want in (({"JAXSNN_FAST_CPU": "0"}, None), ({"XLA_FLAGS": FLAG.replace("dot", "none")}, None),
+                    ({}, {"xla_cpu_experimental_ynn_fusion_type": 1})):
+    monkeypatch.delenv("JAXSNN_FAST_CPU", raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    for k, v in env.items():
+      monkeypatch.setenv(k, v)
+    jitting.options.cache_clear()
+    assert jitting.options() == want, env
+  jitting.options.cache_clear()
