@@ -55,6 +55,13 @@ def main():
                 for a, b in zip(jax.tree_util.tree_leaves(getattr(c1, field)),
                                 jax.tree_util.tree_leaves(getattr(snn, field))))
     out[f"calibrate_snn_{target}"] = same(getattr(c1, field), getattr(c4, field)) and moved
+  # The optimisers shard their gradient steps too: the same descent, its sums over the batch in another order.
+  t1, tr1 = jaxsnn.tune_snn(snn, [x[:8]], 5, steps=3, mesh=one)
+  t4, tr4 = jaxsnn.tune_snn(snn, [x[:8]], 5, steps=3)
+  out["tune_snn_close"] = bool(np.allclose(tr1.details["losses"], tr4.details["losses"], rtol=1e-4, atol=1e-6))
+  f1, fr1 = jaxsnn.finetune(snn, [(x[:8], labels[:8])], 5, steps=2, learning_rate=1e-3, mesh=one)
+  f4, fr4 = jaxsnn.finetune(snn, [(x[:8], labels[:8])], 5, steps=2, learning_rate=1e-3)
+  out["finetune_close"] = bool(np.allclose(fr1.details["losses"], fr4.details["losses"], rtol=1e-4, atol=1e-6))
   d1, r1 = jaxsnn.choose_readout_delay(snn, batches, 6, mesh=one, **mb)
   d4, r4 = jaxsnn.choose_readout_delay(snn, batches, 6, **mb)
   out["choose_readout_delay"] = same(r1.details["agreement"], r4.details["agreement"])

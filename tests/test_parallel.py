@@ -17,4 +17,4 @@ def test_four_devices_equal_one_bit_for_bit():
                         timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert result == {k: True for k in result} and len(result) == 11, result
+  assert result == {k: True for k in result} and len(result) == 13, result

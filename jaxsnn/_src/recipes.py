@@ -218,7 +218,7 @@ def low_latency_stages(num_steps: int, *, snn_calibration: bool = True, end_to_e
         calibrate_snn, num_steps=num_steps, progress=progress, mesh=mesh), input_key=input_key))
   if end_to_end:
     stages.append(on_first(tune_examples, functools.partial(
-        tune_snn, num_steps=num_steps, steps=tune_steps, progress=progress, checkpoint=tune_checkpoint),
+        tune_snn, num_steps=num_steps, steps=tune_steps, progress=progress, checkpoint=tune_checkpoint, mesh=mesh),
         input_key=input_key))
   if readout_delay:
     stages.append(on_first(delay_examples, functools.partial(

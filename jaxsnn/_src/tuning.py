@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsnn._src import checks, ir, loop, runner, surrogates
+from jaxsnn._src import checks, ir, loop, parallel, runner, surrogates
 from jaxsnn._src.batches import as_batch, check_batches
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.evaluate import evaluate
@@ -29,6 +29,12 @@ DEFAULT_SURROGATE = surrogates.sigmoid(2.0)
 
 def _channels(shape) -> int:
   return int(shape[-1]) if len(shape) else 1
+
+
+def _off_mesh(mesh, tree):
+  """Arrays of the default device, not tied to the mesh they were trained on (a network used under another mesh would
+  otherwise clash with it)."""
+  return tree if mesh is None else jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a)), tree)
 
 
 def _tuned(params, net: SpikingNetwork) -> SpikingNetwork:
@@ -64,7 +70,7 @@ def _tune_update(params, state, net, learning_rate, x, mask, target, **settings)
 def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int = 200,
              learning_rate: float = 0.01, tune=TUNABLE, surrogate: surrogates.Surrogate = DEFAULT_SURROGATE,
              block_size: int | None = None, progress: bool = False, checkpoint=None, checkpoint_every: int = 10,
-             input_key: str = "image") -> tuple[SpikingNetwork, Report]:
+             mesh=None, input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """End-to-end tuning of per-channel thresholds, offsets and initial potentials through the simulated SNN.
 
   The loss is the mean squared distance between the SNN's readout after ``num_steps`` (over steps ``d + 1 ..
@@ -91,6 +97,10 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
       batches and settings resumes from it and returns exactly what an uninterrupted call returns. A checkpoint of
       another job raises. The caller deletes it when done with it.
     checkpoint_every: steps between checkpoint writes.
+    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis), the parameters replicated;
+      default all local devices. A gradient is a sum over the batch: on several devices it is added in another order,
+      so the result equals one device's to float rounding, not bit for bit (a resumed run still equals an
+      uninterrupted one on the same devices).
     input_key: the input's key in dict batches.
 
   Returns:
@@ -115,7 +125,9 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                              finite="tuning fits the SNN to its ANN on training inputs")
   for p in prepared:
     check_batch(snn, p.x, caller)
-  data = [(p.x, jnp.asarray(p.mask, jnp.float32), ir.ann_outputs(snn.traced, snn.variables, p.x)[1].astype(jnp.float32))
+  mesh = parallel.batch_mesh(mesh, caller)
+  data = [parallel.shard_batch(mesh, p.x, jnp.asarray(p.mask, jnp.float32),
+                               ir.ann_outputs(snn.traced, snn.variables, p.x)[1].astype(jnp.float32))
           for p in prepared]
   names = snn.site_names
   channels = {n: (_channels(dict(snn.site_shapes)[n]),) for n in names}
@@ -126,7 +138,8 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   settings = dict(num_steps=num_steps, block_size=block_size, surrogate=surrogate,
                   tuned=tuple(sorted(k for k, v in mask_grads.items() if v)))
   rate = jnp.asarray(learning_rate, jnp.float32)
-  update = lambda params, state, *d: _tune_update(params, state, snn, rate, *d, **settings)  # noqa: E731
+  net, params = parallel.replicate(mesh, snn), parallel.replicate(mesh, params)
+  update = lambda params, state, *d: _tune_update(params, state, net, rate, *d, **settings)  # noqa: E731
 
   job = None
   if checkpoint is not None:
@@ -135,12 +148,12 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                       arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay,
                               data))
   # The starting point is a candidate too: its loss over one round of the batches.
-  start = lambda params: -float(np.mean([float(_tune_loss_jit(params, snn, *d, **settings)) for d in data]))  # noqa: E731
+  start = lambda params: -float(np.mean([float(_tune_loss_jit(params, net, *d, **settings)) for d in data]))  # noqa: E731
   result = loop.optimize(update, params, optax.adam(learning_rate).init(params), data, steps, caller=caller, prepare=lambda d: d,
                          score=start, select="loss", round_size=len(data), progress=progress,
                          desc=f"tune_snn T={num_steps}", checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          fingerprint=job, differs="other network data, batches, T or settings")
-  tuned = _tuned(result["params"], snn)
+  tuned = _tuned(_off_mesh(mesh, result["params"]), snn)
   report = Report("tune_snn", {"tuned": tuple(t for t in TUNABLE if t in tune), "steps": steps,
                                "best_loss": -result["best_score"]}, examples=sum(p.count for p in prepared),
                   num_steps=num_steps, details={"losses": result["losses"]}, seconds=time.perf_counter() - t0)
@@ -182,7 +195,8 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
              optimizer: optax.GradientTransformation | None = None, learning_rate: float = 1e-4,
              loss: str = "labels", surrogate: surrogates.Surrogate = DEFAULT_SURROGATE, remat: bool = True,
              validation: Iterable[Any] | None = None, validate_every: int = 100, progress: bool = False,
-             checkpoint=None, checkpoint_every: int = 50, input_key: str = "image") -> tuple[SpikingNetwork, Report]:
+             checkpoint=None, checkpoint_every: int = 50, mesh=None,
+             input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """Fine-tunes the network's weights through the simulated SNN at T steps (surrogate gradients).
 
   The loss is computed on the SNN's readout after ``num_steps`` (the answer the network gives, readout delay
@@ -216,6 +230,10 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
       uninterrupted call returns (with an ``optimizer`` of your own, pass the same one again: it is not part of the
       checkpoint's fingerprint).
     checkpoint_every: steps between checkpoint writes.
+    mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis), the parameters replicated;
+      default all local devices. A gradient is a sum over the batch: on several devices it is added in another order,
+      so the result equals one device's to float rounding, not bit for bit (a resumed run still equals an
+      uninterrupted one on the same devices).
     input_key: the input's key in dict batches.
 
   Returns:
@@ -255,8 +273,10 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   fixed = [leaf for leaf, t in zip(leaves, trained) if not t]
   settings = dict(treedef=treedef, trained=trained, num_steps=num_steps, loss=loss, surrogate=surrogate, remat=remat)
   rate = jnp.asarray(learning_rate, jnp.float32)
+  mesh = parallel.batch_mesh(mesh, caller)
+  net, params, fixed = parallel.replicate(mesh, snn), parallel.replicate(mesh, params), parallel.replicate(mesh, fixed)
   update = lambda params, state, *batch: _finetune_update(  # noqa: E731
-      params, state, fixed, snn, rate, *batch, optimizer=optimizer, **settings)
+      params, state, fixed, net, rate, *batch, optimizer=optimizer, **settings)
   variables_of = lambda params: _variables(params, fixed, treedef, trained)  # noqa: E731
 
   seen = {"examples": 0}
@@ -274,7 +294,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                        "train on nothing.")
     seen["examples"] += batch.count
     labels = batch.labels if batch.labels is not None else np.zeros(batch.size, np.int32)
-    return batch.x, jnp.asarray(labels), jnp.asarray(batch.mask, jnp.float32)
+    return parallel.shard_batch(mesh, batch.x, np.asarray(labels, np.int32), np.asarray(batch.mask, np.float32))
 
   def accuracy(params):
     return float(evaluate(snn.replace(variables=variables_of(params)), validation, num_steps,
@@ -301,7 +321,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                   examples=seen["examples"], num_steps=num_steps,
                   details={"losses": result["losses"], "validation": result["history"]},
                   seconds=time.perf_counter() - t0)
-  return snn.replace(variables=variables_of(result["params"])), report
+  return snn.replace(variables=variables_of(_off_mesh(mesh, result["params"]))), report
 
 
 def _labelled_once(batches: Iterable[Any], classes: int, what: str, input_key: str) -> list:
