@@ -206,20 +206,6 @@ def _accuracy(apply: Callable, params_to_variables: Callable, batches: list, cla
   return accuracy
 
 
-def _labelled(batches, what: str, input_key: str) -> list:
-  check_batches(batches, what)
-  kept = list(batches)
-  count = 0
-  for item in kept:
-    batch = as_batch(item, what, input_key)
-    if batch.labels is None:
-      raise ValueError(f"{what}: a batch has no labels; validation needs (x, labels) batches.")
-    count += batch.count
-  if count == 0:
-    raise ValueError(f"{what} is empty (no unmasked example); pass labelled held-out batches, or None.")
-  return kept
-
-
 def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, levels: int,
                             steps: int, validation: Iterable[Any] | None = None, loss: str = "distill",
                             temperature: float = 1.0, optimizer: optax.GradientTransformation | None = None,
@@ -402,7 +388,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
 
   score = relu_accuracy = None
   if validation is not None:
-    validation = _labelled(validation, f"{caller}: validation", input_key)
+    validation = runner.labelled_once(validation, f"{caller}: validation", input_key, classes)
     score = _accuracy(apply_q.apply, variables_of, validation, classes, input_key)
     relu_accuracy = _accuracy(lambda v, x: apply_q.apply(v, x, relu=True), variables_of, validation, classes,
                               input_key)(params)

@@ -187,12 +187,7 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
 
   def check(batch: Batch) -> None:
     read["batches"] += 1
-    if labels is not None:
-      _needs_labels(batch, caller, labels)
-      if classes is not None:
-        check_labels(batch.labels[batch.mask], classes, caller)
-    if finite is not None:
-      check_finite(batch, caller, finite)
+    _check(batch, caller, labels, classes, finite)
 
   state, done, count, seen = None, 0, 0, 0
   key = None
@@ -236,6 +231,37 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
   if checkpoint is not None:
     save_checkpoint(checkpoint, key, {"state": state, "groups": seen, "count": count})
   return state, count
+
+
+def _check(batch: Batch, caller: str, labels: str | None, classes: int | None, finite: str | None) -> None:
+  """What a function asks of every batch it reads: labels (in ``[0, classes)``), finite inputs."""
+  if labels is not None:
+    _needs_labels(batch, caller, labels)
+    if classes is not None:
+      check_labels(batch.labels[batch.mask], classes, caller)
+  if finite is not None:
+    check_finite(batch, caller, finite)
+
+
+def labelled_once(batches: Iterable[Any], what: str, input_key: str = "image",
+                  classes: int | None = None) -> list:
+  """Held-out batches read several times (validation), checked once and kept (a one-shot iterator is read here):
+  labelled, labels in ``[0, classes)``, at least one real example.
+
+  Raises:
+    ValueError: naming ``what`` (e.g. ``"jaxsnn.finetune: validation"``).
+  """
+  check_batches(batches, what)
+  kept, count = list(batches), 0
+  for item in kept:
+    batch = as_batch(item, what, input_key)
+    if batch.labels is None:
+      raise ValueError(f"{what}: a batch has no labels; validation needs (x, labels) batches.")
+    _check(batch, what, "validation", classes, None)
+    count += batch.count
+  if count == 0:
+    raise ValueError(f"{what} is empty (no unmasked example); pass labelled held-out batches, or None.")
+  return kept
 
 
 def check_finite(batch: Batch, caller: str, why: str) -> None:
@@ -287,12 +313,7 @@ def as_given(batches: Iterable[Any], *, caller: str, input_key: str = "image", l
   out = []
   for item in batches:
     batch = as_batch(item, caller, input_key)
-    if labels is not None:
-      _needs_labels(batch, caller, labels)
-      if classes is not None:
-        check_labels(batch.labels[batch.mask], classes, caller)
-    if finite is not None:
-      check_finite(batch, caller, finite)
+    _check(batch, caller, labels, classes, finite)
     if batch.size:
       out.append(prepare(batch, None))
   if not out:

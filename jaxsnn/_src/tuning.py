@@ -264,7 +264,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   classes = checks.classes(snn.output_shape, caller)
   check_batches(batches, caller)
   if validation is not None:
-    validation = _labelled_once(validation, classes, f"{caller}: validation", input_key)
+    validation = runner.labelled_once(validation, f"{caller}: validation", input_key, classes)
   # A given optimizer's settings are not readable from it: a resumed run must pass the same one (the caller's part).
   optimizer_key = ("adam", float(learning_rate)) if optimizer is None else "the caller's optimizer"
   leaves, treedef = jax.tree_util.tree_flatten(snn.variables)
@@ -322,20 +322,3 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
                   details={"losses": result["losses"], "validation": result["history"]},
                   seconds=time.perf_counter() - t0)
   return snn.replace(variables=variables_of(_off_mesh(mesh, result["params"]))), report
-
-
-def _labelled_once(batches: Iterable[Any], classes: int, what: str, input_key: str) -> list:
-  """Validation batches, checked once and kept (a one-shot iterator is read here): labelled, labels in range, not
-  empty."""
-  check_batches(batches, what)
-  kept = list(batches)
-  count = 0
-  for item in kept:
-    batch = as_batch(item, what, input_key)
-    if batch.labels is None:
-      raise ValueError(f"{what}: a batch has no labels; validation needs (x, labels) batches.")
-    runner.check_labels(batch.labels[batch.mask], classes, what)
-    count += batch.count
-  if count == 0:
-    raise ValueError(f"{what} is empty (no unmasked example); pass labelled held-out batches, or None.")
-  return kept
