@@ -27,6 +27,8 @@ from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+from jaxsnn._src import checks
+
 __all__ = ["AUGMENTATIONS", "Arrays", "Augment", "Batch", "DatasetSpec", "SPECS", "batches", "cifar_augment",
            "flip_only", "imagenet_batches", "load", "normalize", "num_batches", "random_crop", "random_flip", "spec",
            "splits"]
@@ -189,8 +191,7 @@ def batches(data: Arrays, batch_size: int, *, train: bool, mean=(0.0,), std=(1.0
     ``{"image": float32 [B, H, W, C], "label": int32 [B], "mask": bool [B]}``.
   """
   n = len(data.labels)
-  if batch_size < 1:
-    raise ValueError(f"batches: batch_size must be >= 1, got {batch_size}")
+  batch_size = checks.positive_int(batch_size, "batch_size", "jaxsnn.data.batches")
   if train and n < batch_size:
     raise ValueError(f"batches: {n} training examples are fewer than one batch of {batch_size}")
   order = np.random.default_rng([seed, epoch]).permutation(n) if train else np.arange(n)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
 
-from jaxsnn._src import lowering
+from jaxsnn._src import checks, lowering
 from jaxsnn._src.qcfs import qcfs
 
 __all__ = ["Activation", "BasicBlock", "FastConv", "LayerSpec", "MODELS", "QCFS", "ResNet", "ResNet18", "ResNet20",
@@ -94,8 +94,7 @@ def qcfs_activation(levels: int, init_threshold: float = 8.0) -> Activation:
   Example:
     >>> model = ResNet20(num_classes=10, act=qcfs_activation(levels=4))
   """
-  if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-    raise ValueError(f"qcfs_activation: levels must be a positive int; got {levels!r}.")
+  levels = checks.positive_int(levels, "levels", "jaxsnn.models.qcfs_activation")
   if not init_threshold > 0:
     raise ValueError(f"qcfs_activation: init_threshold must be > 0; got {init_threshold!r}.")
   return _QCFSActivation(levels, float(init_threshold))

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxsnn._src import checks
+
 
 def _pyplot():
   try:
@@ -192,8 +194,7 @@ def plot_rates_over_time(spikes, path: str | os.PathLike | None = None, *, windo
   """
   caller = "jaxsnn.plotting.plot_rates_over_time"
   sites = _sites(spikes, caller)
-  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-    raise ValueError(f"{caller}: window must be a positive int; got {window!r}.")
+  window = checks.positive_int(window, "window", caller)
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 3.6))
   for name, rec in sites.items():

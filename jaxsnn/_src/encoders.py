@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsnn._src import checks
+
 
 @dataclasses.dataclass(frozen=True)
 class Encoder:
@@ -214,6 +216,5 @@ def phase(bits: int = 8, low: Any = 0.0, high: Any = 1.0) -> Encoder:
     >>> trace = jaxsnn.simulate(snn, x, 64, encoder=jaxsnn.encoders.phase(bits=8))
   """
   caller = "jaxsnn.encoders.phase"
-  if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 24:
-    raise ValueError(f"{caller}: bits must be an int in 1..24 (the code's period in steps); got {bits!r}.")
+  bits = checks.int_at_least(bits, "bits", caller, 1, "the code's period in steps", high=24)
   return Encoder(_phase, {"bits": jnp.asarray(bits, jnp.int32), **_range(low, high, caller)}, "phase")

@@ -19,9 +19,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend import core as jcore
 from jax.interpreters import batching, mlir
+
+from jaxsnn._src import checks
 
 qcfs_p = jcore.Primitive("jaxsnn_qcfs")
 
@@ -98,7 +99,6 @@ def qcfs(z, threshold, levels: int):
   Raises:
     ValueError: if ``levels`` is not a positive int.
   """
-  if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
-    raise ValueError(f"jaxsnn.qcfs: levels must be a positive int; got {levels!r}.")
+  levels = checks.positive_int(levels, "levels", "jaxsnn.qcfs")
   z = jnp.asarray(z)
-  return _qcfs(z, jnp.asarray(threshold, z.dtype), int(levels))
+  return _qcfs(z, jnp.asarray(threshold, z.dtype), levels)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import jax
 import numpy as np
 
-from jaxsnn._src import parallel
+from jaxsnn._src import checks, parallel
 from jaxsnn._src.batches import Batch, as_batch, check_batches, non_finite_rows, rechunk
 from jaxsnn._src.files import load_checkpoint, save_checkpoint
 
@@ -55,10 +55,7 @@ class Prepared(NamedTuple):
 
 
 def check_micro_batch(micro_batch, caller: str) -> int:
-  if isinstance(micro_batch, bool) or not isinstance(micro_batch, (int, np.integer)) or micro_batch < 1:
-    raise ValueError(f"{caller}: micro_batch must be a positive int (examples per device in each computation); got "
-                     f"{micro_batch!r}.")
-  return int(micro_batch)
+  return checks.positive_int(micro_batch, "micro_batch", caller, "examples per device in each computation")
 
 
 def groups_of(mesh) -> int:
@@ -177,9 +174,7 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
   if checkpoint is not None:
     if fingerprint is None:
       raise TypeError(f"{caller}: a checkpoint needs a job fingerprint")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
-        or checkpoint_every < 1:
-      raise ValueError(f"{caller}: checkpoint_every must be a positive int; got {checkpoint_every!r}.")
+    checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
   groups = groups_of(mesh)
   # Under the caller's own mesh (jax.set_mesh) the batches are used as they are cut and sharded.
   size = None if micro_batch is None or (mesh is None and parallel.user_mesh()) else groups * micro_batch
