@@ -122,11 +122,11 @@ def main():
   res = jaxsnn.evaluate(snn, batches, args.steps, args.block_size, progress=index == 0, tallies=True,
                         checkpoint=out / f"progress_{index}.npz", checkpoint_every=args.checkpoint_every,
                         micro_batch=args.batch_size)
-  ann_local = training.evaluate(run.model.apply, run.variables, run.test, args.batch_size, run.spec.mean,
-                                run.spec.std, micro_batch=args.batch_size)
+  ann_local = training.ann_metrics(run.apply_fn, run.variables, common.batches(run, run.test, args.batch_size),
+                                   micro_batch=args.batch_size)
   totals = gather_sum({"correct": res.correct, "count": np.asarray(res.count),
                        "non_finite": np.asarray(res.non_finite),
-                       "ann_correct": np.asarray(round(ann_local["accuracy"] * ann_local["count"])),
+                       "ann_correct": np.asarray(round(ann_local.accuracy * ann_local.count)),
                        "pos": {k: np.asarray(v) for k, v in res.pos_spikes.items()},
                        "neg": {k: np.asarray(v) for k, v in res.neg_spikes.items()}})
   if index == 0:

@@ -279,8 +279,7 @@ def report(job: Job, methods: dict, ann_accuracy: float, pending: Sequence[str] 
 
 
 def ann_accuracy(run: Run, arrays, batch_size: int) -> float:
-  res = training.evaluate(run.model.apply, run.variables, arrays, batch_size, run.spec.mean, run.spec.std)
-  return float(res["accuracy"])
+  return training.ann_accuracy(run.apply_fn, run.variables, batches(run, arrays, batch_size))
 
 
 # The report's tables and the validation choice are the library's (what a user reproducing a table calls too).

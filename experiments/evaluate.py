@@ -20,9 +20,9 @@ def main():
   spec = data.spec(config.dataset)
   arrays = data.load(config.dataset, args.split or spec.test_split, args.data_dir or config.data_dir)
   variables = training.load_variables(args.checkpoint)
-  result = training.evaluate(training.build_model(config).apply, variables, arrays, config.batch_size, spec.mean,
-                             spec.std)
-  print(json.dumps(dict(result, checkpoint=args.checkpoint, split=args.split or spec.test_split)))
+  result = training.ann_metrics(training.ModelApply(training.build_model(config), train=False), variables,
+                                data.batches(arrays, config.batch_size, train=False, mean=spec.mean, std=spec.std))
+  print(json.dumps(dict(result._asdict(), checkpoint=args.checkpoint, split=args.split or spec.test_split)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Trains one config: ``python experiments/train.py CONFIG.py WORKDIR [--max_steps N]``.
 
-Resumable: run the same command again after a kill and it continues from ``WORKDIR/last.msgpack``.
+Resumable: run the same command again after a kill and it continues from ``WORKDIR/last.jaxsnn``.
 Runs under tcmalloc when it is installed (~1.4x faster on CPU, see ``experiments/common.py``).
 """
 import argparse

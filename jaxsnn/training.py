@@ -1,21 +1,27 @@
 """Training the ANNs that jaxsnn converts: optax SGD, validation-picked checkpoints, resumable runs.
 
 One run is described by a ``TrainConfig`` (``experiments/configs/*.py`` hold one per dataset and model) and
-writes into a work dir:
+is jaxsnn's one optimisation loop (the one of :func:`jaxsnn.tune_snn`, :func:`jaxsnn.finetune` and
+:func:`jaxsnn.quantize_for_conversion`) over the training split's epochs. It writes into a work dir:
 
-* ``last.msgpack`` — the full training state (params, batch stats, optimizer state, step), written atomically
-  (temporary file + ``os.replace``) every ``checkpoint_every`` steps and at the end of every epoch; a killed
-  run restarts from it and continues on exactly the batches an uninterrupted run would have seen;
-* ``best.msgpack`` — the variables (``params``, ``batch_stats``) with the best validation accuracy so far
+* ``last.jaxsnn`` — the loop's resumable checkpoint (variables with the BatchNorm statistics, optimizer state, best
+  variables, losses, scores), a jaxsnn file written atomically every ``checkpoint_every`` steps and at the end of
+  every epoch; a killed run restarts from it and continues on exactly the batches an uninterrupted run would have
+  seen, to the same bits;
+* ``best.jaxsnn`` — the variables (``params``, ``batch_stats``) with the best validation accuracy so far
   (validation = the last ``val_examples`` training images; the test set never picks anything);
-* ``metrics.jsonl`` — one JSON object per line: per epoch, and a final test evaluation of ``best.msgpack``;
+* ``metrics.jsonl`` — one JSON object per line: per epoch, and a final test evaluation of the best variables;
 * ``config.json`` — the config of the run.
+
+Accuracy and loss of an ANN are measured one way (:func:`ann_metrics`, :func:`ann_accuracy`: the runner's batch
+protocol, labels checked). The committed reference networks (``experiments/checkpoints/*.msgpack``, flax msgpack
+written before jaxsnn's file format) are still read by :func:`load_variables`.
 
 Example::
 
     from experiments.configs import fashion_mnist_small_cnn
     summary = train_and_evaluate(fashion_mnist_small_cnn.get_config(), "runs/fmnist")
-    variables = load_variables("runs/fmnist/best.msgpack")
+    variables = load_variables("runs/fmnist/best.jaxsnn")
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import json
 import os
 import pathlib
 import sys
-import time
+import zipfile
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -34,19 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import flax.linen as nn
-from flax import serialization
 from flax.training import train_state
 
 from jaxsnn import data as data_lib
-from jaxsnn._src import runner
-from jaxsnn._src.files import atomic_write
 from jaxsnn import models
+from jaxsnn._src import files, loop, runner
+from jaxsnn._src.ann_metrics import AnnMetrics, ann_accuracy, ann_metrics
 
-__all__ = ["JsonlWriter", "ModelApply", "TrainConfig", "TrainState", "build_model", "checkpoint_files",
-           "create_train_state", "eval_step", "evaluate", "learning_rate_schedule", "load_config", "load_trained",
-           "load_variables", "make_optimizer", "restore_checkpoint", "save_checkpoint", "tcmalloc_environ", "Run",
-           "best_epoch", "load_run",
-           "train_and_evaluate", "train_step", "use_tcmalloc"]
+__all__ = ["AnnMetrics", "ModelApply", "Run", "TrainConfig", "TrainState", "ann_accuracy", "ann_metrics",
+           "best_epoch", "build_model", "checkpoint_files", "create_train_state", "learning_rate_schedule",
+           "load_config", "load_run", "load_trained", "load_variables", "make_optimizer", "save_variables",
+           "tcmalloc_environ", "train_and_evaluate", "train_step", "use_tcmalloc"]
 
 
 @dataclasses.dataclass
@@ -71,7 +75,8 @@ class TrainConfig:
     val_examples: training images held out (the last ones) for validation.
     augment: a key of ``jaxsnn.data.AUGMENTATIONS``.
     fast_conv: train with ``models.conv_im2col_grad`` (faster weight gradients on CPU; same results).
-    checkpoint_every: steps between mid-epoch checkpoints (0: only at epoch ends).
+    checkpoint_every: steps between mid-epoch checkpoints (0: only at epoch ends); the default is every
+      optimisation loop's.
     seed: seeds initialization, data order and augmentation.
     qcfs_levels: None for ReLU; L >= 1 to train with the QCFS activation (``models.qcfs_activation``) in place of
       every ReLU, with one trainable threshold per layer starting at ``qcfs_init_threshold``.
@@ -94,11 +99,15 @@ class TrainConfig:
   val_examples: int = 5000
   augment: str = "cifar"
   fast_conv: bool = False
-  checkpoint_every: int = 100
+  checkpoint_every: int = loop.CHECKPOINT_EVERY
   seed: int = 0
   qcfs_levels: Optional[int] = None
   qcfs_init_threshold: float = 8.0
   data_dir: Optional[str] = None
+
+
+# Fields that do not change what a run computes: a resumed run may change them.
+_NOT_THE_JOB = ("checkpoint_every", "data_dir")
 
 
 class TrainState(train_state.TrainState):
@@ -123,10 +132,19 @@ def build_model(config: TrainConfig, for_training: bool = False) -> nn.Module:
 @dataclasses.dataclass(frozen=True)
 class ModelApply:
   """``model.apply`` as a value that compares by the model's fields (bound methods compare by identity), so that
-  jitted steps that take it as a static argument compile once per model configuration, not once per run."""
+  jitted functions that take it as a static argument compile once per model configuration, not once per run.
+
+  Attributes:
+    model: the flax model.
+    train: None, or the ``train=`` every call gets (``ModelApply(model, train=False)`` is the model in inference
+      mode as ``apply_fn(variables, x)``, what :func:`jaxsnn.convert` and :func:`ann_metrics` take).
+  """
   model: nn.Module
+  train: Optional[bool] = None
 
   def __call__(self, *args, **kwargs):
+    if self.train is not None:
+      kwargs.setdefault("train", self.train)
     return self.model.apply(*args, **kwargs)
 
 
@@ -154,8 +172,8 @@ _OPTIMIZER_FIELDS = ("epochs", "schedule", "learning_rate", "step_epochs", "step
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
   """SGD with momentum and coupled weight decay (L2 on the gradient, as in the authors' PyTorch code).
 
-  Equal hyper-parameters give the same (cached) object: the optimizer is static data of the train state, so
-  this lets a second run in the same process reuse the compiled training step.
+  Equal hyper-parameters give the same (cached) object: the optimizer is a static argument of the jitted training
+  step, so this lets a second run in the same process reuse the compiled step.
   """
   key = tuple((f, tuple(v) if isinstance(v, list) else v) for f in _OPTIMIZER_FIELDS
               for v in [getattr(config, f)])
@@ -181,87 +199,81 @@ def create_train_state(config: TrainConfig, rng: jax.Array, steps_per_epoch: int
                            tx=make_optimizer(config, steps_per_epoch))
 
 
-def _loss_and_correct(logits, labels, mask):
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  correct = jnp.argmax(logits, -1) == labels
-  return jnp.sum(loss * mask), jnp.sum(correct * mask)
-
-
-@functools.partial(jax.jit, donate_argnums=0)
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One SGD step on a batch; returns the new state and the batch's summed loss and correct count."""
+# Jitted once per (model configuration, optimizer): both static, both equal across runs of one config.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _update(apply: ModelApply, tx: optax.GradientTransformation, variables: dict, opt_state: Any, x, labels, mask):
+  """One SGD step of the loop: ``(variables, opt_state, mean loss, {"loss_sum", "correct"})``."""
 
   def loss_fn(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                     train=True, mutable=["batch_stats"])
-    loss_sum, correct = _loss_and_correct(logits, batch["label"], batch["mask"])
-    return loss_sum / jnp.sum(batch["mask"]), (updates, loss_sum, correct)
+    logits, updates = apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                            mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    loss_sum = jnp.sum(loss * mask)
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
+    return loss_sum / jnp.sum(mask), (updates.get("batch_stats", {}), loss_sum, correct)
 
-  grads, (updates, loss_sum, correct) = jax.grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-  return state, {"loss": loss_sum, "correct": correct}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def eval_step(apply_fn: Callable, variables: Any, batch: dict) -> dict:
-  """Summed loss, correct count and example count of a (masked) batch, in eval mode."""
-  logits = apply_fn(variables, batch["image"], train=False)
-  loss_sum, correct = _loss_and_correct(logits, batch["label"], batch["mask"])
-  return {"loss": loss_sum, "correct": correct, "count": jnp.sum(batch["mask"])}
+  params = variables["params"]
+  grads, (batch_stats, loss_sum, correct) = jax.grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  new = {"params": optax.apply_updates(params, updates), "batch_stats": batch_stats}
+  return new, opt_state, loss_sum / jnp.sum(mask), {"loss_sum": loss_sum, "correct": correct}
 
 
-def _classes(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, caller: str) -> int:
-  """The model's number of classes (its output's last axis), and every label of ``arrays`` checked against it."""
-  out = jax.eval_shape(lambda v, x: apply_fn(v, x, train=False), variables,
-                       jax.ShapeDtypeStruct((1,) + arrays.images.shape[1:], jnp.float32))
-  classes = int(out.shape[-1])
-  runner.check_labels(np.asarray(arrays.labels), classes, caller)
-  return classes
+def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  """One SGD step on a batch (the step :func:`train_and_evaluate` makes); returns the new state and the batch's
+  summed loss and correct count.
 
-
-def evaluate(apply_fn: Callable, variables: Any, arrays: data_lib.Arrays, batch_size: int, mean, std, *,
-             micro_batch: int = runner.MICRO_BATCH) -> dict:
-  """Loss and accuracy over every example of ``arrays`` (computed in micro-batches of ``micro_batch``, the last one
-  padded and masked, as :func:`jaxsnn.evaluate`).
+  Args:
+    state: from :func:`create_train_state`.
+    batch: ``{"image", "label", "mask"}`` as :func:`jaxsnn.data.batches` yields.
 
   Returns:
-    ``{"loss": mean loss, "accuracy": fraction correct, "count": examples counted}``.
+    ``(state, {"loss": summed loss, "correct": correct count})``.
   """
-  caller = "jaxsnn.training.evaluate"
-  classes = _classes(apply_fn, variables, arrays, caller)
-
-  def step(totals, p: runner.Prepared):
-    batch = {"image": p.x, "label": jnp.asarray(p.labels), "mask": jnp.asarray(p.mask)}
-    out = jax.device_get(eval_step(apply_fn, variables, batch))
-    return {k: totals[k] + out[k].item() for k in totals}
-
-  totals, _ = runner.fold(data_lib.batches(arrays, batch_size, train=False, mean=mean, std=std), step,
-                          {"loss": 0.0, "correct": 0, "count": 0}, caller=caller, micro_batch=micro_batch,
-                          labels="accuracy", classes=classes)
-  count = max(totals["count"], 1)
-  return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count, "count": int(totals["count"])}
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables, opt_state, _, out = _update(state.apply_fn, state.tx, variables, state.opt_state, batch["image"],
+                                         batch["label"], batch["mask"])
+  state = state.replace(step=state.step + 1, params=variables["params"], batch_stats=variables["batch_stats"],
+                        opt_state=opt_state)
+  return state, {"loss": out["loss_sum"], "correct": out["correct"]}
 
 
-# --- checkpoints -----------------------------------------------------------------------------------------------
+# --- files -------------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: os.PathLike | str, target: Any) -> None:
-  """Writes a pytree as msgpack atomically: a temporary file in the same dir, then ``os.replace``.
+def save_variables(path: os.PathLike | str, variables: Any) -> None:
+  """Writes a network's variables (``{"params": ..., "batch_stats": ...}``) as a jaxsnn file, atomically.
 
-  A write that fails midway (an exception, a full disk) leaves the previous checkpoint intact.
+  Args:
+    path: the file (``best.jaxsnn`` in a run's work dir).
+    variables: the variables pytree.
+
+  Example:
+    >>> training.save_variables("best.jaxsnn", variables)
+    >>> restored = training.load_variables("best.jaxsnn")
   """
-  data = serialization.to_bytes(jax.device_get(target))
-  atomic_write(path, lambda f: f.write(data))
-
-
-def restore_checkpoint(path: os.PathLike | str, target: Any) -> Any:
-  """Reads a msgpack checkpoint into the structure of ``target``."""
-  return serialization.from_bytes(target, pathlib.Path(path).read_bytes())
+  files.write(path, "variables", jax.device_get(variables))
 
 
 def load_variables(path: os.PathLike | str) -> dict:
-  """Reads a ``best.msgpack`` as a plain variables dict ``{"params": …, "batch_stats": …}``."""
-  restored = serialization.msgpack_restore(pathlib.Path(path).read_bytes())
+  """The variables of a trained network: a ``best.jaxsnn`` (:func:`save_variables`), or a flax msgpack file written
+  before jaxsnn's file format (the committed ``experiments/checkpoints/*.msgpack``; read only).
+
+  Args:
+    path: the file.
+
+  Returns:
+    The variables ``{"params": …, "batch_stats": …}`` as JAX arrays.
+
+  Raises:
+    jaxsnn.files.FormatError: for a jaxsnn file of another kind, or a damaged one.
+  """
+  path = pathlib.Path(path)
+  if zipfile.is_zipfile(path):
+    restored = files.read(path, "variables", caller="jaxsnn.training.load_variables")
+  else:
+    from flax import serialization  # the legacy format: msgpack, no code executed
+    restored = serialization.msgpack_restore(path.read_bytes())
   return jax.tree.map(jnp.asarray, restored)
 
 
@@ -287,27 +299,34 @@ def load_config(path: os.PathLike | str) -> TrainConfig:
   return module.get_config()
 
 
+_VARIABLE_SUFFIXES = (".jaxsnn", ".msgpack")  # this format's, then the legacy one's
+
+
 def checkpoint_files(path: os.PathLike | str) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
-  """``(config, variables, metrics)`` paths of a run directory (``config.json``, ``best.msgpack``,
-  ``metrics.jsonl``) or of a saved checkpoint ``NAME[.msgpack]`` (``NAME.config.json``, ``NAME.msgpack``,
-  ``NAME.metrics.jsonl``, as in ``experiments/checkpoints/``).
+  """``(config, variables, metrics)`` paths of a run directory (``config.json``, ``best.jaxsnn``, ``metrics.jsonl``)
+  or of a saved checkpoint ``NAME[.jaxsnn|.msgpack]`` (``NAME.config.json``, ``NAME.jaxsnn`` or the legacy
+  ``NAME.msgpack``, ``NAME.metrics.jsonl``, as in ``experiments/checkpoints/``).
 
   Raises:
     FileNotFoundError: naming the missing files.
   """
   path = pathlib.Path(path)
   if path.is_dir():
-    files = path / "config.json", path / "best.msgpack", path / "metrics.jsonl"
+    variables = [path / f"best{s}" for s in _VARIABLE_SUFFIXES]
+    config, metrics = path / "config.json", path / "metrics.jsonl"
   else:
-    stem = str(path)[:-len(".msgpack")] if path.name.endswith(".msgpack") else str(path)
-    files = tuple(pathlib.Path(stem + ext) for ext in (".config.json", ".msgpack", ".metrics.jsonl"))
-  missing = [str(f) for f in files if not f.is_file()]
+    stem = next((str(path)[:-len(s)] for s in _VARIABLE_SUFFIXES if path.name.endswith(s)), str(path))
+    variables = [pathlib.Path(stem + s) for s in _VARIABLE_SUFFIXES]
+    config, metrics = pathlib.Path(stem + ".config.json"), pathlib.Path(stem + ".metrics.jsonl")
+  found = next((v for v in variables if v.is_file()), variables[0])
+  files_ = config, found, metrics
+  missing = [str(f) for f in files_ if not f.is_file()]
   if missing:
     raise FileNotFoundError(
         f"{os.fspath(path)}: missing {', '.join(missing)}. Pass a run directory of experiments/train.py (config.json, "
-        "best.msgpack, metrics.jsonl) or a saved checkpoint such as experiments/checkpoints/cifar10_resnet20 "
-        "(.msgpack, .config.json, .metrics.jsonl).")
-  return files
+        "best.jaxsnn, metrics.jsonl) or a saved checkpoint such as experiments/checkpoints/cifar10_resnet20 "
+        "(.msgpack or .jaxsnn, .config.json, .metrics.jsonl).")
+  return files_
 
 
 def load_trained(path: os.PathLike | str) -> tuple[TrainConfig, nn.Module, dict]:
@@ -324,32 +343,31 @@ def load_trained(path: os.PathLike | str) -> tuple[TrainConfig, nn.Module, dict]
   return config, build_model(config), {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 
-def _state_target(state: TrainState, epoch: int, batch: int) -> dict:
-  return {"state": state, "epoch": epoch, "batch": batch}
+# --- the run -----------------------------------------------------------------------------------------------------
 
 
-class JsonlWriter:
-  """Appends JSON lines to a file, flushing each."""
+def _epoch_lines(path: pathlib.Path, before: int | None = None) -> list[dict]:
+  """The metrics lines of ``path`` (``before``: without the epoch lines of epochs >= before)."""
+  if not path.exists():
+    return []
+  lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in lines if before is None or "final" in r or r.get("epoch", -1) < before]
 
-  def __init__(self, path: pathlib.Path):
-    self._f = open(path, "a")
 
-  def write(self, record: dict) -> None:
-    self._f.write(json.dumps(record, sort_keys=True) + "\n")
-    self._f.flush()
-
-  def close(self) -> None:
-    self._f.close()
+def _write_lines(path: pathlib.Path, lines: list[dict]) -> None:
+  text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in lines)
+  files.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
                        arrays: Optional[dict[str, data_lib.Arrays]] = None, progress: bool = True,
                        max_steps: Optional[int] = None) -> dict:
-  """Trains (or resumes) a run in ``workdir`` and evaluates its best checkpoint on the test set.
+  """Trains (or resumes) a run in ``workdir`` and evaluates its best variables on the test set.
 
   Args:
     config: the run's hyper-parameters.
-    workdir: where checkpoints and metrics go; an existing ``last.msgpack`` there is resumed.
+    workdir: where checkpoints and metrics go; an existing ``last.jaxsnn`` there is resumed (when it belongs to the
+      same run: the same config, apart from ``checkpoint_every`` and ``data_dir``, and the same data).
     arrays: ``{"train", "validation", "test"}`` splits in memory (default: loaded through tfds).
     progress: show a tqdm progress bar with throughput.
     max_steps: stop after this many steps in total (for tests and time-boxed runs; resumable).
@@ -357,7 +375,13 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
   Returns:
     The final record: best validation accuracy and its epoch, test loss/accuracy/count, and the seconds spent
     in completed training epochs over all sessions of the run.
+
+  Raises:
+    ValueError: for an unknown augmentation, labels outside the model's classes, or a ``last.jaxsnn`` of another
+      run.
+    jaxsnn.NonFiniteLossError: when a training loss is NaN or infinite (the checkpoint keeps the step before).
   """
+  caller = "jaxsnn.training.train_and_evaluate"
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   spec = data_lib.spec(config.dataset)
@@ -370,101 +394,74 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
   augment = data_lib.AUGMENTATIONS[config.augment]
   classes = config.model_kwargs.get("num_classes", spec.num_classes)
   for name, split in arrays.items():
-    runner.check_labels(np.asarray(split.labels), classes, f"jaxsnn.training.train_and_evaluate ({name} split)")
-  steps_per_epoch = data_lib.num_batches(len(arrays["train"].labels), config.batch_size, train=True)
+    runner.check_labels(np.asarray(split.labels), classes, f"{caller} ({name} split)")
+  if (workdir / "last.msgpack").exists() and not (workdir / "last.jaxsnn").exists():
+    raise ValueError(f"{caller}: {workdir / 'last.msgpack'} is an unfinished run of a jaxsnn before its file format; "
+                     "finish it with that version, or delete it to start again.")
+  per = data_lib.num_batches(len(arrays["train"].labels), config.batch_size, train=True)
+  total = config.epochs * per
   (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True))
 
-  state = create_train_state(config, jax.random.key(config.seed), steps_per_epoch)
-  eval_apply = ModelApply(build_model(config))
-  last, best = workdir / "last.msgpack", workdir / "best.msgpack"
-  epoch, start_batch = 0, 0
-  if last.exists():
-    restored = restore_checkpoint(last, _state_target(state, 0, 0))
-    state, epoch, start_batch = restored["state"], int(restored["epoch"]), int(restored["batch"])
-    print(f"resumed from {last}: epoch {epoch}, batch {start_batch}, step {int(state.step)}", flush=True)
-  metrics = JsonlWriter(workdir / "metrics.jsonl")
-  best_val, best_epoch, train_seconds = -1.0, -1, 0.0
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():  # earlier sessions of this run
-    rec = json.loads(line)
-    train_seconds += rec.get("epoch_seconds", 0.0)
-    if "val_accuracy" in rec and rec["val_accuracy"] > best_val:
-      best_val, best_epoch = rec["val_accuracy"], rec["epoch"]
-  schedule = learning_rate_schedule(config, steps_per_epoch)
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=config.epochs * steps_per_epoch * config.batch_size, unit="img", unit_scale=True,
-               initial=int(state.step) * config.batch_size, smoothing=0.1, dynamic_ncols=True)
-  stopped = False
-  try:
-    while epoch < config.epochs and not stopped:
-      t0 = time.time()
-      sums = {"loss": 0.0, "correct": 0, "count": 0}
-      pending = []
-      for b, batch in enumerate(data_lib.batches(arrays["train"], config.batch_size, train=True,
-                                                 mean=spec.mean, std=spec.std, seed=config.seed,
-                                                 epoch=epoch, augment=augment, start=start_batch),
-                                start=start_batch):
-        state, out = train_step(state, batch)
-        pending.append(out)
-        if bar is not None:
-          bar.update(config.batch_size)
-        if len(pending) == 20 or b + 1 == steps_per_epoch:
-          for o in jax.device_get(pending):
-            sums["loss"] += o["loss"].item()
-            sums["correct"] += o["correct"].item()
-            sums["count"] += config.batch_size
-          pending = []
-          if bar is not None:
-            bar.set_postfix(epoch=epoch, loss=f"{sums['loss'] / max(sums['count'], 1):.3f}",
-                            acc=f"{sums['correct'] / max(sums['count'], 1):.3f}")
-        done = b + 1 == steps_per_epoch
-        if max_steps is not None and int(state.step) >= max_steps and not done:
-          save_checkpoint(last, _state_target(state, epoch, b + 1))
-          stopped = True
-          break
-        if config.checkpoint_every and (b + 1) % config.checkpoint_every == 0 and not done:
-          save_checkpoint(last, _state_target(state, epoch, b + 1))
-      if stopped:
-        break
-      epoch_seconds = time.time() - t0
-      train_seconds += epoch_seconds
-      variables = {"params": state.params, "batch_stats": state.batch_stats}
-      record = {"epoch": epoch, "step": int(state.step), "lr": float(schedule(int(state.step) - 1)),
-                "epoch_seconds": round(epoch_seconds, 1),
-                "train_images_per_s": round((steps_per_epoch - start_batch) * config.batch_size / epoch_seconds, 1)}
-      if sums["count"]:
-        record.update(train_loss=sums["loss"] / sums["count"], train_accuracy=sums["correct"] / sums["count"],
-                      train_count=sums["count"])
-      if "validation" in arrays:
-        val = evaluate(eval_apply, variables, arrays["validation"], config.batch_size, spec.mean, spec.std)
-        record.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_count=val["count"])
-        if val["accuracy"] > best_val:
-          best_val, best_epoch = val["accuracy"], epoch
-          save_checkpoint(best, variables)
-      else:
-        save_checkpoint(best, variables)  # no validation split: the last epoch is the result
-        best_epoch = epoch
-      metrics.write(record)
-      if bar is not None:
-        bar.write(json.dumps(record))
-      epoch, start_batch = epoch + 1, 0
-      save_checkpoint(last, _state_target(state, epoch, 0))
-      if max_steps is not None and int(state.step) >= max_steps:
-        stopped = True
-  finally:
-    if bar is not None:
-      bar.close()
-  summary = {"epochs_done": epoch, "step": int(state.step), "best_epoch": best_epoch,
-             "best_val_accuracy": best_val if best_val >= 0 else None, "stopped_early": stopped,
-             "train_seconds": round(train_seconds, 1)}
-  if not stopped and best.exists() and "test" in arrays:
-    variables = restore_checkpoint(best, {"params": state.params, "batch_stats": state.batch_stats})
-    test = evaluate(eval_apply, variables, arrays["test"], config.batch_size, spec.mean, spec.std)
-    summary.update(test_loss=test["loss"], test_accuracy=test["accuracy"], test_count=test["count"])
+  state = create_train_state(config, jax.random.key(config.seed), per)
+  eval_apply = ModelApply(build_model(config), train=False)
+  last, best, metrics = workdir / "last.jaxsnn", workdir / "best.jaxsnn", workdir / "metrics.jsonl"
+  schedule = learning_rate_schedule(config, per)
+
+  def measure(variables, split: str) -> AnnMetrics:
+    return ann_metrics(eval_apply, variables, data_lib.batches(arrays[split], config.batch_size, train=False,
+                                                                mean=spec.mean, std=spec.std), caller=caller)
+
+  def on_epoch(end: loop.EpochEnd) -> Optional[float]:
+    count = per * config.batch_size
+    record = {"epoch": end.epoch, "step": end.step, "lr": float(schedule(end.step - 1)),
+              "epoch_seconds": round(end.seconds, 1),
+              "train_images_per_s": round(end.session_steps * config.batch_size / end.seconds, 1),
+              "train_loss": float(np.sum(end.aux["loss_sum"])) / count,
+              "train_accuracy": float(np.sum(end.aux["correct"])) / count, "train_count": count}
+    score = None
+    if "validation" in arrays:
+      val = measure(end.params, "validation")
+      record.update(val_loss=val.loss, val_accuracy=val.accuracy, val_count=val.count)
+      score = val.accuracy
+    if score is None or score > end.best_score:  # without validation, the last epoch is the result
+      save_variables(best, end.params)
+    # A session killed after this line and before the epoch's checkpoint runs the epoch's end again: one line each.
+    _write_lines(metrics, _epoch_lines(metrics, before=end.epoch) + [record])
+    if progress:
+      from tqdm.auto import tqdm
+      tqdm.write(json.dumps(record))
+    return score
+
+  def prepare(batch: dict) -> tuple:
+    return batch["image"], batch["label"], batch["mask"]
+
+  about = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_THE_JOB}
+  job = files.fingerprint(caller, json.dumps(about, sort_keys=True), per, sorted(arrays),
+                          arrays=[(arrays[k].images, arrays[k].labels) for k in ("train", "validation")
+                                  if k in arrays])
+  epochs = loop.Epochs(lambda epoch, start: data_lib.batches(
+      arrays["train"], config.batch_size, train=True, mean=spec.mean, std=spec.std, seed=config.seed, epoch=epoch,
+      augment=augment, start=start), per)
+  steps = total if max_steps is None else min(total, max_steps)
+  result = loop.optimize(
+      functools.partial(_update, state.apply_fn, state.tx), {"params": state.params, "batch_stats": state.batch_stats},
+      state.opt_state, epochs, steps, caller=caller, prepare=prepare, has_aux=True, on_epoch=on_epoch,
+      progress=progress, desc=f"train {config.model}", examples_per_step=config.batch_size, checkpoint=last,
+      checkpoint_every=config.checkpoint_every or total + 1, fingerprint=job,
+      differs="another config or other data", postfix=lambda info: {"epoch": info["epoch"], "loss": info["loss"],
+                                                                    **({"val": info["best"]} if "best" in info else {})})
+  step = len(result["losses"])
+  scores = result["history"]
+  best_step = max(scores, key=lambda h: h[1])[0] if scores else (step // per) * per
+  lines = _epoch_lines(metrics)
+  summary = {"epochs_done": step // per, "step": step, "best_epoch": best_step // per - 1 if step >= per else -1,
+             "best_val_accuracy": float(result["best_score"]) if scores else None, "stopped_early": step < total,
+             "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in lines if "final" not in r), 1)}
+  if step == total and best.exists() and "test" in arrays:
+    test = measure(result["params"], "test")
+    summary.update(test_loss=test.loss, test_accuracy=test.accuracy, test_count=test.count)
   summary["final"] = True
-  metrics.write(summary)
-  metrics.close()
+  _write_lines(metrics, lines + [summary])
   return summary
 
 
@@ -566,14 +563,10 @@ def load_run(run: os.PathLike | str, data_dir: Optional[str] = None) -> Run:
   split = data_lib.splits(config.dataset, config.val_examples)
   load = functools.partial(data_lib.load, config.dataset, data_dir=data_dir or config.data_dir)
   checkpoint = checkpoint_files(run)[1]
-  name = checkpoint.stem if checkpoint.name != "best.msgpack" else pathlib.Path(run).name
-  return Run(name, config, model, functools.partial(_eval_apply, model), variables, load(split["train"]),
+  name = pathlib.Path(run).name if checkpoint.stem == "best" else checkpoint.stem
+  return Run(name, config, model, ModelApply(model, train=False), variables, load(split["train"]),
              load(split["validation"]) if "validation" in split else None, load(split["test"]),
              data_lib.spec(config.dataset))
-
-
-def _eval_apply(model, variables, x):
-  return model.apply(variables, x, train=False)
 
 
 def best_epoch(run: os.PathLike | str) -> dict:

@@ -145,7 +145,7 @@ SLOW = (
     "test_recording.py::test_the_plots_draw_the_recorded_spikes_and_potentials",  # 5 s
     "test_recording.py::test_recording_some_sites_changes_no_other_result",  # 4 s
     "test_simulate.py::test_inexact_layer_major_agrees_to_float_rounding",  # 5 s
-    "test_training.py::test_killed_run_resumes_to_the_same_result",  # 5 s (the training round trip stays)
+    "test_training.py::test_max_steps_stops_a_run_that_then_resumes_to_the_same_bits",  # 5 s (the kill test stays)
     "test_xla.py::test_importing_jaxsnn_or_the_experiments_changes_nothing_and_the_scripts_opt_in_by_default",  # 5 s
 )
 

@@ -69,15 +69,23 @@ def test_one_based_labels_get_a_hint():
       jaxsnn.evaluate(snn, [(X, one_based)], 4)
 
 
-def test_training_evaluate_checks_labels():
-  from jaxsnn import data, training
+def test_ann_metrics_checks_labels_masks_and_counts_like_the_snns_evaluate():
+  from jaxsnn import training
   model = Tiny()
-  images = np.zeros((10, 2, 3, 1), np.uint8)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 6)))
-  apply_fn = lambda v, x, train=False: model.apply(v, x.reshape(x.shape[0], -1))  # noqa: E731
-  arrays = data.Arrays(images, np.full(10, 7, np.int32))
-  with pytest.raises(ValueError, match=r"jaxsnn.training.evaluate: 10 of 10 labels .* outside \[0, 3\)"):
-    training.evaluate(apply_fn, variables, arrays, 4, 0.0, 1.0)
+  x = jax.random.normal(jax.random.key(1), (10, 6))
+  variables = model.init(jax.random.key(0), x[:1])
+  with pytest.raises(ValueError, match=r"jaxsnn.training.ann_accuracy: 10 of 10 labels .* outside \[0, 3\)"):
+    training.ann_accuracy(model.apply, variables, [(x, np.full(10, 7, np.int32))])
+  with pytest.raises(ValueError, match=r"jaxsnn.training.ann_metrics: .* needs labels"):
+    training.ann_metrics(model.apply, variables, [x])
+  logits = np.asarray(model.apply(variables, x))
+  labels = logits.argmax(-1).astype(np.int32)
+  labels[:3] = (labels[:3] + 1) % 3  # three wrong
+  mask = np.arange(10) < 8  # the last two (right) ones masked out
+  m = training.ann_metrics(model.apply, variables, [(x[:4], labels[:4], mask[:4]), (x[4:], labels[4:], mask[4:])])
+  assert (m.accuracy, m.count) == (5 / 8, 8)
+  loss = -jax.nn.log_softmax(logits)[np.arange(8), labels[:8]].mean()
+  np.testing.assert_allclose(m.loss, loss, rtol=1e-6)
 
 
 # ---- a non-finite loss stops the optimisers -----------------------------------------------------------------------

@@ -307,9 +307,8 @@ WITHOUT_ARGS = {
     "jaxsnn.models": ("avg_pool", "conv_im2col_grad", "get_model", "qcfs_activation", "scale_width"),
     "jaxsnn.data": ("cifar_augment", "flip_only", "imagenet_batches", "normalize", "num_batches", "random_crop",
                     "random_flip", "spec", "splits"),
-    "jaxsnn.training": ("build_model", "checkpoint_files", "create_train_state", "evaluate", "learning_rate_schedule",
-                        "load_config", "load_trained", "load_variables", "make_optimizer", "restore_checkpoint",
-                        "save_checkpoint"),
+    "jaxsnn.training": ("build_model", "checkpoint_files", "create_train_state", "learning_rate_schedule",
+                        "load_config", "load_trained", "make_optimizer"),
 }
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from jaxsnn import data, training
+from jaxsnn._src import files
+from conftest import count_compiles
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # experiments/ is not part of the package
@@ -71,47 +73,41 @@ def test_optimizer_applies_coupled_weight_decay_and_momentum():
   np.testing.assert_allclose(u2["w"], -0.1 * 1.9 * (grads["w"] + 5e-4 * params["w"]), rtol=1e-6)
 
 
-def test_checkpoints_are_written_atomically(tmp_path):
-  target = {"a": np.arange(5.0), "b": {"c": np.float32(3.0)}, "epoch": 4}
-  path = tmp_path / "ckpt" / "last.msgpack"
-  training.save_checkpoint(path, target)
-  (path.parent / ".last.msgpack.999.tmp").write_bytes(b"half-written garbage")  # a killed writer's leftover
-  restored = training.restore_checkpoint(path, jax.tree.map(np.zeros_like, target))
-  np.testing.assert_array_equal(restored["a"], target["a"])
-  assert restored["epoch"] == 4
-  training.save_checkpoint(path, {"a": np.ones(2)})
-  assert training.load_variables(path)["a"].tolist() == [1.0, 1.0]
-  assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".last.msgpack.999")) == [
-      "last.msgpack"]
+def test_variables_files_are_written_atomically_and_read_back(tmp_path):
+  variables = {"params": {"w": np.arange(5.0, dtype=np.float32)}, "batch_stats": {"mean": np.float32([3.0])}}
+  path = tmp_path / "run" / "best.jaxsnn"
+  training.save_variables(path, variables)
+  (path.parent / ".best.jaxsnn.999.tmp").write_bytes(b"half-written garbage")  # a killed writer's leftover
+  assert_trees_equal(training.load_variables(path), variables)
+  training.save_variables(path, {"params": {"w": np.ones(2, np.float32)}})
+  assert training.load_variables(path)["params"]["w"].tolist() == [1.0, 1.0]
+  assert sorted(p.name for p in path.parent.iterdir() if not p.name.startswith(".best.jaxsnn.999")) == [
+      "best.jaxsnn"]
+  assert files.info(path)["kind"] == "variables"
+  with pytest.raises(files.FormatError, match="holds a trained network's variables, not the checkpoint"):
+    files.read(path, "checkpoint", caller="t")
 
 
-def assert_trees_equal(a, b):
-  """Same structure, and every leaf with the same dtype, shape and bits."""
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and x.shape == y.shape
-    np.testing.assert_array_equal(x, y)
+def test_a_legacy_msgpack_and_a_jaxsnn_file_give_the_same_bits(tmp_path):
+  """The committed networks are flax msgpack files (read only): they read as they always did, and the same variables
+  written in jaxsnn's format read back with the same structure, dtypes and bits."""
+  from flax import serialization
+  committed = ROOT / "experiments/checkpoints/fashion_mnist_small_cnn.msgpack"
+  variables = training.load_variables(committed)
+  assert_trees_equal(variables, serialization.msgpack_restore(committed.read_bytes()))
+  training.save_variables(tmp_path / "v.jaxsnn", variables)
+  assert_trees_equal(training.load_variables(tmp_path / "v.jaxsnn"), variables)
+  assert training.checkpoint_files(committed)[1] == committed
+  for name in ("fashion_mnist_small_cnn.config.json", "fashion_mnist_small_cnn.metrics.jsonl"):
+    (tmp_path / name).write_bytes(committed.with_name(name).read_bytes())
+  (tmp_path / "fashion_mnist_small_cnn.jaxsnn").write_bytes((tmp_path / "v.jaxsnn").read_bytes())
+  assert training.checkpoint_files(tmp_path / "fashion_mnist_small_cnn")[1].suffix == ".jaxsnn"
+  assert_trees_equal(training.load_trained(tmp_path / "fashion_mnist_small_cnn")[2], variables)
 
 
-def test_a_training_checkpoint_round_trips_exactly(tmp_path):
-  """The whole training state after a step (parameters, BatchNorm statistics, momentum, step counter) comes back
-  from disk with the same structure, dtypes and bits."""
-  config = tiny_config()
-  spec = data.spec(config.dataset)
-  state = training.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
-  batch = next(data.batches(tiny_arrays()["train"], 16, train=True, mean=spec.mean, std=spec.std))
-  state, _ = training.train_step(state, batch)
-  target = {"state": state, "epoch": 3, "batch": 7}
-  assert np.any(np.asarray(jax.tree.leaves(state.opt_state)[-1]) != 0)  # momentum is not all zeros
-  training.save_checkpoint(tmp_path / "last.msgpack", target)
-  restored = training.restore_checkpoint(tmp_path / "last.msgpack", jax.tree.map(jnp.zeros_like, target))
-  assert_trees_equal(restored, target)
-
-
-def test_a_checkpoint_write_that_fails_midway_leaves_the_old_one_intact(tmp_path, monkeypatch):
-  path = tmp_path / "last.msgpack"
-  training.save_checkpoint(path, {"a": np.arange(5.0)})
+def test_a_variables_write_that_fails_midway_leaves_the_old_one_intact(tmp_path, monkeypatch):
+  path = tmp_path / "best.jaxsnn"
+  training.save_variables(path, {"a": np.arange(5.0)})
   before = path.read_bytes()
   real_open = open
 
@@ -134,10 +130,19 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_old_one_intact(tmp_path
 
   monkeypatch.setattr("builtins.open", lambda *a, **k: Failing(real_open(*a, **k)))
   with pytest.raises(OSError, match="No space left"):
-    training.save_checkpoint(path, {"a": np.ones(1000)})
+    training.save_variables(path, {"a": np.ones(1000)})
   monkeypatch.undo()
-  assert path.read_bytes() == before  # the old checkpoint survives, byte for byte
-  assert [p.name for p in tmp_path.iterdir()] == ["last.msgpack"]  # and no temporary file is left behind
+  assert path.read_bytes() == before  # the old file survives, byte for byte
+  assert [p.name for p in tmp_path.iterdir()] == ["best.jaxsnn"]  # and no temporary file is left behind
+
+
+def assert_trees_equal(a, b):
+  """Same structure, and every leaf with the same dtype, shape and bits."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(x, y)
 
 
 def _records(workdir):
@@ -157,7 +162,7 @@ def test_train_and_evaluate_learns_and_counts_every_test_image(tmp_path):
   best = max(epochs, key=lambda r: r["val_accuracy"])
   assert summary["best_epoch"] == best["epoch"] and summary["best_val_accuracy"] == best["val_accuracy"]
   # The best checkpoint holds plain variables that the eval-mode model applies.
-  variables = training.load_variables(tmp_path / "best.msgpack")
+  variables = training.load_variables(tmp_path / "best.jaxsnn")
   model = training.build_model(tiny_config())
   x = data.normalize(arrays["test"].images, data.spec("fashion_mnist").mean, data.spec("fashion_mnist").std)
   acc = float(jnp.mean(jnp.argmax(model.apply(variables, x, train=False), -1) == arrays["test"].labels))
@@ -165,7 +170,18 @@ def test_train_and_evaluate_learns_and_counts_every_test_image(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["model"] == "small_cnn"
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+def _same_run(a, b):
+  """Two work dirs hold the same bits: best variables, the loop's checkpoint, and every metric but the timings."""
+  assert_trees_equal(training.load_variables(a / "best.jaxsnn"), training.load_variables(b / "best.jaxsnn"))
+  assert_trees_equal(files.read(a / "last.jaxsnn", "checkpoint", caller="t"),
+                     files.read(b / "last.jaxsnn", "checkpoint", caller="t"))
+  timings = ("epoch_seconds", "train_images_per_s", "train_seconds")
+  untimed = lambda d: [{k: v for k, v in r.items() if k not in timings} for r in _records(d)]  # noqa: E731
+  assert [r for r in untimed(a) if "final" not in r] == [r for r in untimed(b) if "final" not in r]
+  assert untimed(a)[-1] == untimed(b)[-1]
+
+
+def test_max_steps_stops_a_run_that_then_resumes_to_the_same_bits(tmp_path):
   arrays = tiny_arrays()
   config = tiny_config(epochs=2)
   straight = training.train_and_evaluate(config, tmp_path / "straight", arrays=arrays, progress=False)
@@ -174,15 +190,43 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   assert first["stopped_early"] and first["step"] == 3 and "test_accuracy" not in first
   training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_steps=10)
   resumed = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False)
-  assert resumed["step"] == straight["step"] == 20
+  assert resumed["step"] == straight["step"] == 20 and len([r for r in _records(tmp_path / "resumed")
+                                                            if "final" in r]) == 3
   # The same program on the same shapes and the same batches: the same bits, not merely close numbers.
-  for name in ("best.msgpack", "last.msgpack"):
-    assert_trees_equal(training.load_variables(tmp_path / "resumed" / name),
-                       training.load_variables(tmp_path / "straight" / name))
-  val = lambda run: [(r["epoch"], r["val_loss"], r["val_accuracy"]) for r in _records(tmp_path / run)  # noqa: E731
-                     if "val_accuracy" in r]
-  assert val("resumed") == val("straight") and len(val("straight")) == 2
-  assert (resumed["test_loss"], resumed["test_accuracy"]) == (straight["test_loss"], straight["test_accuracy"])
+  _same_run(tmp_path / "resumed", tmp_path / "straight")
+  with pytest.raises(ValueError, match="belongs to another job \\(another config or other data\\)"):
+    training.train_and_evaluate(tiny_config(epochs=2, learning_rate=0.01), tmp_path / "resumed", arrays=arrays,
+                                progress=False)
+
+
+def test_a_killed_run_resumes_bit_for_bit_and_compiles_nothing_again(tmp_path, monkeypatch):
+  """Killed where it hurts most: after the first epoch's metrics line and best variables are written, before its
+  checkpoint (the last one is from step 8 of 10). The resumed session redoes steps 9 and 10, writes that line once,
+  and ends with the bits of an uninterrupted run; neither a second run nor the resume compiles anything."""
+  from jaxsnn._src import loop
+  arrays = tiny_arrays()
+  config = tiny_config(epochs=2)
+  straight = training.train_and_evaluate(config, tmp_path / "straight", arrays=arrays, progress=False)
+  save = loop.save_checkpoint
+
+  def killed_at_the_first_epochs_end(path, job, tree):
+    if tree["step"] == 10:
+      raise KeyboardInterrupt
+    save(path, job, tree)
+
+  monkeypatch.setattr(loop, "save_checkpoint", killed_at_the_first_epochs_end)
+  with count_compiles() as compiles:
+    with pytest.raises(KeyboardInterrupt):
+      training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False)
+    assert [r["epoch"] for r in _records(tmp_path / "resumed")] == [0]
+    assert files.read(tmp_path / "resumed" / "last.jaxsnn", "checkpoint", caller="t")["state"]["step"] == 8
+    monkeypatch.undo()
+    resumed = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False)
+  assert compiles == []
+  assert [r.get("epoch") for r in _records(tmp_path / "resumed")] == [0, 1, None]
+  assert {k: v for k, v in resumed.items() if k != "train_seconds"} == {
+      k: v for k, v in straight.items() if k != "train_seconds"}
+  _same_run(tmp_path / "resumed", tmp_path / "straight")
 
 
 def test_unknown_augment_is_rejected(tmp_path):
@@ -250,8 +294,7 @@ def test_train_and_evaluate_reads_the_configs_data_through_tfds(tmp_path):
   with tfds.testing.mock_data(num_examples=8):
     summary = training.train_and_evaluate(config, tmp_path, progress=False, max_steps=1)
   assert summary["step"] == 1 and summary["stopped_early"]
-  restored = training.restore_checkpoint(tmp_path / "last.msgpack", {"state": None, "epoch": 0, "batch": 0})
-  assert int(restored["state"]["step"]) == 1 and int(restored["batch"]) == 1
+  assert files.read(tmp_path / "last.jaxsnn", "checkpoint", caller="t")["state"]["step"] == 1
 
 
 COMMITTED = sorted((ROOT / "experiments/checkpoints").glob("*.msgpack"))

@@ -3,13 +3,13 @@
 **Atomic writes** (:func:`atomic_write`): a file is either the old one or the complete new one, never half of either.
 
 **The jaxsnn file format** (:func:`write` / :func:`read`), version :data:`VERSION`: a converted network
-(:func:`jaxsnn.save`), calibration statistics, thresholds and the checkpoint of every resumable job are all one kind
-of file: a zip archive (stored, not compressed) of
+(:func:`jaxsnn.save`), calibration statistics, thresholds, a trained ANN's variables and the checkpoint of every
+resumable job (training's too) are all one kind of file: a zip archive (stored, not compressed) of
 
 * ``jaxsnn.json``: the header: ``format`` (``"jaxsnn"``), ``version``, ``kind`` (``"network"``, ``"stats"``,
-  ``"thresholds"``, ``"checkpoint"``), ``writer`` (the jaxsnn, JAX and NumPy versions that wrote it), ``content`` (a
-  JSON skeleton of the saved tree, whose arrays are references into the table), ``arrays`` (one row per array: its
-  path in the tree, dtype, shape and digest) and ``fingerprint`` (a digest of all of the above);
+  ``"thresholds"``, ``"checkpoint"``, ``"variables"``), ``writer`` (the jaxsnn, JAX and NumPy versions that wrote
+  it), ``content`` (a JSON skeleton of the saved tree, whose arrays are references into the table), ``arrays`` (one
+  row per array: its path in the tree, dtype, shape and digest) and ``fingerprint`` (a digest of all of the above);
 * ``arrays/<n>.npy``: the arrays, one ``.npy`` each (dtypes NumPy does not know, such as bfloat16, stored as unsigned
   integers of the same width; the header says the real one).
 
@@ -30,7 +30,8 @@ written by many hosts in parallel, asynchronous saves, a directory per checkpoin
 have, and it would not hold the network's program. In a multi-host job each process checkpoints its own share to its
 own file (``experiments/batch.py``: ``progress_<process>``), so one file per process is the whole story.
 
-Files written before version 1 (the ``.npz`` formats ``jaxsnn-checkpoint-v2``, ``jaxsnn-stats-v1`` and
+Files written before version 1 (the flax msgpack variables of the committed reference networks, read by
+:func:`jaxsnn.training.load_variables`; the ``.npz`` formats ``jaxsnn-checkpoint-v2``, ``jaxsnn-stats-v1`` and
 ``jaxsnn-stats-v1-thresholds``) are still read by the functions that wrote them.
 """
 
@@ -58,6 +59,7 @@ KINDS = {
     "stats": ("calibration statistics", "jaxsnn.load_stats"),
     "thresholds": ("thresholds", "jaxsnn.load_thresholds"),
     "checkpoint": ("the checkpoint of a resumable job", "the function that wrote it, given the same checkpoint="),
+    "variables": ("a trained network's variables", "jaxsnn.training.load_variables"),
 }
 
 _LEGACY_CHECKPOINT = "jaxsnn-checkpoint-v2"  # the .npz checkpoints before format version 1

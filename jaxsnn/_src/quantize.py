@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from jaxsnn._src import checks, ir, loop, runner
+from jaxsnn._src.ann_metrics import ann_metrics
 from jaxsnn._src.batches import as_batch, check_batches
 from jaxsnn._src.calibrate import calibrate
 from jaxsnn._src.files import fingerprint
@@ -185,23 +186,11 @@ def _initial_thresholds(apply_fn, variables, batches, program: ir.Program, perce
   return out, stats.num_samples
 
 
-def _accuracy(apply: Callable, params_to_variables: Callable, batches: list, classes: int, input_key: str) -> Callable:
-  """``accuracy(params)`` of the quantised network on labelled ``batches`` (micro-batches of one shape)."""
-  @jax.jit
-  def correct(variables, x, labels, mask):
-    logits = apply(variables, x)
-    hit = jnp.argmax(logits.reshape(logits.shape[0], -1), axis=-1) == labels
-    return jnp.sum(jnp.where(mask, hit, False))
-
+def _accuracy(apply: Callable, params_to_variables: Callable, batches: list, input_key: str) -> Callable:
+  """``accuracy(params)`` of the quantised network on labelled ``batches``: jaxsnn's one ANN accuracy."""
   def accuracy(params):
-    variables = params_to_variables(params)
-
-    def step(total, p: runner.Prepared):
-      return total + int(correct(variables, p.x, jnp.asarray(p.labels), jnp.asarray(p.mask)))
-
-    total, n = runner.fold(batches, step, 0, caller="jaxsnn.quantize_for_conversion: validation", input_key=input_key,
-                           labels="accuracy", classes=classes)
-    return total / max(n, 1)
+    return ann_metrics(apply, params_to_variables(params), batches, input_key=input_key,
+                       caller="jaxsnn.quantize_for_conversion: validation").accuracy
 
   return accuracy
 
@@ -389,8 +378,8 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
   score = relu_accuracy = None
   if validation is not None:
     validation = runner.labelled_once(validation, f"{caller}: validation", input_key, classes)
-    score = _accuracy(apply_q.apply, variables_of, validation, classes, input_key)
-    relu_accuracy = _accuracy(lambda v, x: apply_q.apply(v, x, relu=True), variables_of, validation, classes,
+    score = _accuracy(apply_q.apply, variables_of, validation, input_key)
+    relu_accuracy = _accuracy(lambda v, x: apply_q.apply(v, x, relu=True), variables_of, validation,
                               input_key)(params)
 
   job = None
