@@ -4,8 +4,8 @@ narrower type? A micro-benchmark on the convolution shapes of the CIFAR-10 nets.
     python benchmarks/conv_lowering.py [--batch 128]
 
 For each shape: ``lax.conv_general_dilated`` in float32 (what the simulator runs), the same as im2col + matmul
-(``jaxsnn/_src/lowering.py``, shared by training and the simulator), and the convolution with bfloat16 operands (spikes are +-θ or
-0 per channel: exact in bfloat16 when θ is; accumulation in float32). Inputs are spike-like: 8 % non-zero; the
+(``jaxsnn.models.im2col``, shared by training and the simulator), and the convolution with bfloat16 operands (spikes
+are +-θ or 0 per channel: exact in bfloat16 when θ is; accumulation in float32). Inputs are spike-like: 8 % non-zero; the
 convolution is also timed on inputs of other densities (``--densities``: does the kernel gain from zeros?). Compile
 first, then the median of repeats; time it on an idle machine.
 """
@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxsnn._src import lowering  # noqa: E402  (the patches of training and the simulator)
+from jaxsnn.models import im2col as patches  # noqa: E402  (the patches of training and the simulator)
 from timing import timed, write_json  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -46,7 +46,7 @@ def main():
 
     conv = jax.jit(lambda x, k: lax.conv_general_dilated(x, k, (stride, stride), ((1, 1), (1, 1)),
                                                          dimension_numbers=NHWC))
-    im2col = jax.jit(lambda x, k: (lowering.im2col(x, (3, 3), (stride, stride), ((1, 1), (1, 1)), (1, 1), out_hw)
+    im2col = jax.jit(lambda x, k: (patches(x, (3, 3), (stride, stride), ((1, 1), (1, 1)), (1, 1), out_hw)
                                    .reshape(-1, 9 * cin) @ k.reshape(9 * cin, cout)).reshape(x.shape[0], *out_hw, cout))
     bf16 = jax.jit(lambda x, k: lax.conv_general_dilated(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
                                                          (stride, stride), ((1, 1), (1, 1)), dimension_numbers=NHWC,

@@ -279,13 +279,14 @@ class Net(NamedTuple):
   val_split: str | None
   fingerprint: str  # of the weights and every array: what a resumed accuracy run must share with the first one
   config: Any = None
+  calib_batches: list = ()  # the calibration images as jaxsnn.data.batches of --batch (normalised like calib_x)
 
 
 def load_net(net: str) -> "Net":
   """The committed checkpoint of ``net``: a :class:`Net` without data."""
   from jaxsnn import training
   config, model, variables = training.load_trained(ROOT / CHECKPOINTS[net])
-  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  apply_fn = training.ModelApply(model, train=False)  # equal for equal models: compiled once
   return Net(net, model, variables, apply_fn, {}, pathlib.Path(), pathlib.Path(), None, "", config)
 
 
@@ -316,28 +317,13 @@ def prepare(net: str, args) -> Net:
   files.write_npz(data_path, arrays)
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
-  apply_fn = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
+  apply_fn = loaded.apply_fn
   check_logits = np.asarray(jax.jit(apply_fn)(variables, arrays["test_x"][:args.check]))
   files.write_npz(weights_path, {"check_logits": check_logits, **flat})
   fingerprint = files.fingerprint(net, sorted(arrays), sorted(flat),
                                   arrays=[arrays[k] for k in sorted(arrays)] + [flat[k] for k in sorted(flat)])
-  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split, fingerprint, config)
-
-
-def batched(x: np.ndarray, y: np.ndarray | None, batch: int):
-  """Batches in order, the last one shorter (no padding: padded images would enter calibration maxima)."""
-  for i in range(0, len(x), batch):
-    yield x[i:i + batch] if y is None else (x[i:i + batch], y[i:i + batch])
-
-
-def padded(x: np.ndarray, y: np.ndarray, batch: int):
-  """``(x, y, mask)`` batches of one shape (the last padded, masked out): one compiled simulation for the test set."""
-  for xb, yb in batched(x, y, batch):
-    mask = np.arange(batch) < len(yb)
-    if len(yb) < batch:
-      xb = np.concatenate([xb, np.zeros((batch - len(yb),) + xb.shape[1:], xb.dtype)])
-      yb = np.concatenate([yb, np.zeros(batch - len(yb), yb.dtype)])
-    yield xb, yb, mask
+  calib = list(data.batches(train, args.batch, train=False, mean=spec.mean, std=spec.std))
+  return Net(net, model, variables, apply_fn, arrays, weights_path, data_path, val_split, fingerprint, config, calib)
 
 
 def _curve_line(prefix: str, rec: dict, target: float) -> str:
@@ -358,7 +344,8 @@ def _jaxsnn_curve(net: Net, name: str, snn, x, y, max_T: int, args, split: str) 
     block += "_x" + files.fingerprint(os.environ["XLA_FLAGS"])[:8]
   ckpt = _progress_path(net, f"jaxsnn_{name}_{split}_T{max_T}_n{len(y)}_b{args.batch}{block}")
   ckpt.parent.mkdir(parents=True, exist_ok=True)
-  res = jaxsnn.evaluate(snn, padded(x, y, args.batch), max_T, args.jaxsnn_block, progress=True, checkpoint=ckpt,
+  # One (x, y) batch: the runner cuts it into micro-batches of 128 (checkpoint_every counts those).
+  res = jaxsnn.evaluate(snn, [(x, y)], max_T, block_size=args.jaxsnn_block, progress=True, checkpoint=ckpt,
                         checkpoint_every=2)
   return [float(v) for v in res.accuracy]
 
@@ -373,14 +360,12 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
   """
   import jax
   import jaxsnn
+  from jaxsnn import training
 
   a = net.arrays
-  ann_fn = jax.jit(net.apply_fn)
-  hits = sum(int((np.asarray(ann_fn(net.variables, x)).argmax(-1) == y).sum())
-             for x, y in batched(a["test_x"], a["test_y"], args.batch))
-  ann_acc = hits / len(a["test_y"])
+  ann_acc = training.ann_accuracy(net.apply_fn, net.variables, [(a["test_x"], a["test_y"])])
   print(f"Flax ANN: test accuracy {ann_acc:.4f} on {len(a['test_y'])} images", flush=True)
-  train = list(batched(a["calib_x"], None, args.batch))
+  train = net.calib_batches
   t0 = time.perf_counter()
   stats = jaxsnn.calibrate(net.apply_fn, net.variables, train)
   print(f"jaxsnn: calibrated on {stats.num_samples} training images in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -405,8 +390,7 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
     return built[name]
 
   if args.select:
-    val_ann = sum(int((np.asarray(ann_fn(net.variables, x)).argmax(-1) == y).sum())
-                  for x, y in batched(a["val_x"], a["val_y"], args.batch)) / len(a["val_y"])
+    val_ann = training.ann_accuracy(net.apply_fn, net.variables, [(a["val_x"], a["val_y"])])
     val_target = val_ann - args.drop
     sel = {}
     for name in candidates:
@@ -483,7 +467,7 @@ def jaxsnn_worker(job_path: str, out_path: str) -> None:
   else:
     ckpt = CACHE / task["net"] / f"jaxsnn_{task['recipe']}_test_T{task['T']}_n{len(test_y)}_b{task['batch']}_own.npz"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    res = jaxsnn.evaluate(snn, padded(test_x, test_y, task["batch"]), task["T"], task["block"], progress=True,
+    res = jaxsnn.evaluate(snn, [(test_x, test_y)], task["T"], block_size=task["block"], progress=True,
                           checkpoint=ckpt, checkpoint_every=2)
     out["accuracy"] = [float(v) for v in res.accuracy]
   pathlib.Path(out_path).write_text(json.dumps(out))

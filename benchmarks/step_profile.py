@@ -30,7 +30,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jaxsnn  # noqa: E402
-from jaxsnn._src import simulate as simulate_module  # noqa: E402
 from scaling import SHAPES, random_setup  # noqa: E402
 from timing import timed, write_json  # noqa: E402
 
@@ -45,7 +44,8 @@ def main():
   args = parser.parse_args()
 
   apply_fn, variables, x, snn = random_setup(args.model, args.batch)
-  neuron, cdt = snn.neuron, simulate_module.count_dtype(args.steps)
+  neuron = snn.neuron
+  cdt = jnp.int8 if args.steps <= 127 else jnp.int16 if args.steps <= 32767 else jnp.int32  # as simulate
   shapes = {name: (args.batch,) + tuple(s.shape) for name, s in snn.thresholds.items()}
   ths = {name: jnp.broadcast_to(snn.thresholds[name], shape) for name, shape in shapes.items()}
   currents = {name: jax.random.uniform(jax.random.key(i), shape) * ths[name] * 0.3

@@ -1,20 +1,16 @@
-"""What the experiment scripts share: paths, the committed checkpoints with their data, the named conversion arms
-(each one call of :mod:`jaxsnn.recipes`) and a work dir of results per method (:class:`jaxsnn.results.Cache`).
-
-Every script in ``experiments/`` imports this module (``import common``: the script's own directory is on the path)
-and nothing from another script; all logic a user would want is library code (``jaxsnn``: the recipes, the results
-schema, the validation choice and the tables in :mod:`jaxsnn.results`, the CPU allocator in
-:func:`jaxsnn.training.use_tcmalloc`): an arm here is only a name and the options of one recipe call. Importing it
-puts the repository root on ``sys.path`` so that ``experiments.configs`` is importable from any working directory.
-Every conversion script calls ``jaxsnn.xla.use_fast_cpu_kernels()`` first thing in ``main()``.
+"""What the experiment scripts share: paths, the committed checkpoints, the named conversion arms (each one call of
+:mod:`jaxsnn.recipes`) and the method lists. Every script in ``experiments/`` imports this module (``import common``)
+and nothing from another script; the logic is library code (:mod:`jaxsnn.recipes`, :mod:`jaxsnn.results`: the results
+schema, the study of a run in a work dir, the validation choice, the tables; :mod:`jaxsnn.training`: a trained run
+with its data, the ANN's accuracy, the CPU allocator). Importing it puts the repository root on ``sys.path`` so that
+``experiments.configs`` is importable from any working directory.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import sys
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import jaxsnn
 from jaxsnn import data, files, results, training
@@ -30,10 +26,9 @@ RUNS = ROOT / "experiments" / "runs"  # default output of scripts (ignored by gi
 
 def resolve_run(name_or_path) -> pathlib.Path:
   """A committed checkpoint name (``cifar10_resnet20``) or a path (a run directory or a checkpoint)."""
-  path = pathlib.Path(name_or_path)
-  if not path.exists() and not path.with_suffix(".msgpack").exists() and (CHECKPOINTS / f"{name_or_path}.msgpack").exists():
-    return CHECKPOINTS / str(name_or_path)
-  return path
+  path, committed = pathlib.Path(name_or_path), CHECKPOINTS / str(name_or_path)
+  found = lambda p: any(p.with_name(p.name + s).exists() for s in (".jaxsnn", ".msgpack"))  # noqa: E731
+  return committed if not path.exists() and not found(path) and found(committed) else path
 
 
 Run, best_epoch = training.Run, training.best_epoch
@@ -47,21 +42,9 @@ def load_run(run, data_dir: Optional[str] = None) -> Run:
     raise SystemExit(f"--run: {e}") from None
 
 
-def first(arrays, n: Optional[int]):
-  """The first ``n`` examples of a ``data.Arrays`` (all of them for None)."""
-  return arrays if n is None else data.Arrays(arrays.images[:n], arrays.labels[:n])
-
-
-def batches(run: Run, arrays, batch_size: int) -> Iterator[dict]:
-  """``{"image", "label", "mask"}`` batches of ``arrays`` in order (the last one padded and masked), normalised."""
-  return data.batches(arrays, batch_size, train=False, mean=run.spec.mean, std=run.spec.std)
-
-
-def train_batches(run: Run, num_examples: int, batch_size: int) -> list:
-  """The first ``num_examples`` training images as batches (thresholds and every low-latency tool read these)."""
-  return list(batches(run, first(run.train, num_examples), batch_size))
-
-
+# The library's, under the names the scripts use: first(arrays, n) (all for None), batches(run, arrays, batch_size),
+# train_batches(run, num_examples, batch_size), ann_accuracy(run, arrays, batch_size), write_json(path, obj).
+first, batches, train_batches, ann_accuracy = data.Arrays.first, Run.batches, Run.train_batches, Run.ann_accuracy
 write_json = files.write_json
 
 
@@ -70,7 +53,6 @@ write_json = files.write_json
 # ----------------------------------------------------------------------------------------------------------------
 
 NORM_NAMES = {"neuron": "NeuronNorm", "layer": "LayerNorm", "channel": "ChannelNorm", "qcfs": "QCFS λ"}
-RECORD = results.RECORD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,75 +173,26 @@ def build_snn(run: Run, method: Method, num_steps: int, train: list, stats, hist
   return snn
 
 
-class Job:
-  """One network, its calibration statistics (training data only), and its methods' results in a work dir.
-
-  Every method's result is written as soon as it is done (:class:`jaxsnn.results.Cache`), and its evaluation
-  checkpoints every few batches: the same command run again after a kill skips what is done and resumes the rest.
-  With ``select`` validation images, every method is also scored on the first ``select`` images of the validation
-  split (the last training images, held out from training and from the thresholds): that, never the test set,
-  chooses "the best recipe at T" (:func:`jaxsnn.results.chosen`).
-  """
+class Job(results.Study):
+  """A run's study (:class:`jaxsnn.results.Study`) over :class:`Method`\\ s, each built by :func:`build_snn`."""
 
   def __init__(self, run: Run, work, num_test: Optional[int], calib_examples: int, batch_size: int,
                block_size: Optional[int] = None, progress: bool = True, select: int = 0):
-    self.run, self.work = run, pathlib.Path(work)
-    self.test = first(run.test, num_test)
-    self.batch_size, self.block_size, self.progress, self.select = batch_size, block_size, progress, select
-    self.settings = {"test_images": int(len(self.test.labels)), "calibration_images": calib_examples,
-                     "calibrate_snn_images": jaxsnn.recipes.SNN_CALIBRATION_EXAMPLES, "batch_size": batch_size}
-    held_out = 0 if run.validation is None else len(run.validation.labels)
-    if select > held_out:
-      raise SystemExit(f"--select {select}: the run holds out {held_out} validation images")
-    self.cache = results.Cache(work, self.settings)
-    self.train = train_batches(run, calib_examples, batch_size)
-    stats_file = self.work / f"stats_{calib_examples}.jaxsnn"
-    old_file = stats_file.with_suffix(".npz")  # the .npz of a work dir made before jaxsnn's file format (still read)
-    if stats_file.exists() or old_file.exists():
-      self.stats = jaxsnn.load_stats(stats_file if stats_file.exists() else old_file)
-    else:
-      self.stats = jaxsnn.calibrate(run.apply_fn, run.variables, self.train, progress=progress)
-      jaxsnn.save_stats(stats_file, self.stats)
-    self.histograms = functools.cache(lambda: jaxsnn.ratio_histograms(run.apply_fn, run.variables, self.train,
-                                                                      self.stats, progress=progress))
-    self.calib_examples = calib_examples
+    try:
+      super().__init__(run, work, num_test, calib_examples, batch_size, block_size, progress, select)
+    except ValueError as e:
+      raise SystemExit(f"--{e}") from None
 
   def snn(self, method: Method, num_steps: int):
-    """The converted (and, per the method, tuned and calibrated) network."""
     return build_snn(self.run, method, num_steps, self.train, self.stats, self.histograms, progress=self.progress,
-                     tune_checkpoint=self.path_of(method).with_suffix(".tune.npz"))
+                     tune_checkpoint=self.scratch(method))
 
-  def path_of(self, method: Method, split: str = "test") -> pathlib.Path:
-    return self.cache.path(method.name, self.settings["test_images"] if split == "test" else self.select, split)
+  def about(self, method: Method, snn) -> dict:
+    return {"method": dataclasses.asdict(method), **({"readout_delay": int(snn.readout_delay)} if method.delayed
+                                                     else {})}
 
-  def cached(self, method: Method, num_steps: int) -> Optional[dict]:
-    return self.cache.get(method.name, method.steps(num_steps), self.settings["test_images"])
-
-  def seed(self, committed: dict) -> None:
-    self.cache.seed(committed, self.settings["test_images"])
-
-  def validation(self, method: Method, num_steps: int, snn=None) -> dict:
-    """The method's accuracy after every t <= its T on the first ``select`` validation images (cached)."""
-    steps = method.steps(num_steps)
-    held_out = lambda: batches(self.run, first(self.run.validation, self.select), self.batch_size)  # noqa: E731
-    return self.cache.validation(method.name, lambda: snn or self.snn(method, steps), held_out, steps, self.select,
-                                 block_size=self.block_size, progress=self.progress)
-
-  def result(self, method: Method, num_steps: int) -> dict:
-    """The method's accuracy after every t <= its T, rates and energy at the recorded steps (cached), and with
-    ``select``, its validation accuracy."""
-    steps = method.steps(num_steps)
-    about = lambda snn: {"method": dataclasses.asdict(method),  # noqa: E731
-                         **({"readout_delay": int(snn.readout_delay)} if method.delayed else {})}
-    out, snn = self.cache.result(
-        method.name, lambda: None if method.authors else self.snn(method, steps),
-        lambda: batches(self.run, self.test, self.batch_size), steps, self.settings["test_images"],
-        block_size=self.block_size, progress=self.progress, about=about,
-        run=(lambda _, __: self._authors(steps)) if method.authors else None)
-    self.path_of(method).with_suffix(".tune.npz").unlink(missing_ok=True)
-    if self.select and not method.authors:
-      out = dict(out, validation=self.validation(method, num_steps, snn))
-    return out
+  def evaluation(self, method: Method, num_steps: int):
+    return (lambda _, __: self._authors(num_steps)) if method.authors else None
 
   def _authors(self, steps: int):
     """The authors' protocol over the whole test set: slots of 256 from the test batches, then the train batches."""
@@ -268,20 +201,10 @@ class Job:
     slots = jaxsnn.authors_protocol.thresholds(self.run.apply_fn, self.run.variables,
                                                full(self.test) + full(first(self.run.train, self.calib_examples)))
     return jaxsnn.authors_protocol.evaluate(self.snn(Method("SNM"), steps), batches(self.run, self.test, slot), slots,
-                                            steps, self.block_size, progress=self.progress)
+                                            steps, block_size=self.block_size, progress=self.progress)
 
 
-def report(job: Job, methods: dict, ann_accuracy: float, pending: Sequence[str] = ()) -> dict:
-  """The results JSON of a job (:func:`jaxsnn.results.report`, experiments/main.py's schema)."""
-  return results.report(checkpoint=job.run.name, dataset=job.run.config.dataset, model=job.run.config.model,
-                        test_images=job.settings["test_images"], calibration_images=job.settings["calibration_images"],
-                        ann_accuracy=ann_accuracy, methods=methods, pending=pending)
-
-
-def ann_accuracy(run: Run, arrays, batch_size: int) -> float:
-  return training.ann_accuracy(run.apply_fn, run.variables, batches(run, arrays, batch_size))
-
-
+report = results.Study.report  # report(job, methods, ann_accuracy, pending=()): experiments/main.py's schema
 # The report's tables and the validation choice are the library's (what a user reproducing a table calls too).
 table, chosen, cost_table, cost_at = results.table, results.chosen, results.cost_table, results.cost_at
 recipes = results.recipe_curves

@@ -4,7 +4,7 @@
 
 ``--run`` is a committed reference checkpoint (``experiments/checkpoints/NAME``: ``NAME.msgpack`` with its
 ``.config.json`` and ``.metrics.jsonl``) or a run directory of ``experiments/train.py`` (``config.json``,
-``best.msgpack``, ``metrics.jsonl``). Reads the config and checkpoint, calibrates on training
+``best.jaxsnn``, ``metrics.jsonl``). Reads the config and checkpoint, calibrates on training
 images, takes the chosen site's activations on test images, and writes
 ``experiments/figures/fig3_information_loss.png`` and a JSON of the numbers beside it. All logic is library code
 (``jaxsnn.calibrate``, ``jaxsnn.analysis.information_loss_surface``, ``plot_information_loss``).

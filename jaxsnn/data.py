@@ -87,6 +87,17 @@ class Arrays(NamedTuple):
   images: np.ndarray
   labels: np.ndarray
 
+  def first(self, n: Optional[int]) -> "Arrays":
+    """The first ``n`` examples (all of them for None).
+
+    Args:
+      n: how many.
+
+    Returns:
+      An :class:`Arrays`.
+    """
+    return self if n is None else Arrays(self.images[:n], self.labels[:n])
+
 
 def splits(name: str, val_examples: int) -> dict[str, str]:
   """tfds split strings for train / validation (the last ``val_examples`` training images) / test."""

@@ -34,11 +34,12 @@ from jax import lax
 import flax.linen as nn
 
 from jaxsnn._src import checks, lowering
+from jaxsnn._src.lowering import im2col
 from jaxsnn._src.qcfs import qcfs
 
 __all__ = ["Activation", "BasicBlock", "FastConv", "LayerSpec", "MODELS", "QCFS", "ResNet", "ResNet18", "ResNet20",
            "SMALL_CNN_CONFIG", "SmallCNN", "VGG", "VGG11", "VGG11_CONFIG", "VGG16", "VGG16_CONFIG", "avg_pool",
-           "conv_im2col_grad", "get_model", "qcfs_activation", "scale_width"]
+           "conv_im2col_grad", "get_model", "im2col", "qcfs_activation", "scale_width"]
 
 ModuleDef = Any
 Activation = Callable[[jax.Array], jax.Array]

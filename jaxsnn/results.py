@@ -1,5 +1,7 @@
 """Results files: the schema of an accuracy-vs-T run, its cost summary, the choice of "the best recipe at T" on
-validation images, the tables the reports print, and a work dir that caches one result per method.
+validation images, the tables the reports print, a work dir that caches one result per method, and the study of one
+trained network in such a work dir (:class:`Study`: its calibration data and statistics computed once, a cached,
+resumable result per arm; ``experiments/common.py``'s ``Job`` is one, over the committed tables' arms).
 
 What a user reproducing a committed table needs (``experiments/`` builds every results JSON with these)::
 
@@ -15,20 +17,25 @@ schema, which every committed accuracy-vs-T file follows).
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from jaxsnn._src.activity import average_firing_rate, firing_rates, recorded_counts
+from jaxsnn._src.calibrate import calibrate, load_stats, save_stats
 from jaxsnn._src.cost import energy
 from jaxsnn._src.evaluate import evaluate
 from jaxsnn._src.files import write_json
+from jaxsnn._src.recipes import SNN_CALIBRATION_EXAMPLES
+from jaxsnn._src.thresholds import ratio_histograms
 
 RECORD = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 """The steps at which a result records its cost (those up to its T)."""
 
-__all__ = ["Cache", "RECORD", "chosen", "cost_at", "cost_table", "recipe_curves", "report", "table", "truncate"]
+__all__ = ["Arm", "Cache", "RECORD", "Study", "chosen", "cost_at", "cost_table", "recipe_curves", "report", "table",
+           "truncate"]
 
 
 def cost_at(snn, evaluation) -> dict:
@@ -313,3 +320,130 @@ class Cache:
       cached = {"images": images, "steps": num_steps, "accuracy": res.accuracy.tolist()}
       self.put(name, cached, images, "validation")
     return {"images": cached["images"], "accuracy": cached["accuracy"]}
+
+
+class Arm(Protocol):
+  """One row of a study (:class:`Study`): a named way to convert the network, run to ``steps(num_steps)`` (a recipe
+  tuned for a target T runs to its target).
+
+  Attributes:
+    name: the row's name (the key of its result).
+  """
+
+  name: str
+
+  def steps(self, num_steps: int) -> int:
+    """The T this arm runs to when the study runs to ``num_steps``."""
+
+
+class Study:
+  """One trained network's conversion study in a work dir: what every row of an accuracy-vs-T table starts from,
+  computed once and kept, and one cached result per row.
+
+  The first ``calib_examples`` training images (the only data thresholds and every tool see) as batches in memory,
+  their calibration statistics (``stats_<N>.jaxsnn`` in the work dir; an older ``stats_<N>.npz`` is read too), the
+  ratio histograms (``histograms()``, computed when first asked for), the first ``num_test`` test images, and a
+  :class:`Cache`: every arm's result is written as soon as it is done and its evaluation checkpoints, so the same job
+  run again after a kill skips what is done and resumes the rest. With ``select`` validation images, every arm is also
+  scored on the first ``select`` images of the validation split (the last training images, held out from training
+  and from the thresholds): that, never the test set, chooses "the best recipe at T" (:func:`chosen`).
+
+  A subclass says how an arm's network is built (:meth:`snn`), what its result records about it (:meth:`about`) and,
+  for a comparison protocol, how it is evaluated (:meth:`evaluation`).
+
+  Args:
+    run: a :class:`jaxsnn.training.Run`.
+    work: the work dir.
+    num_test: test images (None: all).
+    calib_examples: training images for the statistics and every tool.
+    batch_size: examples per batch read.
+    block_size: the simulation schedule (as in :func:`jaxsnn.simulate`).
+    progress: tqdm bars.
+    select: validation images that score every arm (0: none).
+
+  Raises:
+    ValueError: when ``select`` is more than the run holds out.
+  """
+
+  def __init__(self, run, work, num_test: int | None, calib_examples: int, batch_size: int,
+               block_size: int | None = None, progress: bool = True, select: int = 0):
+    self.run, self.work = run, pathlib.Path(work)
+    self.test = run.test.first(num_test)
+    self.batch_size, self.block_size, self.progress, self.select = batch_size, block_size, progress, select
+    self.calib_examples = calib_examples
+    self.settings = {"test_images": int(len(self.test.labels)), "calibration_images": calib_examples,
+                     "calibrate_snn_images": SNN_CALIBRATION_EXAMPLES, "batch_size": batch_size}
+    held_out = 0 if run.validation is None else len(run.validation.labels)
+    if select > held_out:
+      raise ValueError(f"select={select}: the run holds out {held_out} validation images")
+    self.cache = Cache(work, self.settings)
+    self.train = run.train_batches(calib_examples, batch_size)
+    path = self.work / f"stats_{calib_examples}.jaxsnn"
+    old = path.with_suffix(".npz")  # a work dir made before jaxsnn's file format
+    if path.exists() or old.exists():
+      self.stats = load_stats(path if path.exists() else old)
+    else:
+      self.stats = calibrate(run.apply_fn, run.variables, self.train, progress=progress)
+      save_stats(path, self.stats)
+    self.histograms = functools.cache(lambda: ratio_histograms(run.apply_fn, run.variables, self.train, self.stats,
+                                                               progress=progress))
+
+  def snn(self, arm: Arm, num_steps: int):
+    """The arm's network for ``num_steps`` (a subclass builds it; the study caches what it measures)."""
+    raise NotImplementedError(f"{type(self).__name__}.snn: say how an arm's network is built")
+
+  def about(self, arm: Arm, snn) -> dict:
+    """More fields of an arm's result (its options, its readout delay); ``snn`` is None for a comparison protocol."""
+    return {}
+
+  def evaluation(self, arm: Arm, num_steps: int) -> Callable[[Any, Any], Any] | None:
+    """None (the arm's network is evaluated by :func:`jaxsnn.evaluate`), or a comparison protocol's
+    ``run(snn, batches) -> Evaluation`` that builds and evaluates its own network (no validation score then)."""
+    return None
+
+  def batches(self, arrays):
+    """Batches of ``arrays`` (normalised, in order, the last one padded and masked)."""
+    return self.run.batches(arrays, self.batch_size)
+
+  def path_of(self, arm: Arm, split: str = "test") -> pathlib.Path:
+    """Where the arm's result on the test (or the validation) images is."""
+    return self.cache.path(arm.name, self.settings["test_images"] if split == "test" else self.select, split)
+
+  def scratch(self, arm: Arm) -> pathlib.Path:
+    """A checkpoint file the arm's build may resume from (a tuning loop's); removed once the result is written."""
+    return self.path_of(arm).with_suffix(".tune.npz")
+
+  def cached(self, arm: Arm, num_steps: int) -> dict | None:
+    """The arm's cached test result, if any (:meth:`Cache.get`)."""
+    return self.cache.get(arm.name, arm.steps(num_steps), self.settings["test_images"])
+
+  def seed(self, committed: dict) -> None:
+    """A committed report's results put in the work dir (:meth:`Cache.seed`)."""
+    self.cache.seed(committed, self.settings["test_images"])
+
+  def validation(self, arm: Arm, num_steps: int, snn=None) -> dict:
+    """The arm's accuracy after every t <= its T on the first ``select`` validation images (cached)."""
+    steps = arm.steps(num_steps)
+    held_out = lambda: self.batches(self.run.validation.first(self.select))  # noqa: E731
+    return self.cache.validation(arm.name, lambda: snn or self.snn(arm, steps), held_out, steps, self.select,
+                                 block_size=self.block_size, progress=self.progress)
+
+  def result(self, arm: Arm, num_steps: int) -> dict:
+    """The arm's accuracy after every t <= its T, rates and energy at the recorded steps (cached), and with
+    ``select``, its validation accuracy."""
+    steps = arm.steps(num_steps)
+    protocol = self.evaluation(arm, steps)
+    out, snn = self.cache.result(arm.name, lambda: None if protocol else self.snn(arm, steps),
+                                 lambda: self.batches(self.test), steps, self.settings["test_images"],
+                                 block_size=self.block_size, progress=self.progress,
+                                 about=lambda snn: self.about(arm, snn), run=protocol)
+    self.scratch(arm).unlink(missing_ok=True)
+    if self.select and protocol is None:
+      out = dict(out, validation=self.validation(arm, num_steps, snn))
+    return out
+
+  def report(self, methods: dict, ann_accuracy: float, pending: Sequence[str] = ()) -> dict:
+    """The study's results report (:func:`report`): the checkpoint, dataset, model, image counts and ``methods``."""
+    return report(checkpoint=self.run.name, dataset=self.run.config.dataset, model=self.run.config.model,
+                  test_images=self.settings["test_images"], calibration_images=self.settings["calibration_images"],
+                  ann_accuracy=ann_accuracy, methods=methods, pending=pending)

@@ -542,7 +542,45 @@ class Run:
   spec: Any
 
   def normalize(self, images):
+    """The images normalised as the network was trained (its dataset's mean and std)."""
     return data_lib.normalize(images, self.spec.mean, self.spec.std)
+
+  def batches(self, arrays: data_lib.Arrays, batch_size: int):
+    """``{"image", "label", "mask"}`` batches of ``arrays`` in order (the last one padded and masked), normalised.
+
+    Args:
+      arrays: a split (e.g. ``run.test``, or its first images ``run.test.first(1000)``).
+      batch_size: examples per batch.
+
+    Returns:
+      An iterator of batches (:func:`jaxsnn.data.batches`).
+    """
+    return data_lib.batches(arrays, batch_size, train=False, mean=self.spec.mean, std=self.spec.std)
+
+  def train_batches(self, num_examples: int, batch_size: int) -> list:
+    """The first ``num_examples`` training images as batches, in memory: what thresholds, calibration and every
+    low-latency tool of the conversion studies read (never a validation or test image).
+
+    Args:
+      num_examples: training images.
+      batch_size: examples per batch.
+
+    Returns:
+      A list of batches.
+    """
+    return list(self.batches(self.train.first(num_examples), batch_size))
+
+  def ann_accuracy(self, arrays: data_lib.Arrays, batch_size: int = 200) -> float:
+    """The network's accuracy on ``arrays`` (:func:`ann_accuracy`).
+
+    Args:
+      arrays: a split.
+      batch_size: examples per batch read.
+
+    Returns:
+      The fraction classified right.
+    """
+    return ann_accuracy(self.apply_fn, self.variables, self.batches(arrays, batch_size))
 
 
 def load_run(run: os.PathLike | str, data_dir: Optional[str] = None) -> Run:

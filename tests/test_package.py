@@ -8,7 +8,8 @@ The boundaries are read from the source with ``ast`` (nothing is imported), in j
 * no module imports another module's private names (``from jaxsnn._src.x import _y``, ``import jaxsnn._src.x as
   _x``, ``from m import y as _y`` all count), nor reads them as attributes (``x._y`` for an imported module ``x``);
   ``_src`` is the package's layout, not a private name; dunders are not private;
-* nothing imports JAX's internals (``jax._src``); ``jax.extend.core`` only from the modules that interpret jaxprs.
+* nothing imports JAX's internals (``jax._src``); ``jax.extend.core`` only from the modules that interpret jaxprs;
+* a script (experiments/, benchmarks/) uses jaxsnn's public modules only: it never imports or reads ``jaxsnn._src``.
 
 Each rule is checked once against a small tree of files made to break it (``test_the_checks_see_...``), so that a
 rule that stops seeing its violation fails too.
@@ -24,8 +25,6 @@ import inspect
 import pathlib
 import re
 import sys
-
-import pytest
 
 import jaxsnn
 from conftest import ROOT
@@ -129,6 +128,8 @@ def boundary_offenders(root: pathlib.Path = ROOT) -> list[str]:
         offenders.append(f"{where}:{imp.line}: {said} (JAX internals)")
       if own == "jaxsnn" and tree in SCRIPT_TREES:
         offenders.append(f"{where}:{imp.line}: {said} (jaxsnn imports {tree})")
+      if own in SCRIPT_TREES and tree == "jaxsnn" and "_src" in imp.module.split(".") + [imp.name]:
+        offenders.append(f"{where}:{imp.line}: {said} (a script imports jaxsnn._src)")
       if own == "benchmarks" and tree == "experiments":
         offenders.append(f"{where}:{imp.line}: {said} (benchmarks import experiments)")
       if own == "experiments" and tree == "experiments":
@@ -142,6 +143,9 @@ def boundary_offenders(root: pathlib.Path = ROOT) -> list[str]:
     for module, chain, line in attribute_reads(path, root):
       if module == "jax" and chain and chain[0] == "_src":
         offenders.append(f"{where}:{line}: jax.{'.'.join(chain)} (JAX internals)")
+      elif own in SCRIPT_TREES and module.split(".")[0] == "jaxsnn" and "_src" in chain:
+        offenders.append(f"{where}:{line}: {module}.{'.'.join(chain[:chain.index('_src') + 1])} (a script reads "
+                         "jaxsnn._src)")
       elif module != "jax":
         first = next((a for a in chain if is_private(a)), None)
         if first:
@@ -228,7 +232,10 @@ def test_the_checks_see_every_kind_of_violation(tmp_path):
                                "b = j.recipes.low_latency, j.evaluate\n"),
       # a benchmark: the experiments imported, by package and by the sys.path name; its own helpers are fine.
       "benchmarks/timing.py": "",
-      "benchmarks/b.py": "import timing\nimport common\nfrom experiments.common import x\nfrom timing import _t\n",
+      "benchmarks/b.py": ("import timing\nimport common\nfrom experiments.common import x\nfrom timing import _t\n"
+                          "from jaxsnn._src import lowering\nimport jaxsnn._src.lowering as low\n"
+                          "from jaxsnn._src.lowering import im2col\nimport jaxsnn\ny = jaxsnn._src.lowering.im2col\n"
+                          "from jaxsnn import lowlatency\n"),
   }
   for name, text in files.items():
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +256,10 @@ def test_the_checks_see_every_kind_of_violation(tmp_path):
       "benchmarks/b.py:2: import common (benchmarks import experiments)",
       "benchmarks/b.py:3: from experiments.common import x (benchmarks import experiments)",
       "benchmarks/b.py:4: from timing import _t (a private name)",
+      "benchmarks/b.py:5: from jaxsnn._src import lowering (a script imports jaxsnn._src)",
+      "benchmarks/b.py:6: import jaxsnn._src.lowering as low (a script imports jaxsnn._src)",
+      "benchmarks/b.py:7: from jaxsnn._src.lowering import im2col (a script imports jaxsnn._src)",
+      "benchmarks/b.py:9: jaxsnn._src (a script reads jaxsnn._src)",
   ])
   assert sorted(stage_calls(tmp_path)) == sorted([
       "experiments/main.py:6: jaxsnn.tune_snn",
@@ -276,8 +287,6 @@ def test_the_recipe_stages_are_what_the_recipes_compose():
   assert set(RECIPE_STAGES) <= composed and all(callable(getattr(jaxsnn, name)) for name in RECIPE_STAGES)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 34 item 4 in progress (logic moving from experiments/common.py into the "
-                   "library): remove this mark when the budget holds")
 def test_experiments_common_stays_within_its_line_budget():
   """experiments/common.py holds paths, configs and method lists; logic belongs to the library (issue 34)."""
   lines = len((ROOT / "experiments/common.py").read_text().splitlines())

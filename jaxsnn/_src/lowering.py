@@ -23,7 +23,25 @@ _NHWC_SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs NHWC, rhs HWIO, 
 
 def im2col(x: jax.Array, kernel_hw: tuple, strides: tuple, padding, dilation: tuple, out_hw: tuple) -> jax.Array:
   """Patches [N, H', W', kh*kw*C] of an NHWC input, in (kh, kw, C) order: an HWIO kernel reshaped to
-  [kh*kw*C, O] contracts with them into the convolution's output."""
+  [kh*kw*C, O] contracts with them into the convolution's output (how the fast-gradient convolution of training
+  and the simulator's small convolutions on CPU run a convolution as one matmul).
+
+  Args:
+    x: the input, NHWC.
+    kernel_hw: the kernel's (height, width).
+    strides: the convolution's strides.
+    padding: ``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``.
+    dilation: the kernel's dilation.
+    out_hw: the output's (height, width).
+
+  Returns:
+    The patches.
+
+  Example:
+    >>> patches = jaxsnn.models.im2col(jnp.ones((2, 8, 8, 3)), (3, 3), (1, 1), "SAME", (1, 1), (8, 8))
+    >>> patches.shape
+    (2, 8, 8, 27)
+  """
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)],
                                   strides, padding)
