@@ -1,10 +1,10 @@
 """What folding the constant affine chains (bias, eval-mode BatchNorm) into the spiking contractions buys per step.
 
-    python benchmarks/folding.py [--models resnet20,vgg16_w025] [--steps 64] [--batch 128]
+    python benchmarks/folding.py [--models resnet20,vgg16_w025] [--num_steps 64] [--batch 128]
 
 For each model (random weights with its shapes, BatchNorm statistics randomised so that no scale is 1, thresholds
 calibrated on the same inputs, v0 = θ/2): ``jaxsnn.convert(..., fold=False)`` and ``fold=True`` (the default), the
-step-major simulation of ``--steps`` steps on one batch, compiled first; then the two alternate for ``--repeats``
+step-major simulation of ``--num_steps`` steps on one batch, compiled first; then the two alternate for ``--repeats``
 rounds and the median of each is kept. Also: the ANN pass, the number of ops the per-step program runs (the jaxpr
 of the time loop's body) and how far the two readouts are apart (float rounding only). Time it on an idle machine;
 writes ``--out`` (JSON) and prints a markdown table for ``benchmarks/RESULTS.md``.
@@ -70,12 +70,13 @@ def body_ops(snn, x, steps):
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--models", default="resnet20,vgg16_w025")
-  parser.add_argument("--steps", type=int, default=64)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=64,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/folding.json"))
   args = parser.parse_args()
-  out = {"steps": args.steps, "batch": args.batch, "jax": jax.__version__, "models": {}}
+  out = {"steps": args.num_steps, "batch": args.batch, "jax": jax.__version__, "models": {}}
   for name in args.models.split(","):
     shape, make = SHAPES[name]
     model = make(num_classes=10)
@@ -85,7 +86,7 @@ def main():
     th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
     snns = {fold: jaxsnn.convert(apply_fn, variables, x[:1], th, initial_potential=0.5, fold=fold)
             for fold in (False, True)}
-    sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps).outputs)
+    sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.num_steps).outputs)
     ann = jax.jit(apply_fn)
     outputs = {fold: np.asarray(jax.block_until_ready(sim(snn, x))) for fold, snn in snns.items()}  # compiles
     jax.block_until_ready(ann(variables, x))
@@ -100,8 +101,8 @@ def main():
     for fold in (False, True):
       s = statistics.median(times[fold])
       row["folded" if fold else "unfolded"] = {
-          "sim_s": s, "times": times[fold], "img_steps_per_s": args.batch * args.steps / s,
-          "sim_over_T_ann": s / (args.steps * ann_s), "ops_per_step": body_ops(snns[fold], x, args.steps)}
+          "sim_s": s, "times": times[fold], "img_steps_per_s": args.batch * args.num_steps / s,
+          "sim_over_T_ann": s / (args.num_steps * ann_s), "ops_per_step": body_ops(snns[fold], x, args.num_steps)}
     out["models"][name] = row
     print(f"{name}: unfolded {row['unfolded']['img_steps_per_s']:.0f}, folded {row['folded']['img_steps_per_s']:.0f} "
           f"images·steps/s; ops per step {row['unfolded']['ops_per_step']} -> {row['folded']['ops_per_step']}; "

@@ -4,7 +4,7 @@
     python benchmarks/gpu.py --smoke      # tiny sizes on any machine (CPU too): checks that the script runs
 
 Random weights (speed does not depend on training); thresholds calibrated on the same random inputs, so that neurons
-fire at realistic rates. For each T in ``--steps``, model and schedule (step-major; layer-major with K in
+fire at realistic rates. For each T in ``--num_steps``, model and schedule (step-major; layer-major with K in
 ``--blocks``, ``exact=True`` and ``exact=False``): the first call (compile + run) is timed on its own, then the median
 of ``--repeats`` calls with ``block_until_ready``; images*steps/s, the ratio to T passes of the same ANN (jit, same
 batch) and the speed relative to step-major. Rows are ordered by priority (T = 64 first); a row that would start
@@ -76,7 +76,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--models", default="vgg16,resnet18", help="comma-separated: " + ", ".join(MODELS))
   parser.add_argument("--width", type=float, default=1.0)
-  parser.add_argument("--steps", default="64,32", help="T values, in order of priority")
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", default="64,32",
+                      help="T values, in order of priority (--steps: the old spelling)")
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--blocks", default="8,16", help="layer-major block sizes K")
   parser.add_argument("--repeats", type=int, default=3)
@@ -85,14 +86,14 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu.json"))
   args = parser.parse_args()
   if args.smoke:
-    args.width, args.batch, args.steps, args.blocks, args.repeats = 1 / 16, 4, "8", "4", 1
+    args.width, args.batch, args.num_steps, args.blocks, args.repeats = 1 / 16, 4, "8", "4", 1
     if args.out == str(ROOT / "benchmarks/results/gpu.json"):
       args.out = str(ROOT / "data_cache/gpu_smoke.json")
   names = args.models.split(",")
   unknown = [n for n in names if n not in MODELS]
   if unknown:
     parser.error(f"--models: unknown {unknown}; choose from {list(MODELS)}")
-  steps = [int(t) for t in args.steps.split(",")]
+  num_steps_grid = [int(t) for t in args.num_steps.split(",")]
   blocks = [int(k) for k in args.blocks.split(",")]
   out = pathlib.Path(args.out)
   start = time.perf_counter()
@@ -116,7 +117,7 @@ def main():
     report.setdefault("ann", {})[name] = {"first_s": ann_first, "median_s": ann_s, "images_per_s": args.batch / ann_s}
     print(f"{name}: ANN {args.batch / ann_s:,.0f} images/s (compile + first call {ann_first:.1f} s)", flush=True)
 
-  for T in steps:
+  for T in num_steps_grid:
     for name in names:
       snn, x, ann_s = nets[name]
       base = None
@@ -127,7 +128,7 @@ def main():
           row["skipped"] = f"skipped: past the {args.time_budget:.0f} s budget"
           continue
         try:
-          first, med = timed(lambda: jaxsnn.simulate(snn, x, T, k, exact=exact).outputs, args.repeats)
+          first, med = timed(lambda: jaxsnn.simulate(snn, x, T, block_size=k, exact=exact).outputs, args.repeats)
         except Exception as e:  # noqa: BLE001 (an out-of-memory row must not lose the others)
           row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
           print(f"{name} T={T} {label}: {row['error']}", flush=True)

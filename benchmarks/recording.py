@@ -1,7 +1,7 @@
 """What recording costs: ``simulate`` without ``record``, with every site's spikes, and with spikes and membrane
 potentials, on the committed Fashion-MNIST SmallCNN and CIFAR-10 ResNet-20.
 
-    python benchmarks/recording.py [--steps 32] [--batch 16] [--repeats 15] [--compare_with REV]
+    python benchmarks/recording.py [--num_steps 32] [--batch 16] [--repeats 15] [--compare_with REV]
 
 Each network is converted by the paper's recipe (thresholds from 512 training images) and simulated on the first
 ``--batch`` test images. Every variant is compiled first; then the variants are timed in turn, one call each per round
@@ -67,7 +67,7 @@ def baseline_hlo(rev: str, args) -> dict:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
                    capture_output=True)
     try:
-      out = subprocess.run([sys.executable, __file__, "--hlo_only", "--steps", str(args.steps), "--batch",
+      out = subprocess.run([sys.executable, __file__, "--hlo_only", "--num_steps", str(args.num_steps), "--batch",
                             str(args.batch)], env=dict(os.environ, JAXSNN_FROM=str(tree)), check=True,
                            capture_output=True, text=True)
     finally:
@@ -77,7 +77,8 @@ def baseline_hlo(rev: str, args) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--steps", type=int, default=32)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=32,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--nets", default=",".join(NETS))
@@ -86,23 +87,23 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/recording.json"))
   args = parser.parse_args()
   nets = {name: network(name, args.batch) for name in args.nets.split(",")}
-  hlo = {name: no_record_hlo(snn, x, args.steps) for name, (snn, x) in nets.items()}
+  hlo = {name: no_record_hlo(snn, x, args.num_steps) for name, (snn, x) in nets.items()}
   if args.hlo_only:
     print(json.dumps(hlo))
     return
   baseline = baseline_hlo(args.compare_with, args) if args.compare_with else None
 
-  result = {"command": "python benchmarks/recording.py " + " ".join(sys.argv[1:]), "steps": args.steps,
+  result = {"command": "python benchmarks/recording.py " + " ".join(sys.argv[1:]), "steps": args.num_steps,
             "batch": args.batch, "repeats": args.repeats, "platform": jax.devices()[0].platform,
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
             "date": time.strftime("%Y-%m-%d"), "nets": {}}
   for name, (snn, x) in nets.items():
     sites = list(snn.site_names)
     variants = {
-        "no record": lambda snn=snn, x=x: jaxsnn.simulate(snn, x, args.steps).outputs,
-        "spikes of every site": lambda snn=snn, x=x, sites=sites: jaxsnn.simulate(snn, x, args.steps, record=sites),
+        "no record": lambda snn=snn, x=x: jaxsnn.simulate(snn, x, args.num_steps).outputs,
+        "spikes of every site": lambda snn=snn, x=x, sites=sites: jaxsnn.simulate(snn, x, args.num_steps, record=sites),
         "spikes and potentials of every site": lambda snn=snn, x=x, sites=sites: jaxsnn.simulate(
-            snn, x, args.steps, record=sites, record_potentials=True),
+            snn, x, args.num_steps, record=sites, record_potentials=True),
     }
     for fn in variants.values():  # compile (and warm) every variant first
       jax.block_until_ready(fn())
@@ -117,8 +118,8 @@ def main():
     median = {v: statistics.median(t) for v, t in times.items()}
     neurons = sum(int(jnp.size(snn.thresholds[s])) for s in sites)
     entry = {"sites": len(sites), "neurons_per_sample": neurons,
-             "recorded_bytes": {"spikes": neurons * args.batch * args.steps,
-                                "potentials": neurons * args.batch * args.steps * 4},
+             "recorded_bytes": {"spikes": neurons * args.batch * args.num_steps,
+                                "potentials": neurons * args.batch * args.num_steps * 4},
              "median_seconds": median, "seconds": times,
              "ratio_to_no_record": {v: median[v] / median["no record"] for v in variants},
              "load_average_1min": {"min": min(load), "median": statistics.median(load), "max": max(load)},
@@ -127,7 +128,7 @@ def main():
       entry["baseline"] = {"rev": args.compare_with, "no_record_hlo_sha256": baseline[name],
                            "same_program": baseline[name] == hlo[name]}
     result["nets"][name] = entry
-    print(f"{name}: {len(sites)} sites, {neurons:,} neurons per sample, T = {args.steps}, batch {args.batch}; "
+    print(f"{name}: {len(sites)} sites, {neurons:,} neurons per sample, T = {args.num_steps}, batch {args.batch}; "
           f"load average {statistics.median(load):.1f} ({min(load):.1f}..{max(load):.1f})")
     for v in variants:
       print(f"  {v:<38} {median[v]:8.3f} s  {entry['ratio_to_no_record'][v]:6.3f}x")

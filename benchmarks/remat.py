@@ -1,6 +1,6 @@
 """What gradients through T steps cost: memory and time of one fine-tuning step, with and without rematerialisation.
 
-    python benchmarks/remat.py [--model cifar10_resnet20] [--steps 8] [--batch 64]
+    python benchmarks/remat.py [--model cifar10_resnet20] [--num_steps 8] [--batch 64]
 
 One ``jaxsnn.finetune``-style step (the cross-entropy of the T-step readout, ``jax.value_and_grad`` through
 ``jaxsnn.simulate`` with a sigmoid surrogate, every variable a parameter) on a committed checkpoint, converted by the
@@ -29,7 +29,8 @@ from timing import timed, write_json  # noqa: E402
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="cifar10_resnet20")
-  parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=8,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default=None)
@@ -48,13 +49,13 @@ def main():
 
   def grad_step(remat):
     def loss(v):
-      out = jaxsnn.simulate(snn.replace(variables=v), x, args.steps, surrogate=surrogate, remat=remat,
+      out = jaxsnn.simulate(snn.replace(variables=v), x, args.num_steps, surrogate=surrogate, remat=remat,
                             tallies=False).outputs[-1]
       return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
     return jax.jit(jax.value_and_grad(loss))
 
-  forward = jax.jit(lambda v: jaxsnn.simulate(snn.replace(variables=v), x, args.steps, tallies=False).outputs)
-  out = {"model": args.model, "steps": args.steps, "batch": args.batch, "devices": str(jax.devices()[0])}
+  forward = jax.jit(lambda v: jaxsnn.simulate(snn.replace(variables=v), x, args.num_steps, tallies=False).outputs)
+  out = {"model": args.model, "steps": args.num_steps, "batch": args.batch, "devices": str(jax.devices()[0])}
   out["forward_s"] = timed(lambda: forward(variables), args.repeats)[1]
   for remat in (False, True):
     f = grad_step(remat)
@@ -63,7 +64,7 @@ def main():
     out[f"remat_{remat}"] = {"temp_bytes": int(memory), "step_s": seconds}
     print(f"remat={remat}: {memory / 2**20:,.0f} MiB of temporaries, {seconds:.2f} s per step "
           f"(forward alone {out['forward_s']:.2f} s)", flush=True)
-  path = args.out or str(ROOT / f"benchmarks/results/remat_{args.model}_T{args.steps}.json")
+  path = args.out or str(ROOT / f"benchmarks/results/remat_{args.model}_T{args.num_steps}.json")
   write_json(path, out)
   print(f"wrote {path}")
 

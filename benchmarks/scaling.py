@@ -45,7 +45,7 @@ def random_setup(name: str, batch: int):
 
 
 def lowered(snn, x, steps, block):
-  return jax.jit(lambda s, x: jaxsnn.simulate(s, x, steps, block).outputs).lower(snn, x)
+  return jax.jit(lambda s, x: jaxsnn.simulate(s, x, steps, block_size=block).outputs).lower(snn, x)
 
 
 def main():

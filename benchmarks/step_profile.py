@@ -1,15 +1,15 @@
 """Where one simulation step's time goes: the contractions (the ANN pass) against the neuron updates alone.
 
-    python benchmarks/step_profile.py [--model resnet20] [--steps 32] [--batch 128]     # jaxsnn's default kernels
+    python benchmarks/step_profile.py [--model resnet20] [--num_steps 32] [--batch 128]     # jaxsnn's default kernels
     JAXSNN_FAST_CPU=0 python benchmarks/step_profile.py ...                              # XLA's own kernels
 
 Timings on one batch (compile first, then the median of ``--repeats``; time it on an idle machine):
 
 * the ANN pass (``jit(apply_fn)``): the convolutions with their BatchNorm + ReLU epilogues;
-* one SNN step (``jaxsnn.simulate`` over ``--steps`` steps, divided by the steps), as accuracy runs simulate
+* one SNN step (``jaxsnn.simulate`` over ``--num_steps`` steps, divided by the steps), as accuracy runs simulate
   (``tallies=False``, the default of ``jaxsnn.evaluate``) and with the per-neuron spike tallies (rates, energy);
 * the neuron updates alone: every site's SNM state (potential and memory as ``simulate`` carries them) stepped
-  ``--steps`` times on a constant current, the spikes kept in the carry as the next layer would read them — no
+  ``--num_steps`` times on a constant current, the spikes kept in the carry as the next layer would read them — no
   contraction at all.
 
 If step ≈ contractions + updates, the updates' memory traffic is the part of a step an ANN pass does not pay.
@@ -37,7 +37,8 @@ from timing import timed, write_json  # noqa: E402
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="resnet20", choices=sorted(SHAPES))
-  parser.add_argument("--steps", type=int, default=32)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=32,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=None, help="JSON (default benchmarks/results/step_profile_<model>.json)")
@@ -45,7 +46,7 @@ def main():
 
   apply_fn, variables, x, snn = random_setup(args.model, args.batch)
   neuron = snn.neuron
-  cdt = jnp.int8 if args.steps <= 127 else jnp.int16 if args.steps <= 32767 else jnp.int32  # as simulate
+  cdt = jnp.int8 if args.num_steps <= 127 else jnp.int16 if args.num_steps <= 32767 else jnp.int32  # as simulate
   shapes = {name: (args.batch,) + tuple(s.shape) for name, s in snn.thresholds.items()}
   ths = {name: jnp.broadcast_to(snn.thresholds[name], shape) for name, shape in shapes.items()}
   currents = {name: jax.random.uniform(jax.random.key(i), shape) * ths[name] * 0.3
@@ -65,18 +66,18 @@ def main():
         new[k] = neuron.step(ths[k], state, currents[k])
       return new, None
 
-    return jax.lax.scan(step, carry, None, length=args.steps)[0]
+    return jax.lax.scan(step, carry, None, length=args.num_steps)[0]
 
   ann = jax.jit(apply_fn)
-  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps, tallies=False).outputs)
-  sim_tallies = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps, tallies=True))
+  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.num_steps, tallies=False).outputs)
+  sim_tallies = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.num_steps, tallies=True))
   ann_s = timed(lambda: ann(variables, x), args.repeats)[1]
-  step_s = timed(lambda: sim(snn, x), args.repeats)[1] / args.steps
-  tallies_s = timed(lambda: sim_tallies(snn, x), args.repeats)[1] / args.steps
-  upd_s = timed(lambda: updates_only(currents), args.repeats)[1] / args.steps
+  step_s = timed(lambda: sim(snn, x), args.repeats)[1] / args.num_steps
+  tallies_s = timed(lambda: sim_tallies(snn, x), args.repeats)[1] / args.num_steps
+  upd_s = timed(lambda: updates_only(currents), args.repeats)[1] / args.num_steps
   neurons = sum(int(jnp.prod(jnp.asarray(s))) for s in shapes.values())
   flags = os.environ.get("XLA_FLAGS", "")
-  out = {"model": args.model, "batch": args.batch, "steps": args.steps, "neurons_per_batch": neurons,
+  out = {"model": args.model, "batch": args.batch, "steps": args.num_steps, "neurons_per_batch": neurons,
          "xla_flags": flags, "ann_pass_s": ann_s, "snn_step_s": step_s, "snn_step_with_tallies_s": tallies_s,
          "neuron_updates_s": upd_s}
   suffix = "" if flags else "_xla_own_kernels"

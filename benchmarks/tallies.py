@@ -1,7 +1,7 @@
 """What the Trace's spike tallies cost: one simulation with and without them (the same jitted program; XLA drops the
 tallies when only the readout is returned).
 
-    python benchmarks/tallies.py [--model resnet20] [--batch 64] [--steps 32] [--repeats 3]
+    python benchmarks/tallies.py [--model resnet20] [--batch 64] [--num_steps 32] [--repeats 3]
 
 ``jaxsnn.simulate`` called as it is (and ``jaxsnn.evaluate``, which needs the tallies for firing rates) always
 computes each neuron's positive and negative spike counts; a jitted caller that keeps only ``trace.outputs`` does not.
@@ -22,7 +22,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="resnet20", choices=("small_cnn", "resnet20", "vgg16_w025"))
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=32)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=32,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
@@ -33,12 +34,12 @@ def main():
   from timing import timed
 
   _, _, x, snn = random_setup(args.model, args.batch)
-  with_tallies = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps))
-  readout_only = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps).outputs)
-  work = args.batch * args.steps
+  with_tallies = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.num_steps))
+  readout_only = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.num_steps).outputs)
+  work = args.batch * args.num_steps
   full = work / timed(lambda: with_tallies(snn, x), args.repeats)[1]
   bare = work / timed(lambda: readout_only(snn, x), args.repeats)[1]
-  print(f"{args.model}, batch {args.batch}, T = {args.steps}: with tallies {full:,.0f} "
+  print(f"{args.model}, batch {args.batch}, T = {args.num_steps}: with tallies {full:,.0f} "
         f"images*steps/s; readout only {bare:,.0f} images*steps/s ({full / bare:.2f}x)")
 
 

@@ -1,10 +1,10 @@
 """Time of one training step of a config, and the allocator's share of it (system time, minor page faults).
 
-    python benchmarks/train_step.py experiments/configs/cifar10_resnet20.py [--steps 15]
+    python benchmarks/train_step.py experiments/configs/cifar10_resnet20.py [--iterations 15]
 
 Builds the config's training state, runs one compiled step on a fixed random batch to warm up, then times
-``--steps`` steps with ``block_until_ready``, and reports ms/step, images/s, the user and system CPU seconds and
-the minor page faults per step (``getrusage``). Run it under different allocators to compare them, e.g.::
+``--iterations`` training steps with ``block_until_ready``, and reports ms/step, images/s, the user and system CPU
+seconds and the minor page faults per step (``getrusage``). Run it under different allocators to compare them, e.g.::
 
     python benchmarks/train_step.py CONFIG                                             # glibc malloc
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 python benchmarks/train_step.py CONFIG
@@ -33,7 +33,8 @@ from jaxsnn import data, training  # noqa: E402
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("config")
-  parser.add_argument("--steps", type=int, default=15)
+  parser.add_argument("--iterations", "--steps", dest="iterations", type=int, default=15,
+                      help="training iterations timed (--steps: the old spelling)")
   args = parser.parse_args()
   config = training.load_config(args.config)
   shape = data.spec(config.dataset).image_shape
@@ -45,13 +46,14 @@ def main():
   state, out = training.train_step(state, batch)
   jax.block_until_ready(out)
   r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-  for _ in range(args.steps):
+  for _ in range(args.iterations):
     state, out = training.train_step(state, batch)
   jax.block_until_ready(out)
   dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-  print(f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}: {dt / args.steps * 1000:.0f} ms/step = "
-        f"{n * args.steps / dt:.0f} img/s; user {r1.ru_utime - r0.ru_utime:.1f} s, "
-        f"system {r1.ru_stime - r0.ru_stime:.1f} s, {(r1.ru_minflt - r0.ru_minflt) / args.steps:.0f} minor faults/step")
+  print(f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}: {dt / args.iterations * 1000:.0f} ms/step = "
+        f"{n * args.iterations / dt:.0f} img/s; user {r1.ru_utime - r0.ru_utime:.1f} s, "
+        f"system {r1.ru_stime - r0.ru_stime:.1f} s, "
+        f"{(r1.ru_minflt - r0.ru_minflt) / args.iterations:.0f} minor faults/step")
 
 
 if __name__ == "__main__":

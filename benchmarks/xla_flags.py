@@ -1,9 +1,9 @@
 """Which XLA:CPU options make the simulator (and the ANN) faster here, and do they change any result?
 
-    python benchmarks/xla_flags.py [--model resnet20] [--steps 16] [--batch 128]
+    python benchmarks/xla_flags.py [--model resnet20] [--num_steps 16] [--batch 128]
 
 Each configuration runs in its own process with ``XLA_FLAGS`` set (XLA reads them once, at start-up): the model's ANN
-pass and the step-major simulation of ``--steps`` steps, both on one batch, compiled first, then the median of
+pass and the step-major simulation of ``--num_steps`` steps, both on one batch, compiled first, then the median of
 ``--repeats`` calls; the configurations take turns over ``--rounds`` rounds (rotated orders: this machine drifts
 by ±15 % over minutes) and the table gives the median of the rounds. Every process simulates the same network
 (random weights with the model's shapes, thresholds calibrated on the same inputs, v0 = θ/2) on the same inputs and
@@ -56,7 +56,7 @@ def worker(args):
 
   apply_fn, variables, x, snn = random_setup(args.model, args.batch)
   ann = jax.jit(apply_fn)
-  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.steps).outputs)
+  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.num_steps).outputs)
   ann_first, ann_s = timed(lambda: ann(variables, x), args.repeats)
   sim_first, sim_s = timed(lambda: sim(snn, x), args.repeats)
   saved = {"outputs": np.asarray(sim(snn, x)), "logits": np.asarray(ann(variables, x))}
@@ -83,7 +83,7 @@ def real_data_predictions(args):
   snn, _ = jaxsnn.recipes.paper(apply_fn, variables,
                                 data.batches(train, 200, train=False, mean=spec.mean, std=spec.std),
                                 initial_potential=0.5, check_examples=0)
-  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.accuracy_steps, tallies=False).outputs.argmax(-1))
+  sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, args.accuracy_num_steps, tallies=False).outputs.argmax(-1))
   preds, labels = [], []
   for b in data.batches(test, 200, train=False, mean=spec.mean, std=spec.std):
     preds.append(np.asarray(sim(snn, b["image"]))[:, b["mask"]])
@@ -94,7 +94,8 @@ def real_data_predictions(args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="resnet20", choices=("small_cnn", "resnet20", "vgg16_w025"))
-  parser.add_argument("--steps", type=int, default=16)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=16,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per process (median)")
   parser.add_argument("--rounds", type=int, default=2,
@@ -105,7 +106,8 @@ def main():
                       help="also simulate this committed checkpoint (e.g. cifar10_resnet20) on real test images and "
                            "compare each configuration's answers with the default's")
   parser.add_argument("--accuracy_images", type=int, default=1000)
-  parser.add_argument("--accuracy_steps", type=int, default=64)
+  parser.add_argument("--accuracy_num_steps", "--accuracy_steps", dest="accuracy_num_steps", type=int, default=64,
+                      help="T of the accuracy check (--accuracy_steps: the old spelling)")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -122,7 +124,7 @@ def main():
     sys.exit(f"xla_flags.py: unknown configurations {unknown}; choose from: {', '.join(CONFIGS)}")
   if "default" not in names:
     names.insert(0, "default")
-  out = {"model": args.model, "steps": args.steps, "batch": args.batch, "machine": platform.processor() or
+  out = {"model": args.model, "steps": args.num_steps, "batch": args.batch, "machine": platform.processor() or
          platform.machine(), "inherited_XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "configs": {}}
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(args.rounds):
@@ -134,11 +136,11 @@ def main():
         save = os.path.join(tmp, f"{name.replace(' ', '_')}_{r}.npz")
         env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {CONFIGS[name]}".strip(),
                    TF_CPP_MIN_LOG_LEVEL="2")
-        cmd = [sys.executable, __file__, "--worker", name, "--save", save, "--model", args.model, "--steps",
-               str(args.steps), "--batch", str(args.batch), "--repeats", str(args.repeats)]
+        cmd = [sys.executable, __file__, "--worker", name, "--save", save, "--model", args.model, "--num_steps",
+               str(args.num_steps), "--batch", str(args.batch), "--repeats", str(args.repeats)]
         if args.accuracy_run and r == 0:
           cmd += ["--accuracy_run", args.accuracy_run, "--accuracy_images", str(args.accuracy_images),
-                  "--accuracy_steps", str(args.accuracy_steps)]
+                  "--accuracy_num_steps", str(args.accuracy_num_steps)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
           tail = proc.stderr.strip().splitlines()[-3:]
@@ -162,17 +164,18 @@ def main():
           row["logits_max_abs_diff"] = float(np.max(np.abs(got["logits"] - ref["logits"])))
           if args.accuracy_run:
             correct = got["predictions"] == got["labels"][None]
-            checked = [t for t in (8, 16, 32, 64, 128, 256) if t <= args.accuracy_steps]
+            checked = [t for t in (8, 16, 32, 64, 128, 256) if t <= args.accuracy_num_steps]
             row["real_data"] = {
                 "run": args.accuracy_run, "images": int(correct.shape[1]),
                 "accuracy": {str(t): float(correct[t - 1].mean()) for t in checked},
                 "answers_differing_from_default": {
                     str(t): int((got["predictions"][t - 1] != ref["predictions"][t - 1]).sum()) for t in checked}}
           out["configs"][name] = row
-        row["img_steps_per_s"] = args.batch * args.steps / row["sim_s"]
-        row["sim_over_T_ann"] = row["sim_s"] / (args.steps * row["ann_s"])
+        row["img_steps_per_s"] = args.batch * args.num_steps / row["sim_s"]
+        row["sim_over_T_ann"] = row["sim_s"] / (args.num_steps * row["ann_s"])
         print(f"round {r + 1}, {name}: ANN {times['ann_s'] * 1e3:.1f} ms, SNN "
-              f"{args.batch * args.steps / times['sim_s']:.0f} images·steps/s, outputs equal: {row['outputs_equal']} "
+              f"{args.batch * args.num_steps / times['sim_s']:.0f} images·steps/s, "
+              f"outputs equal: {row['outputs_equal']} "
               f"(max diff {row['outputs_max_abs_diff']:.2g})" + (f"; real data: {row['real_data']}" if
                                                                 args.accuracy_run and r == 0 else ""), flush=True)
   if "error" in out["configs"]["default"]:

@@ -1,6 +1,6 @@
 """A batch job over every device and host: calibrate, convert, evaluate the test set, resumable.
 
-    python experiments/batch.py [--run fashion_mnist_small_cnn] [--method "SNM + NeuronNorm"] [--steps 128] \
+    python experiments/batch.py [--run fashion_mnist_small_cnn] [--method "SNM + NeuronNorm"] [--num_steps 128] \
         [--num_test N] [--out experiments/runs/batch]
     python experiments/batch.py --config experiments/configs/batch_tpu_pod.py   # a TPU pod: every host
     # one process per host (here two on one machine; on a TPU pod: --distributed auto on every host):
@@ -45,7 +45,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--method", default="SNM + NeuronNorm", help="a method name of experiments/main.py")
-  parser.add_argument("--steps", type=int, default=128)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=128,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--num_test", type=int, default=None, help="first N test images (default: all)")
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--batch_size", type=int, default=200, help="examples per device in every computation")
@@ -114,12 +115,12 @@ def main():
                                   multihost_utils.process_allgather({k: np.asarray(v) for k, v in local.max.items()}))
   stats = jaxsnn.Stats(max={k: jax.numpy.asarray(v) for k, v in maxima.items()},
                        num_samples=int(gather_sum(np.asarray(local.num_samples))))
-  snn = common.build_snn(run, method, args.steps, train, stats, progress=index == 0)
+  snn = common.build_snn(run, method, args.num_steps, train, stats, progress=index == 0)
 
   batches = common.batches(run, run.test, args.batch_size)
   if args.stop_after is not None:
     batches = _stopping(batches, args.stop_after)
-  res = jaxsnn.evaluate(snn, batches, args.steps, args.block_size, progress=index == 0, tallies=True,
+  res = jaxsnn.evaluate(snn, batches, args.num_steps, block_size=args.block_size, progress=index == 0, tallies=True,
                         checkpoint=out / f"progress_{index}.npz", checkpoint_every=args.checkpoint_every,
                         micro_batch=args.batch_size)
   ann_local = training.ann_metrics(run.apply_fn, run.variables, common.batches(run, run.test, args.batch_size),

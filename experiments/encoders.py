@@ -1,7 +1,7 @@
 """What input coding costs in accuracy: direct current against Poisson rate coding and phase coding, after every T.
 
     python experiments/encoders.py [--run experiments/checkpoints/fashion_mnist_small_cnn] [--test_examples 1000]
-                                   [--steps 256] [--seeds 3]
+                                   [--num_steps 256] [--seeds 3]
 
 The network is converted by the paper's recipe (``jaxsnn.recipes.paper``: SNM neurons, NeuronNorm thresholds from the
 first ``--calib_examples`` training images, never test images) and simulated on the first ``--test_examples`` test
@@ -33,11 +33,11 @@ ROOT = common.ROOT
 REPORT_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def accuracy_curve(snn, batches, steps: int, encoder_of) -> np.ndarray:
+def accuracy_curve(snn, batches, num_steps: int, encoder_of) -> np.ndarray:
   """Accuracy after every t over the batches; ``encoder_of(b)`` codes batch b."""
   correct, total = 0.0, 0
   for b, batch in enumerate(batches):
-    trace = jaxsnn.simulate(snn, batch["image"], steps, encoder=encoder_of(b), tallies=False)
+    trace = jaxsnn.simulate(snn, batch["image"], num_steps, encoder=encoder_of(b), tallies=False)
     n = int(batch["mask"].sum())  # the real examples (a last batch is padded)
     trace = trace._replace(outputs=trace.outputs[:, :n])
     correct = correct + n * np.asarray(jaxsnn.accuracy_vs_time(trace, batch["label"][:n]))
@@ -51,7 +51,8 @@ def main():
   parser.add_argument("--run", default=str(common.DEFAULT_RUN))
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--test_examples", type=int, default=1000)
-  parser.add_argument("--steps", type=int, default=256)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=256,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--bits", type=int, default=8)
   parser.add_argument("--batch_size", type=int, default=250)
@@ -78,20 +79,20 @@ def main():
   curves, seconds = {}, {}
   for name, encoder_ofs in codes.items():
     t1 = time.time()
-    curves[name] = [accuracy_curve(snn, batches, args.steps, enc) for enc in encoder_ofs]
+    curves[name] = [accuracy_curve(snn, batches, args.num_steps, enc) for enc in encoder_ofs]
     seconds[name] = time.time() - t1
     print(f"{name}: " + ", ".join(f"T={t} {100 * np.mean([c[t - 1] for c in curves[name]]):.2f}%"
-                                  for t in REPORT_STEPS if t <= args.steps) + f" ({seconds[name]:.0f} s)")
-  steps = [t for t in REPORT_STEPS if t <= args.steps]
+                                  for t in REPORT_STEPS if t <= args.num_steps) + f" ({seconds[name]:.0f} s)")
+  shown = [t for t in REPORT_STEPS if t <= args.num_steps]
   result = {
       "network": run.name, "dataset": run.config.dataset, "recipe": "jaxsnn.recipes.paper (SNM, NeuronNorm)",
-      "calib_examples": args.calib_examples, "test_examples": int(len(test.labels)), "num_steps": args.steps,
+      "calib_examples": args.calib_examples, "test_examples": int(len(test.labels)), "num_steps": args.num_steps,
       "seeds": args.seeds, "bits": args.bits, "ann_accuracy": ann_accuracy,
       "input_range": {"low": low.tolist(), "high": high.tolist()},
       "accuracy": {name: [c.tolist() for c in cs] for name, cs in curves.items()},  # per seed, after t = 1..T
       "summary": {name: {str(t): {"mean": float(np.mean([c[t - 1] for c in cs])),
                                   "min": float(np.min([c[t - 1] for c in cs])),
-                                  "max": float(np.max([c[t - 1] for c in cs]))} for t in steps}
+                                  "max": float(np.max([c[t - 1] for c in cs]))} for t in shown}
                   for name, cs in curves.items()},
       "seconds": seconds, "total_seconds": time.time() - t0,
   }

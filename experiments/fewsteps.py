@@ -7,18 +7,19 @@ through the SNN (issue 33), on the full test set.
 For each QCFS level count L of ``--plan`` (``L:T,T,...``):
 
 1. ``jaxsnn.quantize_for_conversion``: every ReLU site of the committed net becomes ``jaxsnn.qcfs(z, λ, L)`` with λ
-   from the 99.9th percentile of the first ``--calib_examples`` training images; ``--qat_steps`` Adam steps on
-   augmented training batches (the training split only), the loss ``--loss``; the best iterate on the validation
-   images (never the test set);
-2. "QAT L + λ, θ/2": ``jaxsnn.recipes.qcfs`` without a target T (one network for every T);
+   from the 99.9th percentile of the first ``--calib_examples`` training images; ``--qat_iterations`` Adam
+   iterations on augmented training batches (the training split only), the loss ``--loss``; the best iterate on the
+   validation images (never the test set);
+2. "QAT L + λ, θ/2": ``jaxsnn.recipes.quantized`` without a target T (one network for every T);
 3. for each T of the plan, "+ calibration + delayed readout (T)": ``jaxsnn.recipes.few_steps`` at T with the
    quantised net (its report: every stage's validation accuracy at T, the ablation);
 
-then for each ``--finetune T:steps``, the L whose step-3 network is best at T on the validation images, fine-tuned
-through the SNN at T (``jaxsnn.finetune``, labels, surrogate gradients). Every network: accuracy after every t up
-to ``--eval_steps`` on the test set (rates and energy at 1, 2, 4, ..., 32) and on the ``--val_examples`` validation
-images, which alone choose the method at each T (``selection``). Writes ``experiments/results/fewsteps/<run>.json``
-(the schema of ``experiments/main.py``) and a PNG beside it; every stage is cached in ``experiments/runs/fewsteps_<run>``.
+then for each ``--finetune T:iterations``, the L whose step-3 network is best at T on the validation images,
+fine-tuned through the SNN at T (``jaxsnn.finetune``, labels, surrogate gradients). Every network: accuracy after every
+t up to ``--eval_num_steps`` on the test set (rates and energy at 1, 2, 4, ..., 32) and on the ``--val_examples``
+validation images, which alone choose the method at each T (``selection``). Writes
+``experiments/results/fewsteps/<run>.json`` (the schema of ``experiments/main.py``) and a PNG beside it; every stage is
+cached in ``experiments/runs/fewsteps_<run>``.
 """
 import argparse
 import json
@@ -48,25 +49,29 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="cifar10_resnet20")
   parser.add_argument("--plan", default="4:1,2,4,8 8:8", help="'L:T,T ...': QCFS levels and the targets T of each")
-  parser.add_argument("--qat_steps", default="4000,2500", help="quantisation steps per L of the plan")
+  parser.add_argument("--qat_iterations", "--qat_steps", dest="qat_iterations", default="4000,2500",
+                      help="quantisation iterations per L of the plan (--qat_steps: the old spelling)")
   parser.add_argument("--loss", default="distill", choices=("labels", "distill", "both"))
   parser.add_argument("--learning_rate", type=float, default=5e-4)
-  parser.add_argument("--granularity", default="layer", choices=("layer", "channel"), help="one λ per layer / channel")
+  parser.add_argument("--granularity", default="layer", choices=("neuron", "channel", "layer"),
+                      help="λ per neuron / channel / layer")
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--finetune", default="4:200 8:100", help="'T:steps ...': fine-tuning through the SNN at T")
+  parser.add_argument("--finetune", default="4:200 8:100",
+                      help="'T:iterations ...': fine-tuning through the SNN at T")
   parser.add_argument("--finetune_batch", type=int, default=64)
   parser.add_argument("--finetune_learning_rate", type=float, default=1e-4)
-  parser.add_argument("--eval_steps", type=int, default=32)
+  parser.add_argument("--eval_num_steps", "--eval_steps", dest="eval_num_steps", type=int, default=32,
+                      help="T of the test curves (--eval_steps: the old spelling)")
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--val_examples", type=int, default=2000)
   parser.add_argument("--num_test", type=int, default=None, help="first N test images (default: all)")
   parser.add_argument("--validate_every", type=int, default=500)
-  parser.add_argument("--tiny", action="store_true", help="rehearsal: a few steps and a few hundred images")
+  parser.add_argument("--tiny", action="store_true", help="rehearsal: a few iterations and a few hundred images")
   parser.add_argument("--work", default=None, help="cache dir (default experiments/runs/fewsteps_<run>)")
   parser.add_argument("--out", default=None, help="results JSON (default experiments/results/fewsteps/<run>.json)")
   args = parser.parse_args()
   if args.tiny:
-    args.qat_steps, args.eval_steps = "6,4", 8
+    args.qat_iterations, args.eval_num_steps = "6,4", 8
     args.calib_examples, args.val_examples, args.num_test, args.validate_every = 400, 200, 200, 3
 
   run = common.load_run(common.resolve_run(args.run))
@@ -76,14 +81,14 @@ def main():
   out = pathlib.Path(args.out) if args.out else (
       work / f"{run.name}.json" if args.tiny else common.ROOT / "experiments/results/fewsteps" / f"{run.name}.json")
   plan = parse_plan(args.plan)
-  qat_steps = dict(zip(plan, (int(s) for s in args.qat_steps.split(","))))
+  qat_iterations = dict(zip(plan, (int(s) for s in args.qat_iterations.split(","))))
   finetune_plan = {int(t): int(s) for t, s in (p.split(":") for p in args.finetune.split())}
   if args.tiny:
     finetune_plan = {next(iter(plan.values()))[0]: 2}
   unplanned = [t for t in finetune_plan if not any(t in targets for targets in plan.values())]
   if unplanned:
     raise SystemExit(f"--finetune: no L of --plan targets T = {unplanned}")
-  T_max = args.eval_steps
+  T_max = args.eval_num_steps
   test = common.first(run.test, args.num_test)
   train = common.train_batches(run, args.calib_examples, 200)
   val = list(common.batches(run, common.first(run.validation, args.val_examples), 200))
@@ -173,16 +178,17 @@ def main():
   pending[:] = [n for L in plan for n in names[L].values()] + [f"fine-tuning at T={t}" for t in finetune_plan]
   quantized = {}
 
-  def fine_tune(T: int, steps: int):
+  def fine_tune(T: int, iterations: int):
     candidates = [L for L in plan if T in plan[L]]
     best = max(candidates, key=lambda L: methods[names[L][T]]["validation"]["accuracy"][T - 1])
     name = f"QAT L={best} + λ, θ/2 + calibration + delayed readout + fine-tuning through the SNN (T={T})"
     t0 = time.time()
-    evaluated(name, {"levels": best, "target": T, "finetune": {
-        "steps": steps, "batch": args.finetune_batch, "learning_rate": args.finetune_learning_rate, "loss": "labels",
+    evaluated(name, {"levels": best, "target": T, "finetune": {  # "steps": the results schema's key (iterations)
+        "steps": iterations, "batch": args.finetune_batch, "learning_rate": args.finetune_learning_rate,
+        "loss": "labels",
         "chosen_levels_by": "validation accuracy at T of the calibrated, delayed QCFS networks"}},
         lambda: jaxsnn.recipes.few_steps(run.apply_fn, run.variables, train, T, validation=val,
-                                         quantized=quantized[best], finetune_steps=steps,
+                                         quantized=quantized[best], finetune_iterations=iterations,
                                          finetune_batches=epochs(args.finetune_batch),
                                          finetune_learning_rate=args.finetune_learning_rate, checkpoint_dir=work,
                                          progress=True))
@@ -194,19 +200,20 @@ def main():
     t0 = time.time()
     resumed = (work / f"quantize_L{L}.npz").exists()
     quantized[L] = jaxsnn.quantize_for_conversion(
-        run.apply_fn, run.variables, epochs(args.batch), calibration=train, levels=L, steps=qat_steps[L],
+        run.apply_fn, run.variables, epochs(args.batch), calibration=train, levels=L, iterations=qat_iterations[L],
         validation=val, loss=args.loss, learning_rate=args.learning_rate, validate_every=args.validate_every,
         granularity=args.granularity, progress=True, checkpoint=work / f"quantize_L{L}.npz")
     q = quantized[L][2]
     print(q, flush=True)
     timed(f"quantize L={L}" + (" (resumed)" if resumed else ""), time.time() - t0)
-    info = {"levels": L, "loss": args.loss, "steps": qat_steps[L], "batch": args.batch, "granularity": args.granularity,
+    info = {"levels": L, "loss": args.loss, "steps": qat_iterations[L], "batch": args.batch,  # schema: "steps"
+            "granularity": args.granularity,
             "learning_rate": args.learning_rate, "validation": q.details["validation"],
             "relu_validation_accuracy": q.chose["relu_validation_accuracy"],
             "best_validation_accuracy": q.chose["best_validation_accuracy"], "lambda": q.chose["lambda"],
             "initial_lambda": q.chose["initial_lambda"], "losses": [round(float(v), 5) for v in q.details["losses"]]}
     evaluated(names[L]["base"], {"levels": L, "target": None, "quantization": info},
-              lambda L=L: jaxsnn.recipes.qcfs(quantized[L][0], quantized[L][1], train, None, check_examples=0))
+              lambda L=L: jaxsnn.recipes.quantized(quantized[L][0], quantized[L][1], train, None, check_examples=0))
     pending.remove(names[L]["base"])
     write(True)
     for T in plan[L]:
@@ -217,9 +224,9 @@ def main():
       write(True)
     # Fine-tuning at T as soon as every L that targets T is done (the longer plan goes on after it).
     done = list(plan)[:list(plan).index(L) + 1]
-    for T, steps in finetune_plan.items():
+    for T, iterations in finetune_plan.items():
       if f"fine-tuning at T={T}" in pending and all(l in done for l in plan if T in plan[l]):
-        fine_tune(T, steps)
+        fine_tune(T, iterations)
   write(False)
   print(common.cost_table(json.loads(out.read_text()), [t for t in RECORD if t <= T_max]))
   print(f"wrote {out} and {out.with_suffix('.png')}")

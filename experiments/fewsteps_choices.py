@@ -5,11 +5,11 @@
     python experiments/fewsteps_choices.py --run fashion_mnist_small_cnn --levels 2,4 --losses distill \
         --granularity channel
 
-Each arm: ``jaxsnn.quantize_for_conversion`` for ``--steps`` Adam steps (peak rate ``--learning_rate``, batches of
-128 augmented training images) from the committed ReLU net, λ from the first 10,000 training images, the best
-iterate on the first 2,000 validation images; then ``jaxsnn.recipes.qcfs`` at T = L (λ, θ/2, SNN calibration,
-readout delay) and its accuracy at T = L on the same validation images. No test image is read. The arms are added to
-``--out`` (default ``experiments/results/fewsteps/choices_<run>.json``) as they finish.
+Each arm: ``jaxsnn.quantize_for_conversion`` for ``--iterations`` Adam iterations (peak rate ``--learning_rate``,
+batches of 128 augmented training images) from the committed ReLU net, λ from the first 10,000 training images, the
+best iterate on the first 2,000 validation images; then ``jaxsnn.recipes.quantized`` at T = L (λ, θ/2, SNN
+calibration, readout delay) and its accuracy at T = L on the same validation images. No test image is read. The arms
+are added to ``--out`` (default ``experiments/results/fewsteps/choices_<run>.json``) as they finish.
 """
 import argparse
 import json
@@ -29,8 +29,9 @@ def main():
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--levels", default="2,4")
   parser.add_argument("--losses", default="distill,labels,both")
-  parser.add_argument("--granularity", default="layer", choices=("layer", "channel"))
-  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--granularity", default="layer", choices=("neuron", "channel", "layer"))
+  parser.add_argument("--iterations", "--steps", dest="iterations", type=int, default=600,
+                      help="the quantisation's iterations (--steps: the old spelling)")
   parser.add_argument("--learning_rate", type=float, default=5e-4)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
@@ -57,13 +58,13 @@ def main():
         continue
       t0 = time.time()
       apply_q, variables_q, report = jaxsnn.quantize_for_conversion(
-          run.apply_fn, run.variables, Epochs(), calibration=calib, levels=L, steps=args.steps, loss=loss,
+          run.apply_fn, run.variables, Epochs(), calibration=calib, levels=L, iterations=args.iterations, loss=loss,
           learning_rate=args.learning_rate, validation=val, validate_every=200, granularity=args.granularity)
-      snn, _ = jaxsnn.recipes.qcfs(apply_q, variables_q, calib, L, check_examples=0)
+      snn, _ = jaxsnn.recipes.quantized(apply_q, variables_q, calib, L, check_examples=0)
       results[key] = {"history": report.details["validation"], "relu": report.chose["relu_validation_accuracy"],
                       "best": report.chose["best_validation_accuracy"],
                       "snn_at_T=L": float(jaxsnn.evaluate(snn, val, L).accuracy[-1]),
-                      "steps": args.steps, "learning_rate": args.learning_rate, "seconds": time.time() - t0}
+                      "steps": args.iterations, "learning_rate": args.learning_rate, "seconds": time.time() - t0}
       print(key, json.dumps(results[key]), flush=True)
       common.write_json(out, results)
 

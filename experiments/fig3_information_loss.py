@@ -42,25 +42,25 @@ def main():
   acts = analysis.site_activations(apply_fn, variables, norm(test.images[:args.eval_examples]))[site]
 
   alphas = np.linspace(0.05, 1.0, 20)
-  steps = np.unique(np.round(np.geomspace(1, 256, 33))).astype(np.float32)
-  surface = analysis.information_loss_surface(acts, stats.max[site], alphas, steps, norms=("layer", "neuron"))
+  grid = np.unique(np.round(np.geomspace(1, 256, 33))).astype(np.float32)  # the T axis
+  surface = analysis.information_loss_surface(acts, stats.max[site], alphas, grid, granularities=("layer", "neuron"))
 
   net = (f"{config.model} on {config.dataset}, checkpoint of epoch {best.get('epoch', '?')} "
          f"(val acc {best.get('val_accuracy', float('nan')):.3f})")
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  plotting.plot_information_loss(surface, alphas, steps, out,
+  plotting.plot_information_loss(surface, alphas, grid, out,
                                  title=f"Information loss at {site} ({acts.shape[0]} test images)\n{net}")
   summary = {
       "network": net, "site": site, "site_shape": list(acts.shape[1:]), "eval_examples": int(acts.shape[0]),
-      "calib_examples": stats.num_samples, "alphas": alphas.tolist(), "steps": steps.tolist(),
+      "calib_examples": stats.num_samples, "alphas": alphas.tolist(), "steps": grid.tolist(),
       "loss": {k: np.asarray(v).tolist() for k, v in surface.items()},
   }
   common.write_json(out.with_suffix(".json"), summary)
   i1 = int(np.argmin(np.abs(alphas - 1.0)))
   for t in (8, 32, 128):
-    j = int(np.argmin(np.abs(steps - t)))
-    print(f"alpha=1, T={int(steps[j])}: LayerNorm {float(surface['layer'][i1, j]):.4g}  "
+    j = int(np.argmin(np.abs(grid - t)))
+    print(f"alpha=1, T={int(grid[j])}: LayerNorm {float(surface['layer'][i1, j]):.4g}  "
           f"NeuronNorm {float(surface['neuron'][i1, j]):.4g}")
   print(f"wrote {out}")
 

@@ -1,18 +1,18 @@
 """Fine-tuning the weights through the SNN at a target T, against the post-training recipe on the same network.
 
-    python experiments/finetune.py --run cifar10_resnet20 --target 8 --steps 1500 \
+    python experiments/finetune.py --run cifar10_resnet20 --target 8 --iterations 1500 \
         --out experiments/results/finetune/cifar10_resnet20_T8.json        # resumable (checkpoint in the work dir)
 
 1. ``jaxsnn.recipes.low_latency`` at ``--target`` from the first ``--calib_examples`` training images (the committed
    results' settings): θ/2, thresholds for T, SNN calibration, the readout delay;
-2. ``jaxsnn.finetune``: ``--steps`` Adam steps on the cross-entropy of the SNN's T-step readout with the labels,
-   batches of ``--batch`` augmented training images (the training split only: the validation images are held out),
-   surrogate gradients through every firing decision; every ``--validate_every`` steps the accuracy at T on the
-   first ``--val_examples`` validation images, and the best there is kept (never the test set);
+2. ``jaxsnn.finetune``: ``--iterations`` Adam iterations on the cross-entropy of the SNN's T-step readout with the
+   labels, batches of ``--batch`` augmented training images (the training split only: the validation images are held
+   out), surrogate gradients through every firing decision; every ``--validate_every`` iterations the accuracy at T on
+   the first ``--val_examples`` validation images, and the best there is kept (never the test set);
 3. both networks on the test set (``--num_test``, default all) up to T, accuracy after every t.
 
 Writes the results JSON in the schema of ``experiments/main.py`` (methods: the recipe and the fine-tuned network, with
-the validation history, the loss curve and the cost: seconds per step) and a PNG beside it.
+the validation history, the loss curve and the cost: seconds per iteration) and a PNG beside it.
 """
 import argparse
 import itertools
@@ -31,7 +31,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="cifar10_resnet20")
   parser.add_argument("--target", type=int, default=8, help="the T of the recipe and of the fine-tuning")
-  parser.add_argument("--steps", type=int, default=1500, help="fine-tuning steps")
+  parser.add_argument("--iterations", "--steps", dest="iterations", type=int, default=1500,
+                      help="fine-tuning iterations (--steps: the old spelling)")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--loss", default="labels", choices=("labels", "ann"))
@@ -40,7 +41,8 @@ def main():
   parser.add_argument("--val_examples", type=int, default=1000)
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--num_test", type=int, default=None, help="first N test images (default: all)")
-  parser.add_argument("--eval_steps", type=int, default=None, help="T of the test curves (default: --target)")
+  parser.add_argument("--eval_num_steps", "--eval_steps", dest="eval_num_steps", type=int, default=None,
+                      help="T of the test curves (default: --target; --eval_steps: the old spelling)")
   parser.add_argument("--no_remat", action="store_true", help="keep every step's activations for the backward pass")
   parser.add_argument("--work", default=None, help="checkpoints and caches (default experiments/runs/finetune_<run>)")
   parser.add_argument("--out", default=None, help="results JSON (default <work>/finetune_T<target>.json)")
@@ -50,7 +52,7 @@ def main():
   work = pathlib.Path(args.work) if args.work else common.RUNS / f"finetune_{run.name}"
   work.mkdir(parents=True, exist_ok=True)
   out = pathlib.Path(args.out) if args.out else work / f"finetune_T{args.target}.json"
-  T, eval_T = args.target, args.eval_steps or args.target
+  T, eval_T = args.target, args.eval_num_steps or args.target
   test = common.first(run.test, args.num_test)
   ann = common.ann_accuracy(run, test, 200)
   print(f"{run.name}: ANN {100 * ann:.2f} % on {len(test.labels)} test images", flush=True)
@@ -69,7 +71,7 @@ def main():
 
   validation = list(common.batches(run, common.first(run.validation, args.val_examples), 200))
   t0 = time.time()
-  tuned, report = jaxsnn.finetune(snn, epochs(), T, steps=args.steps, learning_rate=args.learning_rate,
+  tuned, report = jaxsnn.finetune(snn, epochs(), T, iterations=args.iterations, learning_rate=args.learning_rate,
                                   loss=args.loss, surrogate=jaxsnn.surrogates.sigmoid(args.surrogate),
                                   remat=not args.no_remat, validation=validation,
                                   validate_every=args.validate_every, progress=True,
@@ -88,12 +90,12 @@ def main():
     print(f"{name}: " + ", ".join(f"T={t}: {100 * ev.accuracy[t - 1]:.2f} %" for t in (4, 8, 16, 32) if t <= eval_T),
           flush=True)
   methods[f"low-latency recipe (T={T})"]["prepare_seconds"] = round(recipe_s, 1)
-  steps_done = len(report.details["losses"])
+  done = len(report.details["losses"])
   methods[f"low-latency recipe + fine-tuning through the SNN (T={T})"].update(
-      finetune={"steps": args.steps, "batch": args.batch, "learning_rate": args.learning_rate, "loss": args.loss,
+      finetune={"steps": args.iterations, "batch": args.batch, "learning_rate": args.learning_rate, "loss": args.loss,
                 "surrogate": f"sigmoid({args.surrogate})", "remat": not args.no_remat,
                 "seconds": round(finetune_s, 1),
-                "seconds_per_step": round(finetune_s / max(steps_done, 1), 3) if steps_done == args.steps else None,
+                "seconds_per_step": round(finetune_s / max(done, 1), 3) if done == args.iterations else None,
                 "validation_examples": args.val_examples, "validation": report.details["validation"],
                 "best_validation_accuracy": report.chose["best_validation_accuracy"],
                 "losses": [round(float(v), 5) for v in report.details["losses"]]})

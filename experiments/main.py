@@ -1,6 +1,6 @@
 """The main job: convert a trained network to SNNs by several methods, simulate the test set, report accuracy vs T.
 
-    python experiments/main.py [--run fashion_mnist_small_cnn] [--methods readme] [--steps 128] [--num_test 1000]
+    python experiments/main.py [--run fashion_mnist_small_cnn] [--methods readme] [--num_steps 128] [--num_test 1000]
 
 ``--run``: a committed checkpoint name (``experiments/checkpoints/NAME``) or a run directory of ``train.py``.
 ``--methods``: ``readme`` (the paper's method, the usual IF + LayerNorm baseline, and jaxsnn's low-latency recipe),
@@ -37,7 +37,8 @@ def main():
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--methods", default="readme")
   parser.add_argument("--targets", default="8,16", help="target T of the tuned / calibrated methods")
-  parser.add_argument("--steps", type=int, default=128, help="time steps T of the methods without a target")
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=128,
+                      help="time steps T of the methods without a target (--steps: the old spelling)")
   parser.add_argument("--num_test", type=int, default=1000, help="first N test images (--full: all)")
   parser.add_argument("--full", action="store_true", help="the whole test set")
   parser.add_argument("--calib_examples", type=int, default=10000, help="training images for the thresholds")
@@ -69,14 +70,14 @@ def main():
   results = {}
   for i, method in enumerate(methods):
     if args.report_only:
-      cached = job.cached(method, args.steps)
+      cached = job.cached(method, args.num_steps)
       if cached is not None:
         results[method.name] = cached
         if args.select and job.path_of(method, "validation").exists():
-          cached["validation"] = job.validation(method, args.steps)
+          cached["validation"] = job.validation(method, args.num_steps)
       continue
     print(f"-- {method.name}", flush=True)
-    results[method.name] = job.result(method, args.steps)
+    results[method.name] = job.result(method, args.num_steps)
     # The report so far, after every method: a long run killed midway leaves what it did.
     common.write_json(out, common.report(job, results, ann, [m.name for m in methods[i + 1:]]))
   pending = [m.name for m in methods if m.name not in results]

@@ -1,6 +1,6 @@
 """The paper's evidence on a committed checkpoint, on the full test set: Fig. 4, Fig. 5, Eq. 15 and the test leak.
 
-    python experiments/paper.py --run cifar10_vgg16_w025 [--steps 128] [--num_test N]
+    python experiments/paper.py --run cifar10_vgg16_w025 [--num_steps 128] [--num_test N]
 
 Calibrates on training images, converts under the four arms of the paper's Fig. 4 (IF + LayerNorm, SNM + LayerNorm,
 IF + NeuronNorm, SNM + NeuronNorm; every neuron starts at v = 0, as in the paper), simulates the whole test set once
@@ -32,7 +32,8 @@ def main():
   jaxsnn.xla.use_fast_cpu_kernels()  # before JAX computes anything (opt out: JAXSNN_FAST_CPU=0)
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
-  parser.add_argument("--steps", type=int, default=128)
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=128,
+                      help="time steps T (--steps: the old spelling)")
   parser.add_argument("--num_test", type=int, default=None, help="first N test images (default: all)")
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--batch_size", type=int, default=200)
@@ -51,7 +52,7 @@ def main():
   results = {}
   for method in methods:
     print(f"-- {method.name}", flush=True)
-    results[method.name] = job.result(method, args.steps)
+    results[method.name] = job.result(method, args.num_steps)
   report = common.report(job, results, ann)
   out_dir = pathlib.Path(args.out_dir)
   out = out_dir / f"{run.name}.json"

@@ -1,10 +1,10 @@
 """Where a conversion loses accuracy: per-site relative error of the SNN's rate-coded activations against the ANN's.
 
-    python experiments/site_errors.py --run cifar10_resnet20 --steps 8 \
+    python experiments/site_errors.py --run cifar10_resnet20 --num_steps 8 \
         --methods "SNM + NeuronNorm;SNM + NeuronNorm + θ/2 + T-aware θ + calibration (T=8)" [--examples 256]
 
 For each method (names as in ``experiments/main.py --methods``; a method with a target T is simulated for its T, the
-others for ``--steps``), simulates the first ``--examples`` test images once and reports, for every site in network
+others for ``--num_steps``), simulates the first ``--examples`` test images once and reports, for every site in network
 order and for the readout, ``sum |rate·θ − a| / sum |a|`` (``jaxsnn.analysis.conversion_error``) and the accuracy.
 The SNNs are built exactly as by ``main.py`` (same work dir, so the calibration statistics are shared; thresholds,
 tuning and calibration from training images only); the test images are only measured. Writes a JSON (``--out``) and
@@ -27,7 +27,8 @@ def main():
   parser.add_argument("--run", default="fashion_mnist_small_cnn")
   parser.add_argument("--methods", required=True, help="method names separated by ';' (see main.py --methods)")
   parser.add_argument("--targets", default="4,8,16,32", help="targets known to the method names")
-  parser.add_argument("--steps", type=int, default=32, help="T of the methods without a target")
+  parser.add_argument("--num_steps", "--steps", dest="num_steps", type=int, default=32,
+                      help="T of the methods without a target (--steps: the old spelling)")
   parser.add_argument("--examples", type=int, default=256, help="first N test images, one batch")
   parser.add_argument("--calib_examples", type=int, default=10000)
   parser.add_argument("--batch_size", type=int, default=200, help="batch of the calibration passes")
@@ -45,14 +46,14 @@ def main():
   ann = float((np.asarray(run.apply_fn(run.variables, x)).argmax(-1) == y).mean())
   out = {"checkpoint": run.name, "examples": int(len(y)), "ann_accuracy": ann, "methods": {}}
   for method in methods:
-    steps = method.steps(args.steps)
-    snn = job.snn(method, steps)
-    trace = jaxsnn.simulate(snn, x, steps)
+    num_steps = method.steps(args.num_steps)
+    snn = job.snn(method, num_steps)
+    trace = jaxsnn.simulate(snn, x, num_steps)
     err = analysis.conversion_error(snn, x, trace)
     acc = float(np.asarray(jaxsnn.accuracy_vs_time(trace, y))[-1])
-    out["methods"][method.name] = {"steps": steps, "accuracy": acc,
+    out["methods"][method.name] = {"steps": num_steps, "accuracy": acc,
                                    "relative_error": {k: float(v.relative) for k, v in err.items()}}
-    print(f"-- {method.name}: T={steps} accuracy {100 * acc:.2f} % (ANN {100 * ann:.2f} %)", flush=True)
+    print(f"-- {method.name}: T={num_steps} accuracy {100 * acc:.2f} % (ANN {100 * ann:.2f} %)", flush=True)
   path = pathlib.Path(args.out) if args.out else work / "site_errors.json"
   common.write_json(path, out)
   names = list(out["methods"])

@@ -3,9 +3,9 @@ tuning and a readout delay (:mod:`jaxsnn.recipes` composes them in one call).
 
     stats = jaxsnn.calibrate(apply_fn, variables, train_batches)
     hist = jaxsnn.ratio_histograms(apply_fn, variables, train_batches, stats)
-    th = jaxsnn.thresholds_for_steps(hist, num_steps=16, initial_potential=0.5)
+    th = jaxsnn.thresholds_for_steps(hist, num_steps=16, initial_potential=0.5, granularity="channel")
     snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
-    snn, report = jaxsnn.calibrate_snn(snn, few_train_batches, num_steps=16)
+    snn, report = jaxsnn.calibrate_snn(snn, few_train_batches, num_steps=16, granularity="channel")
     snn, report = jaxsnn.choose_readout_delay(snn, other_train_batches, num_steps=16)
 """
 

@@ -212,16 +212,17 @@ def plot_rates_over_time(spikes, path: str | os.PathLike | None = None, *, windo
   return _finish(fig, path)
 
 
-def plot_information_loss(surface: Mapping[str, Any], alphas, steps, path: str | os.PathLike,
+def plot_information_loss(surface: Mapping[str, Any], alphas, num_steps_grid, path: str | os.PathLike,
                           title: str | None = None, view: tuple[float, float] = (25.0, 45.0)) -> None:
   """Plots :func:`information_loss_surface` as the paper's Fig. 3 (log10 loss over alpha and T) to a PNG file.
 
-  One 3-D surface per norm, side by side, on a shared z axis. Needs matplotlib (``pip install 'jaxsnn-convert[plot]'``).
+  One 3-D surface per granularity, side by side, on a shared z axis. Needs matplotlib
+  (``pip install 'jaxsnn-convert[plot]'``).
 
   Args:
-    surface: ``{norm: [len(alphas), len(steps)]}``.
+    surface: ``{granularity: [len(alphas), len(num_steps_grid)]}``.
     alphas: the alpha grid.
-    steps: the T grid.
+    num_steps_grid: the T grid.
     path: where to write the PNG.
     title: optional figure title.
     view: ``(elevation, azimuth)`` of the 3-D view in degrees (the default looks into the low-loss valley).
@@ -230,19 +231,19 @@ def plot_information_loss(surface: Mapping[str, Any], alphas, steps, path: str |
     ImportError: if matplotlib is missing.
   """
   plt = _pyplot()
-  alphas, steps = np.asarray(alphas, np.float64), np.asarray(steps, np.float64)
+  alphas, grid = np.asarray(alphas, np.float64), np.asarray(num_steps_grid, np.float64)
   logs = {}
-  for norm, loss in surface.items():
+  for granularity, loss in surface.items():
     loss = np.asarray(loss, np.float64)
     positive = loss[loss > 0]
     floor = positive.min() / 10 if positive.size else 1e-12
-    logs[norm] = np.log10(np.maximum(loss, floor))
+    logs[granularity] = np.log10(np.maximum(loss, floor))
   zmin = min(v.min() for v in logs.values())
   zmax = max(v.max() for v in logs.values())
   names = {"layer": "LayerNorm", "channel": "ChannelNorm", "neuron": "NeuronNorm"}
   fig = plt.figure(figsize=(5.5 * len(logs), 4.8))
-  grid_t, grid_a = np.meshgrid(steps, alphas)
-  for i, (norm, z) in enumerate(logs.items()):
+  grid_t, grid_a = np.meshgrid(grid, alphas)
+  for i, (granularity, z) in enumerate(logs.items()):
     ax = fig.add_subplot(1, len(logs), i + 1, projection="3d")
     ax.plot_surface(grid_a, grid_t, z, cmap="viridis", vmin=zmin, vmax=zmax, linewidth=0, antialiased=True)
     ax.set_xlabel("alpha")
@@ -250,7 +251,7 @@ def plot_information_loss(surface: Mapping[str, Any], alphas, steps, path: str |
     ax.set_zlabel("log10 loss")
     ax.set_zlim(zmin, zmax)
     ax.view_init(*view)
-    ax.set_title(names.get(norm, norm))
+    ax.set_title(names.get(granularity, granularity))
   if title:
     fig.suptitle(title)
   fig.tight_layout()

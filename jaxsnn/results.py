@@ -104,7 +104,7 @@ def report(*, methods: dict, ann_accuracy: float, pending: Sequence[str] = (), *
   return out
 
 
-def chosen(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> dict:
+def chosen(report_: dict, num_steps_grid: Sequence[int] = (4, 8, 16, 32)) -> dict:
   """``{T: (method name, test accuracy, validation accuracy)}``: at each T, the method with the best accuracy at T on
   the validation images (the first of equals), among the methods simulated to T (a method tuned for a target T
   competes at its target only; the authors' test-leaking protocol never). None where a candidate has no validation
@@ -112,13 +112,13 @@ def chosen(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> dict:
 
   Args:
     report_: a report whose results carry ``"validation"`` scores.
-    steps: the T to choose at.
+    num_steps_grid: the T to choose at.
 
   Returns:
     The choice at each T, or None.
   """
   out = {}
-  for t in steps:
+  for t in num_steps_grid:
     candidates = [(name, r) for name, r in report_["methods"].items()
                   if t <= len(r["accuracy"]) and r.get("method", {}).get("target") in (None, t)
                   and not r.get("method", {}).get("authors")]
@@ -130,18 +130,19 @@ def chosen(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> dict:
   return out
 
 
-def table(report_: dict, steps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), with_cost: bool = True) -> str:
+def table(report_: dict, num_steps_grid: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
+          with_cost: bool = True) -> str:
   """A markdown table: accuracy (%) after T steps, and (per method, at its largest shown T) rate and energy.
 
   Args:
     report_: a report.
-    steps: the columns.
+    num_steps_grid: the columns (T values).
     with_cost: add the average firing rate and energy ratio at each method's last recorded T.
 
   Returns:
     The table, after a line with the ANN's accuracy.
   """
-  shown = [t for t in steps if any(len(r["accuracy"]) >= t for r in report_["methods"].values())]
+  shown = [t for t in num_steps_grid if any(len(r["accuracy"]) >= t for r in report_["methods"].values())]
   head = "| method | " + " | ".join(f"T={t}" for t in shown) + (" | avg rate | E_SNN/E_ANN |" if with_cost else " |")
   lines = [f"ANN {100 * report_['ann_accuracy']:.2f} % on {report_['test_images']} test images", "", head,
            "|" + "---|" * (len(shown) + 1 + 2 * with_cost)]
@@ -158,7 +159,7 @@ def table(report_: dict, steps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), w
   return "\n".join(lines)
 
 
-def cost_table(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> str:
+def cost_table(report_: dict, num_steps_grid: Sequence[int] = (4, 8, 16, 32)) -> str:
   """Markdown: per method, accuracy (%) / average firing rate / Eq. 15 energy ratio at each T (a method tuned for a
   target T fills only that column); then the method :func:`chosen` at each T on the validation images with its test
   accuracy and the points lost against the ANN, and, for reference only, the best test accuracy (which no rule may
@@ -166,19 +167,19 @@ def cost_table(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> str:
 
   Args:
     report_: a report.
-    steps: the columns.
+    num_steps_grid: the columns (T values).
 
   Returns:
     The table.
   """
   ann = report_["ann_accuracy"]
-  head = "| method | " + " | ".join(f"T={t}: acc / rate / E" for t in steps) + " |"
-  lines = [head, "|" + "---|" * (len(steps) + 1)]
-  oracle = {t: None for t in steps}
+  head = "| method | " + " | ".join(f"T={t}: acc / rate / E" for t in num_steps_grid) + " |"
+  lines = [head, "|" + "---|" * (len(num_steps_grid) + 1)]
+  oracle = {t: None for t in num_steps_grid}
   for name, r in report_["methods"].items():
     target = r["method"].get("target") if "method" in r else None
     cells = []
-    for t in steps:
+    for t in num_steps_grid:
       at = r.get("at", {}).get(str(t))
       if t > len(r["accuracy"]) or (target and target != t) or at is None:
         cells.append("")
@@ -188,7 +189,7 @@ def cost_table(report_: dict, steps: Sequence[int] = (4, 8, 16, 32)) -> str:
       if not r.get("method", {}).get("authors") and (oracle[t] is None or acc > oracle[t]):
         oracle[t] = acc
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  picks = chosen(report_, steps)
+  picks = chosen(report_, num_steps_grid)
   images = {r["validation"]["images"] for r in report_["methods"].values() if "validation" in r}
   label = f"chosen on {images.pop():,} validation images" if len(images) == 1 else "chosen on validation images"
   lines.append(f"| **{label}: test % (points lost vs ANN)** | " + " | ".join(
@@ -295,7 +296,7 @@ class Cache:
     if run is not None:
       res = run(snn, batches())
     else:
-      res = evaluate(snn, batches(), num_steps, block_size, progress=progress,
+      res = evaluate(snn, batches(), num_steps, block_size=block_size, progress=progress,
                      record_steps=[t for t in RECORD if t <= num_steps], checkpoint=path.with_suffix(".progress.npz"))
     out = {"name": name, **((about(snn) if callable(about) else about) or {}), "settings": self.settings,
            "steps": num_steps, "accuracy": res.accuracy.tolist(), "seconds": round(time.time() - t0, 1),
@@ -316,7 +317,7 @@ class Cache:
     """
     cached = self.get(name, num_steps, images, "validation")
     if cached is None:
-      res = evaluate(build(), batches(), num_steps, block_size, progress=progress)
+      res = evaluate(build(), batches(), num_steps, block_size=block_size, progress=progress)
       cached = {"images": images, "steps": num_steps, "accuracy": res.accuracy.tolist()}
       self.put(name, cached, images, "validation")
     return {"images": cached["images"], "accuracy": cached["accuracy"]}

@@ -42,8 +42,9 @@ def main():
   labels = np.asarray(apply_fn(variables, x)).argmax(-1)
   eval_batches = [(x[:7], labels[:7]), (x[7:], labels[7:], np.array([True, True, True, False, True]))]
   for block in (None, 4):
-    e1 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9), tallies=True, mesh=one, micro_batch=3)
-    e4 = jaxsnn.evaluate(snn, eval_batches, 9, block, record_steps=(3, 9), tallies=True, micro_batch=3)
+    e1 = jaxsnn.evaluate(snn, eval_batches, 9, block_size=block, record_steps=(3, 9), tallies=True, mesh=one,
+                         micro_batch=3)
+    e4 = jaxsnn.evaluate(snn, eval_batches, 9, block_size=block, record_steps=(3, 9), tallies=True, micro_batch=3)
     out[f"evaluate_block_{block}"] = (same(e1.correct, e4.correct) and e1.count == e4.count == 11
                                       and e1.pos_spikes == e4.pos_spikes and e1.neg_spikes == e4.neg_spikes
                                       and same(e1.recorded, e4.recorded))
@@ -56,11 +57,11 @@ def main():
                                 jax.tree_util.tree_leaves(getattr(snn, field))))
     out[f"calibrate_snn_{target}"] = same(getattr(c1, field), getattr(c4, field)) and moved
   # The optimisers shard their gradient steps too: the same descent, its sums over the batch in another order.
-  t1, tr1 = jaxsnn.tune_snn(snn, [x[:8]], 5, steps=3, mesh=one)
-  t4, tr4 = jaxsnn.tune_snn(snn, [x[:8]], 5, steps=3)
+  t1, tr1 = jaxsnn.tune_snn(snn, [x[:8]], 5, iterations=3, mesh=one)
+  t4, tr4 = jaxsnn.tune_snn(snn, [x[:8]], 5, iterations=3)
   out["tune_snn_close"] = bool(np.allclose(tr1.details["losses"], tr4.details["losses"], rtol=1e-4, atol=1e-6))
-  f1, fr1 = jaxsnn.finetune(snn, [(x[:8], labels[:8])], 5, steps=2, learning_rate=1e-3, mesh=one)
-  f4, fr4 = jaxsnn.finetune(snn, [(x[:8], labels[:8])], 5, steps=2, learning_rate=1e-3)
+  f1, fr1 = jaxsnn.finetune(snn, [(x[:8], labels[:8])], 5, iterations=2, learning_rate=1e-3, mesh=one)
+  f4, fr4 = jaxsnn.finetune(snn, [(x[:8], labels[:8])], 5, iterations=2, learning_rate=1e-3)
   out["finetune_close"] = bool(np.allclose(fr1.details["losses"], fr4.details["losses"], rtol=1e-4, atol=1e-6))
   d1, r1 = jaxsnn.choose_readout_delay(snn, batches, 6, mesh=one, **mb)
   d4, r4 = jaxsnn.choose_readout_delay(snn, batches, 6, **mb)
@@ -69,14 +70,15 @@ def main():
   # Explicit sharding (the caller's own mesh with an explicit batch axis): batches are used as the caller cut and
   # sharded them, 2 examples per device here; one device given the same per-device shape (micro-batches of 2, or
   # slices of 2) computes the same numbers.
-  single = {b: [jaxsnn.simulate(snn, x[i:i + 2], 9, b, record_steps=(9,)) for i in range(0, 8, 2)] for b in (None, 4)}
+  single = {b: [jaxsnn.simulate(snn, x[i:i + 2], 9, block_size=b, record_steps=(9,)) for i in range(0, 8, 2)]
+            for b in (None, 4)}
   single_max = jaxsnn.calibrate(apply_fn, variables, [x[:8]], mesh=one, **mb).max
   single_correct = jaxsnn.evaluate(snn, [(x[:8], labels[:8])], 9, mesh=one, **mb).correct
   mesh = jax.make_mesh((4,), ("batch",), axis_types=(AxisType.Explicit,))
   with jax.set_mesh(mesh):
     xs = jax.device_put(x[:8], NamedSharding(mesh, PartitionSpec("batch")))
     for b in (None, 4):
-      tr = jaxsnn.simulate(snn, xs, 9, b, record_steps=(9,))
+      tr = jaxsnn.simulate(snn, xs, 9, block_size=b, record_steps=(9,))
       outs = np.concatenate([np.asarray(t.outputs) for t in single[b]], axis=1)
       spikes = {k: sum(np.asarray(t.recorded["pos"][k]) for t in single[b]) for k in tr.recorded["pos"]}
       out[f"explicit_simulate_block_{b}"] = (np.array_equal(np.asarray(tr.outputs), outs)

@@ -15,7 +15,7 @@ def runs(snn, x, steps: int, block: int) -> dict:
   """The outputs and the spike tallies of every site, step-major and layer-major."""
   out = {}
   for schedule, block_size in (("step", None), ("layer", block)):
-    trace = jaxsnn.simulate(snn, x, steps, block_size, tallies=True)
+    trace = jaxsnn.simulate(snn, x, steps, block_size=block_size, tallies=True)
     out[f"{schedule}/outputs"] = np.asarray(trace.outputs)
     for site in trace.pos_spikes:
       out[f"{schedule}/pos/{site}"] = np.asarray(trace.pos_spikes[site])

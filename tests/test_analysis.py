@@ -113,24 +113,24 @@ def test_surface_matches_pointwise_loss_and_neuron_norm_loses_less_at_alpha_one(
   a, _ = acts
   neuron_max = a.max(0)
   alphas = np.array([0.25, 0.5, 1.0], np.float32)
-  steps = np.array([1, 4, 16, 64], np.float32)
-  surf = jax.jit(analysis.information_loss_surface, static_argnames=("norms", "reduction"))(
-      a, neuron_max, alphas, steps, norms=("layer", "channel", "neuron"))
-  for norm, lam in [("layer", np.full(6, neuron_max.max())), ("channel", neuron_max),
-                    ("neuron", neuron_max)]:  # in a dense site [batch, 6] every neuron is its own channel
-    assert surf[norm].shape == (3, 4)
+  grid = np.array([1, 4, 16, 64], np.float32)  # T
+  surf = jax.jit(analysis.information_loss_surface, static_argnames=("granularities", "reduction"))(
+      a, neuron_max, alphas, grid, granularities=("layer", "channel", "neuron"))
+  for granularity, lam in [("layer", np.full(6, neuron_max.max())), ("channel", neuron_max),
+                           ("neuron", neuron_max)]:  # in a dense site [batch, 6] every neuron is its own channel
+    assert surf[granularity].shape == (3, 4)
     for i, al in enumerate(alphas):
-      for j, t in enumerate(steps):
-        np.testing.assert_allclose(surf[norm][i, j], numpy_loss(a, lam, t, al).sum(), rtol=1e-5)
+      for j, t in enumerate(grid):
+        np.testing.assert_allclose(surf[granularity][i, j], numpy_loss(a, lam, t, al).sum(), rtol=1e-5)
   # At alpha = 1 nothing is clipped (thresholds are maxima of these very activations) and every neuron's own max is
   # at most the layer's, so NeuronNorm loses no more than LayerNorm, and strictly less at small T.
   assert (surf["neuron"][2] <= surf["layer"][2] + 1e-6).all()
   assert surf["neuron"][2, 1] < surf["layer"][2, 1]
   path = tmp_path / "fig3.png"
-  analysis.plot_information_loss({k: surf[k] for k in ("layer", "neuron")}, alphas, steps, path, title="site")
+  analysis.plot_information_loss({k: surf[k] for k in ("layer", "neuron")}, alphas, grid, path, title="site")
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  with pytest.raises(ValueError, match="unknown norm"):
-    analysis.information_loss_surface(a, neuron_max, alphas, steps, norms=("batch",))
+  with pytest.raises(ValueError, match=r"jaxsnn.information_loss_surface: granularity must be one of .*'batch'"):
+    analysis.information_loss_surface(a, neuron_max, alphas, grid, granularities=("batch",))
 
 
 # ---- firing rates ------------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGS = ["--num_test", "200", "--steps", "6", "--calib_examples", "400", "--batch_size", "50", "--checkpoint_every", "1"]
+ARGS = ["--num_test", "200", "--num_steps", "6", "--calib_examples", "400", "--batch_size", "50",
+        "--checkpoint_every", "1"]
 
 
 def batch(out, *extra, wait=True):
@@ -53,5 +54,6 @@ def test_a_killed_job_resumes_to_the_same_json(single, tmp_path):
   _, err, rc = batch(tmp_path)
   assert rc == 0, err[-3000:]
   assert (tmp_path / "result.json").read_bytes() == single
-  _, err, rc = batch(tmp_path, "--steps", "7")  # another job's progress file is refused, not silently reused
+  # Another job's progress file is refused, not silently reused (T = 7 given by the old spelling, an alias).
+  _, err, rc = batch(tmp_path, "--steps", "7")
   assert rc != 0 and "belongs to another job" in err

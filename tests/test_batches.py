@@ -59,7 +59,7 @@ def run(name, batches):
   if name == "choose_readout_delay":
     return jaxsnn.choose_readout_delay(snn, batches, 4)[1].details["agreement"]
   if name == "tune_snn":
-    return jaxsnn.tune_snn(snn, batches, 4, steps=2)[0].thresholds
+    return jaxsnn.tune_snn(snn, batches, 4, iterations=2)[0].thresholds
   if name == "agreement":
     return jaxsnn.agreement(snn, batches, 4)
   if name == "recipes.low_latency":

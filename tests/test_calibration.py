@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import jaxsnn
 from jaxsnn._src import calibrate as cal
-from jaxsnn._src import norms
+from jaxsnn._src import checks
 from conftest import Tiny, init_params, random_net
 
 X = jnp.asarray(np.random.default_rng(7).normal(size=(16, 6)), jnp.float32)
@@ -78,7 +78,7 @@ def test_thresholds_of_every_norm_have_the_sites_shapes(seed):
   stats = jaxsnn.calibrate(apply_fn, variables, [x[:4], x[4:]], histogram=True)
   snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats))
   shapes = dict(snn.site_shapes)
-  variants = [jaxsnn.thresholds(stats, n) for n in norms.NORMS]
+  variants = [jaxsnn.thresholds(stats, g) for g in checks.GRANULARITIES]
   variants += [jaxsnn.thresholds(stats, "layer", percentile=p) for p in (99.9, 99.99)]
   for th in variants:
     assert {k: tuple(np.shape(v)) for k, v in th.items() if k != "output"} == shapes
@@ -208,7 +208,7 @@ def test_threshold_errors(two_layer):
   hstats = jaxsnn.calibrate(apply_fn, variables, batches, histogram=True)
   with pytest.raises(ValueError, match="percentile must be in"):
     jaxsnn.thresholds(hstats, "layer", percentile=0)
-  with pytest.raises(ValueError, match="norm must be one of"):
+  with pytest.raises(ValueError, match="jaxsnn.thresholds: granularity must be one of"):
     jaxsnn.thresholds(stats, "authors")
 
 

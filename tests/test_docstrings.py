@@ -178,7 +178,7 @@ OVERRIDES = {
     "jaxsnn.register_rule#>>>": _dense_layer,
     "jaxsnn.models#0": _cifar_input,
     "jaxsnn.training.load_trained#>>>": _cifar_input,
-    "jaxsnn.recipes.qcfs#>>>": _qcfs_model,
+    "jaxsnn.recipes.quantized#>>>": _qcfs_model,
 }
 
 

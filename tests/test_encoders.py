@@ -111,7 +111,7 @@ def test_simulate_is_a_loop_over_step_with_the_frames_in_both_schedules(name):
     np.testing.assert_array_equal(spikes[site], step_major.spikes[site])
     np.testing.assert_array_equal(state.tallies.pos[site], step_major.pos_spikes[site])
   for block in (4, 11):
-    layer_major = jaxsnn.simulate(snn, x, steps, block, encoder=enc, record=sites)
+    layer_major = jaxsnn.simulate(snn, x, steps, block_size=block, encoder=enc, record=sites)
     np.testing.assert_array_equal(layer_major.outputs, step_major.outputs, err_msg=f"block {block}")
     for site in sites:
       np.testing.assert_array_equal(layer_major.spikes[site], step_major.spikes[site], err_msg=f"{site}, {block}")

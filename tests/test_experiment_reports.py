@@ -46,7 +46,7 @@ def test_recipes_join_the_targets_of_one_recipe_and_keep_every_recorded_step():
 
 
 def test_cost_table_fills_a_targeted_method_only_at_its_target_and_chooses_on_validation_only():
-  lines = common.cost_table(REPORT, steps=(2, 4)).splitlines()
+  lines = common.cost_table(REPORT, num_steps_grid=(2, 4)).splitlines()
   row = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
   assert "70.00 / 0.300 / 0.20" in row["SNM + NeuronNorm + θ/2 (T=2)"]
   assert row["SNM + NeuronNorm + θ/2 (T=2)"].endswith("0.20 |  |")  # nothing at T = 4
@@ -61,7 +61,7 @@ def test_cost_table_fills_a_targeted_method_only_at_its_target_and_chooses_on_va
   unscored = {"ann_accuracy": 0.9, "methods": {k: {kk: vv for kk, vv in v.items() if kk != "validation"}
                                                for k, v in REPORT["methods"].items()}}
   assert common.chosen(unscored, (2,)) == {2: None}
-  assert "(no validation scores)" in common.cost_table(unscored, steps=(2,)).splitlines()[-2]
+  assert "(no validation scores)" in common.cost_table(unscored, num_steps_grid=(2,)).splitlines()[-2]
 
 
 @pytest.fixture

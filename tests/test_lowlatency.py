@@ -33,9 +33,9 @@ def calib_net():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), steps=st.sampled_from([2, 4, 8, 16, 32]), p=st.sampled_from([0.0, 0.5]),
+@given(seed=st.integers(0, 10_000), T=st.sampled_from([2, 4, 8, 16, 32]), p=st.sampled_from([0.0, 0.5]),
        granularity=st.sampled_from(["layer", "channel"]))
-def test_thresholds_for_steps_beat_neuron_norm_on_the_error_at_T(seed, steps, p, granularity):
+def test_thresholds_for_steps_beat_neuron_norm_on_the_error_at_T(seed, T, p, granularity):
   rng = np.random.default_rng(seed)
   # Activations of one site: [samples, positions, channels], heavy-tailed like ReLU outputs.
   acts = np.maximum(rng.standard_t(3, (200, 4, 3)) * rng.uniform(0.1, 3, 3), 0).astype(np.float32)
@@ -50,13 +50,13 @@ def test_thresholds_for_steps_beat_neuron_norm_on_the_error_at_T(seed, steps, p,
     for k in range(3):
       np.add.at(counts[k, c], bins[..., c][valid], w * r[..., c][valid] ** k)
   hist = jaxsnn.lowlatency.RatioHistograms({"s": counts}, {"s": jnp.asarray(base, jnp.float32)}, "neuron", 200)
-  tuned = np.asarray(jaxsnn.thresholds_for_steps(hist, steps, p, granularity)["s"], np.float64)
+  tuned = np.asarray(jaxsnn.thresholds_for_steps(hist, T, p, granularity=granularity)["s"], np.float64)
   scale = (tuned / base)[0]
   assert np.all(scale <= 1.0) and np.all(scale > 0)
 
   # (a) What is minimised, the error read off the histogram, is never worse than NeuronNorm's (1.0 is on the grid).
   grid = np.asarray(jaxsnn.lowlatency.DEFAULT_SCALES)
-  est = jaxsnn.lowlatency.expected_error(hist, steps, p)["s"]  # [channels, scales]
+  est = jaxsnn.lowlatency.expected_error(hist, T, p)["s"]  # [channels, scales]
   chosen = est[np.arange(3), np.abs(grid[None] - scale[:, None]).argmin(axis=1)]
   if granularity == "layer":
     assert chosen.sum() <= est[:, -1].sum() + 1e-9
@@ -64,7 +64,7 @@ def test_thresholds_for_steps_beat_neuron_norm_on_the_error_at_T(seed, steps, p,
     assert np.all(chosen <= est[:, -1] + 1e-9)
 
   def error(theta):  # the exact rate-coding error at T of every activation
-    q = theta / steps * np.clip(np.floor(acts * steps / theta + p), 0, steps)
+    q = theta / T * np.clip(np.floor(acts * T / theta + p), 0, T)
     return np.sum((acts - q) ** 2)
 
   # (b) The true error: exact but for the few bins that straddle a level boundary.
@@ -72,16 +72,18 @@ def test_thresholds_for_steps_beat_neuron_norm_on_the_error_at_T(seed, steps, p,
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), steps=st.sampled_from([2, 4, 8, 16, 32]), p=st.sampled_from([0.0, 0.5]),
+@given(seed=st.integers(0, 10_000), T=st.sampled_from([2, 4, 8, 16, 32]), p=st.sampled_from([0.0, 0.5]),
        granularity=st.sampled_from(["layer", "channel", "neuron"]))
-def test_descended_thresholds_beat_neuron_norm_on_the_relaxed_error_at_T(seed, steps, p, granularity):
+def test_descended_thresholds_beat_neuron_norm_on_the_relaxed_error_at_T(seed, T, p, granularity):
   rng = np.random.default_rng(seed)
   acts = np.maximum(rng.standard_t(3, (64, 4, 3)) * rng.uniform(0.1, 3, 3), 0).astype(np.float32)
   base = {"s": jnp.asarray(acts.max(0))}
-  tuned, losses = jaxsnn.descend_thresholds({"s": acts}, base, steps, p, granularity, steps=40, learning_rate=0.02)
-  relaxed = lambda th: float(jaxsnn.relaxed_quantization_error(acts, th, steps, p, 0.1))  # noqa: E731
+  tuned, report = jaxsnn.descend_thresholds({"s": acts}, base, T, p, granularity, iterations=40, learning_rate=0.02)
+  relaxed = lambda th: float(jaxsnn.relaxed_quantization_error(acts, th, T, p, 0.1))  # noqa: E731
   assert relaxed(tuned["s"]) <= relaxed(base["s"]) * (1 + 1e-3)
+  losses = report.details["losses"]
   np.testing.assert_allclose(losses[0] * float(np.mean(acts ** 2)), relaxed(base["s"]), rtol=1e-4)
+  assert report.chose["best_loss"] == losses[-1] == min(losses) and report.num_steps == T
 
 
 def test_ratio_histograms_and_thresholds_for_steps_on_a_network():
@@ -98,7 +100,7 @@ def test_ratio_histograms_and_thresholds_for_steps_on_a_network():
     for k in range(3):
       want = np.where(a > 0, base ** 2 * r ** k, 0).reshape(-1, a.shape[-1]).sum(0)
       np.testing.assert_allclose(counts[k].sum(axis=1), want, rtol=1e-5)
-  th = jaxsnn.thresholds_for_steps(hist, 8, 0.5, "channel")
+  th = jaxsnn.thresholds_for_steps(hist, 8, 0.5, granularity="channel")
   snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
   assert set(th) == set(snn.site_names) | {"output"}
   for name in snn.site_names:
@@ -114,8 +116,11 @@ def test_descend_thresholds_lowers_the_relaxed_error():
   th = jaxsnn.thresholds(stats)
   acts = jaxsnn.analysis.site_activations(apply_fn, variables, x)
   # At T = 4 from v = 0 (the paper's floor), the maxima are far from the best thresholds.
-  tuned, losses = jaxsnn.descend_thresholds(acts, th, 4, 0.0, granularity="channel", steps=100, learning_rate=0.05)
+  tuned, report = jaxsnn.descend_thresholds(acts, th, 4, 0.0, granularity="channel", iterations=100,
+                                            learning_rate=0.05)
+  losses = report.details["losses"]
   assert losses.shape == (101,) and losses[-1] < 0.8 * losses[0]
+  assert report.tool == "descend_thresholds" and report.chose["iterations"] == 100 and report.examples == len(x)
   for name in acts:
     if name == "output":
       continue
@@ -140,7 +145,8 @@ def test_calibrate_snn_reduces_the_mean_error_at_small_T_using_only_its_batches(
   th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [train]))
   snn = jaxsnn.convert(apply_fn, variables, train, th)
   steps = 6
-  calibrated, report = jaxsnn.calibrate_snn(snn, [train[:24], train[24:]], steps, target=target)
+  calibrated, report = jaxsnn.calibrate_snn(snn, [train[:24], train[24:]], steps, target=target,
+                                            granularity="channel")
   assert calibrated.traced == snn.traced  # only data changed
   assert report.tool == "calibrate_snn" and report.examples == 48 and report.num_steps == steps
   assert list(report.details["mean_abs_correction"]) == list(snn.site_names)
@@ -162,12 +168,13 @@ def test_calibrate_snn_reduces_the_mean_error_at_small_T_using_only_its_batches(
       read.append(1)
       yield b
 
-  again, _ = jaxsnn.calibrate_snn(snn, given(), steps, target=target)
+  again, _ = jaxsnn.calibrate_snn(snn, given(), steps, target=target, granularity="channel")
   assert len(read) == 2
   for k in snn.site_names:
     np.testing.assert_array_equal(again.offsets[k], calibrated.offsets[k])
     np.testing.assert_array_equal(again.initial_potential[k], calibrated.initial_potential[k])
-  more, _ = jaxsnn.calibrate_snn(snn, [train[:24], train[24:], held_out], steps, target=target)
+  more, _ = jaxsnn.calibrate_snn(snn, [train[:24], train[24:], held_out], steps, target=target,
+                                 granularity="channel")
   assert any(not np.array_equal(more.offsets[k], calibrated.offsets[k])
              or not np.array_equal(more.initial_potential[k], calibrated.initial_potential[k]) for k in snn.site_names)
 
@@ -190,13 +197,14 @@ def test_tune_snn_lowers_the_distance_to_the_ann_and_changes_only_data():
   apply_fn, variables, x = calib_net()
   th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
   snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
-  tuned, report = jaxsnn.tune_snn(snn, [x[:32], x[32:]], 4, steps=80, learning_rate=0.03)
+  tuned, report = jaxsnn.tune_snn(snn, [x[:32], x[32:]], 4, iterations=80, learning_rate=0.03)
   assert tuned.traced == snn.traced and report.details["losses"].shape == (80,) and report.examples == 64
   ann = np.asarray(apply_fn(variables, x))
   dist = lambda net: float(np.mean((np.asarray(jaxsnn.simulate(net, x, 4).outputs[-1]) - ann) ** 2))  # noqa: E731
   assert dist(tuned) < 0.9 * dist(snn)
   # Every neuron's firing decision takes the surrogate, so any neuron tunes (here the signed IF without memory).
-  signed, _ = jaxsnn.tune_snn(jaxsnn.convert(apply_fn, variables, x, th, neuron=jaxsnn.SignedIF()), [x], 4, steps=2)
+  signed, _ = jaxsnn.tune_snn(jaxsnn.convert(apply_fn, variables, x, th, neuron=jaxsnn.SignedIF()), [x], 4,
+                              iterations=2)
   assert signed.neuron is jaxsnn.SignedIF()
   with pytest.raises(ValueError, match="cannot tune \\['weights'\\]"):
     jaxsnn.tune_snn(snn, [x], 4, tune=("weights",))
@@ -208,7 +216,7 @@ def test_tune_snn_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
   th = jaxsnn.thresholds(jaxsnn.calibrate(apply_fn, variables, [x]))
   snn = jaxsnn.convert(apply_fn, variables, x, th, initial_potential=0.5)
   batches = [x[:32], x[32:]]
-  whole, whole_report = jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03)
+  whole, whole_report = jaxsnn.tune_snn(snn, batches, 4, iterations=9, learning_rate=0.03)
   whole_losses = whole_report.details["losses"]
   path = tmp_path / "tune.npz"
   save = tuning.save_checkpoint
@@ -222,10 +230,10 @@ def test_tune_snn_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
 
   monkeypatch.setattr(tuning, "save_checkpoint", killed_after_second_write)
   with pytest.raises(KeyboardInterrupt):
-    jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03, checkpoint=path, checkpoint_every=3)
+    jaxsnn.tune_snn(snn, batches, 4, iterations=9, learning_rate=0.03, checkpoint=path, checkpoint_every=3)
   assert writes == [3, 6] and path.exists()
   writes.append("resumed")  # past two writes: the wrapper only records now
-  resumed, resumed_report = jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03, checkpoint=path,
+  resumed, resumed_report = jaxsnn.tune_snn(snn, batches, 4, iterations=9, learning_rate=0.03, checkpoint=path,
                                             checkpoint_every=3)
   resumed_losses = resumed_report.details["losses"]
   assert writes == [3, 6, "resumed", 9]  # it went on from step 6, not from the start
@@ -235,15 +243,15 @@ def test_tune_snn_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
     for k in a:
       np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
   # A finished checkpoint is a result: the same call returns it without a step.
-  again, again_report = jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.03, checkpoint=path)
+  again, again_report = jaxsnn.tune_snn(snn, batches, 4, iterations=9, learning_rate=0.03, checkpoint=path)
   np.testing.assert_array_equal(again_report.details["losses"], whole_losses)
   # Another job's checkpoint (other settings, other batches) is refused, not silently resumed.
   with pytest.raises(ValueError, match="belongs to another job"):
-    jaxsnn.tune_snn(snn, batches, 4, steps=9, learning_rate=0.01, checkpoint=path)
+    jaxsnn.tune_snn(snn, batches, 4, iterations=9, learning_rate=0.01, checkpoint=path)
   with pytest.raises(ValueError, match="belongs to another job"):
-    jaxsnn.tune_snn(snn, [x[:32]], 4, steps=9, learning_rate=0.03, checkpoint=path)
+    jaxsnn.tune_snn(snn, [x[:32]], 4, iterations=9, learning_rate=0.03, checkpoint=path)
   with pytest.raises(ValueError, match="checkpoint_every must be a positive int"):
-    jaxsnn.tune_snn(snn, batches, 4, steps=9, checkpoint=path, checkpoint_every=0)
+    jaxsnn.tune_snn(snn, batches, 4, iterations=9, checkpoint=path, checkpoint_every=0)
 
 
 # ---- readout delay ----------------------------------------------------------------------------------------------
@@ -285,7 +293,7 @@ def finetune_setup():
 def test_finetune_fits_the_labels_through_the_snn_and_keeps_the_best_on_validation():
   snn, data, labels, batches = finetune_setup()
   before = jaxsnn.evaluate(snn, [(data, labels)], 4).accuracy[-1]
-  tuned, report = jaxsnn.finetune(snn, batches, 4, steps=60, learning_rate=1e-2, validation=[(data, labels)],
+  tuned, report = jaxsnn.finetune(snn, batches, 4, iterations=60, learning_rate=1e-2, validation=[(data, labels)],
                                   validate_every=20)
   after = jaxsnn.evaluate(tuned, [(data, labels)], 4).accuracy[-1]
   assert after > before + 0.2, (before, after)
@@ -299,8 +307,8 @@ def test_finetune_fits_the_labels_through_the_snn_and_keeps_the_best_on_validati
     np.testing.assert_array_equal(tuned.thresholds[name], snn.thresholds[name])
     np.testing.assert_array_equal(tuned.initial_potential[name], snn.initial_potential[name])
   with pytest.raises(ValueError, match="loss='labels' needs labelled batches"):
-    jaxsnn.finetune(snn, [data], 4, steps=1)
-  ann_tuned, _ = jaxsnn.finetune(snn, [data] * 3, 4, steps=3, loss="ann")  # no labels needed
+    jaxsnn.finetune(snn, [data], 4, iterations=1)
+  ann_tuned, _ = jaxsnn.finetune(snn, [data] * 3, 4, iterations=3, loss="ann")  # no labels needed
   assert ann_tuned.traced == snn.traced
 
 
@@ -308,13 +316,13 @@ def test_finetune_and_tune_snn_compile_once_per_network_not_per_call():
   from conftest import count_compiles
   snn, data, labels, batches = finetune_setup()
   kw = dict(learning_rate=1e-2, validation=[(data, labels)], validate_every=2)
-  first, _ = jaxsnn.finetune(snn, batches[:2], 4, steps=2, **kw)
-  tuned, _ = jaxsnn.tune_snn(snn, [data[:16], data[16:32]], 4, steps=2)
+  first, _ = jaxsnn.finetune(snn, batches[:2], 4, iterations=2, **kw)
+  tuned, _ = jaxsnn.tune_snn(snn, [data[:16], data[16:32]], 4, iterations=2)
   with count_compiles() as compiles:
-    again, _ = jaxsnn.finetune(snn, batches[:2], 4, steps=2, **kw)  # a new call: nothing compiles again
-    jaxsnn.finetune(snn, batches[:2], 4, steps=2, **dict(kw, learning_rate=3e-3))  # the rate is data
-    jaxsnn.tune_snn(snn, [data[:16], data[16:32]], 4, steps=2, learning_rate=0.05)
-    jaxsnn.tune_snn(tuned, [data[:16], data[16:32]], 4, steps=2)  # other thresholds: data too
+    again, _ = jaxsnn.finetune(snn, batches[:2], 4, iterations=2, **kw)  # a new call: nothing compiles again
+    jaxsnn.finetune(snn, batches[:2], 4, iterations=2, **dict(kw, learning_rate=3e-3))  # the rate is data
+    jaxsnn.tune_snn(snn, [data[:16], data[16:32]], 4, iterations=2, learning_rate=0.05)
+    jaxsnn.tune_snn(tuned, [data[:16], data[16:32]], 4, iterations=2)  # other thresholds: data too
   assert compiles == [], len(compiles)
   jax.tree_util.tree_map(np.testing.assert_array_equal, first.variables, again.variables)
 
@@ -322,21 +330,21 @@ def test_finetune_and_tune_snn_compile_once_per_network_not_per_call():
 def test_finetune_cycles_its_batches_in_epochs_and_says_so():
   snn, data, labels, batches = finetune_setup()
   three = batches[:3]
-  cycled, report = jaxsnn.finetune(snn, three, 4, steps=7, learning_rate=1e-2)
-  spelled, spelled_report = jaxsnn.finetune(snn, [three[i % 3] for i in range(7)], 4, steps=7, learning_rate=1e-2)
+  cycled, report = jaxsnn.finetune(snn, three, 4, iterations=7, learning_rate=1e-2)
+  spelled, spelled_report = jaxsnn.finetune(snn, [three[i % 3] for i in range(7)], 4, iterations=7, learning_rate=1e-2)
   assert report.chose["epochs"] == 3 and spelled_report.chose["epochs"] == 1
   np.testing.assert_array_equal(report.details["losses"], spelled_report.details["losses"])
   jax.tree_util.tree_map(np.testing.assert_array_equal, cycled.variables, spelled.variables)
-  once, once_report = jaxsnn.finetune(snn, iter(three), 4, steps=7, learning_rate=1e-2)  # one-shot: kept, replayed
+  once, once_report = jaxsnn.finetune(snn, iter(three), 4, iterations=7, learning_rate=1e-2)  # one-shot: kept, replayed
   np.testing.assert_array_equal(once_report.details["losses"], report.details["losses"])
   with pytest.raises(ValueError, match="jaxsnn.finetune: batches is empty"):
-    jaxsnn.finetune(snn, [], 4, steps=1)
+    jaxsnn.finetune(snn, [], 4, iterations=1)
 
 
 def test_finetune_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
   from jaxsnn._src import loop as tuning  # the loop writes the checkpoints
   snn, data, labels, batches = finetune_setup()
-  kw = dict(steps=12, learning_rate=1e-2, validation=[(data, labels)], validate_every=4)
+  kw = dict(iterations=12, learning_rate=1e-2, validation=[(data, labels)], validate_every=4)
   whole, whole_report = jaxsnn.finetune(snn, batches, 4, **kw)
   path = tmp_path / "ft.npz"
   save, writes = tuning.save_checkpoint, []

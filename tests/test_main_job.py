@@ -8,7 +8,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["--run", "fashion_mnist_small_cnn", "--num_test", "200", "--calib_examples", "1000", "--batch_size", "100",
-         "--steps", "16"]
+         "--num_steps", "16"]
 # The committed run of SMALL with both methods (the command is in experiments/RESULTS.md, "Reproducing on another CPU"):
 # a fresh run on any CPU must be within TOLERANCE images of it in every cell (README, "Results of the main job").
 REFERENCE = ROOT / "experiments/results/main_check.json"

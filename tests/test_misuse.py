@@ -52,9 +52,9 @@ def test_labels_out_of_range_are_an_error_that_names_them(shift, count):
   with pytest.raises(ValueError, match="jaxsnn.accuracy_vs_time: " + message):
     jaxsnn.accuracy_vs_time(trace, bad)
   with pytest.raises(ValueError, match="jaxsnn.finetune: " + message):
-    jaxsnn.finetune(snn, [(X, bad)], 4, steps=2)
+    jaxsnn.finetune(snn, [(X, bad)], 4, iterations=2)
   with pytest.raises(ValueError, match=r"jaxsnn.finetune: validation: " + message):
-    jaxsnn.finetune(snn, [(X, labels)], 4, steps=2, validation=[(X, bad)])
+    jaxsnn.finetune(snn, [(X, labels)], 4, iterations=2, validation=[(X, bad)])
   # Labels on masked rows (padding) are never read.
   mask = (bad >= 0) & (bad < 3)
   if mask.any():
@@ -94,13 +94,13 @@ def test_finetune_stops_on_a_non_finite_loss_naming_step_and_batch(tmp_path):
   poisoned = X.at[3, 0].set(jnp.nan)  # a NaN input: its readout is NaN, and so the loss
   batches = [(X[:10], labels[:10]), (X[10:], labels[10:]), (poisoned[:10], labels[:10])]
   path = tmp_path / "ft.npz"
-  with pytest.raises(jaxsnn.NonFiniteLossError, match=r"jaxsnn.finetune: the loss is nan at step 3 \(epoch 0, batch "
-                     r"2 of the epoch\); the update was not applied") as info:
-    jaxsnn.finetune(snn, batches, 4, steps=5, learning_rate=1e-2, checkpoint=path, checkpoint_every=100)
+  with pytest.raises(jaxsnn.NonFiniteLossError, match=r"jaxsnn.finetune: the loss is nan at iteration 3 \(epoch 0, "
+                     r"batch 2 of the epoch\); the update was not applied") as info:
+    jaxsnn.finetune(snn, batches, 4, iterations=5, learning_rate=1e-2, checkpoint=path, checkpoint_every=100)
   err = info.value
-  assert (err.step, err.epoch, err.batch) == (3, 0, 2)
+  assert (err.iteration, err.epoch, err.batch) == (3, 0, 2)
   assert isinstance(err.best, jaxsnn.SpikingNetwork)
-  # The checkpoint holds the state before the bad step (two steps), and the best network so far is finite.
+  # The checkpoint holds the state before the bad iteration (two), and the best network so far is finite.
   saved = files.load_checkpoint(path, files.checkpoint_job(path), "test", "")
   assert saved["step"] == 2
   assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(err.best.variables))
@@ -109,9 +109,10 @@ def test_finetune_stops_on_a_non_finite_loss_naming_step_and_batch(tmp_path):
 def test_tune_snn_refuses_non_finite_inputs_and_stops_on_a_diverging_loss():
   _, _, _, snn = net()
   with pytest.raises(ValueError, match=r"jaxsnn.tune_snn: 1 of 10 examples of a batch hold a NaN or an infinity"):
-    jaxsnn.tune_snn(snn, [X[:10], X[10:].at[0, 0].set(jnp.nan)], 4, steps=4)
-  with pytest.raises(jaxsnn.NonFiniteLossError, match=r"jaxsnn.tune_snn: the loss is nan at step 2 \(epoch 0, batch 1"):
-    jaxsnn.tune_snn(snn, [X[:10], X[10:]], 4, steps=6, learning_rate=1e5)  # thresholds overflow
+    jaxsnn.tune_snn(snn, [X[:10], X[10:].at[0, 0].set(jnp.nan)], 4, iterations=4)
+  with pytest.raises(jaxsnn.NonFiniteLossError, match=r"jaxsnn.tune_snn: the loss is nan at iteration 2 \(epoch 0, "
+                     r"batch 1"):
+    jaxsnn.tune_snn(snn, [X[:10], X[10:]], 4, iterations=6, learning_rate=1e5)  # thresholds overflow
 
 
 # ---- edges ----------------------------------------------------------------------------------------------------------
@@ -160,13 +161,13 @@ def test_errors_name_the_public_function_called():
 def test_finetune_validation_may_be_a_one_shot_iterator_and_is_named_when_empty():
   _, _, labels, snn = net()
   batches = [(X[:10], labels[:10]), (X[10:], labels[10:])]
-  _, listed = jaxsnn.finetune(snn, batches, 4, steps=4, validate_every=2, validation=[(X, labels)])
-  _, once = jaxsnn.finetune(snn, batches, 4, steps=4, validate_every=2, validation=iter([(X, labels)]))
+  _, listed = jaxsnn.finetune(snn, batches, 4, iterations=4, validate_every=2, validation=[(X, labels)])
+  _, once = jaxsnn.finetune(snn, batches, 4, iterations=4, validate_every=2, validation=iter([(X, labels)]))
   assert listed.details["validation"] == once.details["validation"] and len(once.details["validation"]) == 3
   with pytest.raises(ValueError, match="jaxsnn.finetune: validation is empty"):
-    jaxsnn.finetune(snn, batches, 4, steps=2, validation=iter([]))
+    jaxsnn.finetune(snn, batches, 4, iterations=2, validation=iter([]))
   with pytest.raises(ValueError, match="jaxsnn.finetune: validation: a batch has no labels"):
-    jaxsnn.finetune(snn, batches, 4, steps=2, validation=[X])
+    jaxsnn.finetune(snn, batches, 4, iterations=2, validation=[X])
 
 
 # ---- property tests ---------------------------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def test_bad_batches_give_a_clear_error_or_a_correct_answer(kind, entry):
       "calibrate": lambda b: jaxsnn.calibrate(apply_fn, variables, b),
       "calibrate_snn": lambda b: jaxsnn.calibrate_snn(snn, b, 4),
       "agreement": lambda b: jaxsnn.agreement(snn, b, 4),
-      "finetune": lambda b: jaxsnn.finetune(snn, b, 4, steps=1),
+      "finetune": lambda b: jaxsnn.finetune(snn, b, 4, iterations=1),
   }[entry]
   name = "jaxsnn." + entry
   uses_labels = entry in ("evaluate", "finetune")

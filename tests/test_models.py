@@ -177,7 +177,7 @@ def test_models_convert_and_converge(name, shape):
   apply_fn = lambda v, x: model.apply(v, x, train=False)
   ann = apply_fn(variables, x)
   stats = jaxsnn.calibrate(apply_fn, variables, [x])
-  snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats, norm="neuron"))
+  snn = jaxsnn.convert(apply_fn, variables, x, jaxsnn.thresholds(stats, granularity="neuron"))
   trace = jaxsnn.simulate(snn, x, num_steps=256)
   err = jnp.abs(trace.outputs - ann[None]).max(axis=(1, 2)) / jnp.abs(ann).max()
   assert trace.outputs.shape == (256,) + ann.shape

@@ -35,9 +35,10 @@ def test_low_latency_is_the_documented_stack_of_stages():
   snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train, 4, snn_calibration_examples=16,
                                            delay_examples=24, check_examples=24)
   stats = jaxsnn.calibrate(apply_fn, variables, train)
-  th = jaxsnn.thresholds_for_steps(jaxsnn.ratio_histograms(apply_fn, variables, train, stats), 4, 0.5)
+  th = jaxsnn.thresholds_for_steps(jaxsnn.ratio_histograms(apply_fn, variables, train, stats), 4, 0.5,
+                                   granularity="channel")
   want = jaxsnn.convert(apply_fn, variables, train[0], th, initial_potential=0.5)
-  want, _ = jaxsnn.calibrate_snn(want, protocol.take(train, 16, 128, "t"), 4)
+  want, _ = jaxsnn.calibrate_snn(want, protocol.take(train, 16, 128, "t"), 4, granularity="channel")
   want, delay = jaxsnn.choose_readout_delay(want, protocol.take(train, 24, 128, "t"), 4)
   assert_same_network(snn, want)
   assert [s.tool for s in report.stages] == ["calibrate", "thresholds_for_steps", "convert", "calibrate_snn",
@@ -65,9 +66,9 @@ def test_every_low_latency_tool_can_be_switched_off():
   assert_same_network(plain, jaxsnn.convert(apply_fn, variables, train[0], jaxsnn.thresholds(stats),
                                             initial_potential=0.5))
   tuned, report = jaxsnn.recipes.low_latency(apply_fn, variables, train, 4, readout_delay=False, end_to_end=True,
-                                             tune_examples=20, tune_steps=3, check_examples=0, stats=stats)
+                                             tune_examples=20, tune_iterations=3, check_examples=0, stats=stats)
   assert [s.tool for s in report.stages][-2:] == ["calibrate_snn", "tune_snn"]
-  assert len(report.stage("tune_snn").details["losses"]) == 3
+  assert len(report.stage("tune_snn").details["losses"]) == 3 and report.stage("tune_snn").chose["iterations"] == 3
 
 
 def test_paper_recipe_is_snm_and_neuron_norm_from_zero():
@@ -77,10 +78,14 @@ def test_paper_recipe_is_snm_and_neuron_norm_from_zero():
   assert snn.neuron is jaxsnn.SNM()
   assert_same_network(snn, want)
   assert 0.0 <= report.agreement <= 1.0
-  layer, _ = jaxsnn.recipes.paper(apply_fn, variables, train, neuron=jaxsnn.IF(), norm="layer")
-  assert layer.neuron is jaxsnn.IF()
+  assert report.stage("convert").chose["granularity"] == "neuron"
+  layer, report = jaxsnn.recipes.paper(apply_fn, variables, train, neuron=jaxsnn.IF(), granularity="layer")
+  assert layer.neuron is jaxsnn.IF() and report.stage("convert").chose["granularity"] == "layer"
   name = layer.site_names[0]
   assert np.unique(np.asarray(layer.thresholds[name])).size == 1
+  with pytest.warns(DeprecationWarning, match=r"jaxsnn.recipes.paper: norm= is now granularity="):
+    old, _ = jaxsnn.recipes.paper(apply_fn, variables, train, neuron=jaxsnn.IF(), norm="layer")  # common.py's
+  assert_same_network(old, layer)
 
 
 class QCFSNet(nn.Module):
@@ -95,7 +100,7 @@ def test_qcfs_recipe_takes_the_trained_lambda_and_calibrates_at_T():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(20, 5)), jnp.float32)
   model = QCFSNet()
   variables = model.init(jax.random.key(0), x)
-  snn, report = jaxsnn.recipes.qcfs(model.apply, variables, [x[:10], x[10:]], check_examples=0)
+  snn, report = jaxsnn.recipes.quantized(model.apply, variables, [x[:10], x[10:]], check_examples=0)
   qcfs_site = next(n for n, kind, _ in snn.site_kinds if kind == "qcfs")
   relu_site = next(n for n, kind, _ in snn.site_kinds if kind == "relu")
   np.testing.assert_array_equal(snn.thresholds[qcfs_site], np.full(8, 2.0, np.float32))
@@ -103,11 +108,15 @@ def test_qcfs_recipe_takes_the_trained_lambda_and_calibrates_at_T():
   stats = jaxsnn.calibrate(model.apply, variables, [x[:10], x[10:]])
   np.testing.assert_array_equal(snn.thresholds[relu_site], jaxsnn.thresholds(stats)[relu_site])
   assert [s.tool for s in report.stages] == ["calibrate", "convert"]
-  at_t, report = jaxsnn.recipes.qcfs(model.apply, variables, [x[:10], x[10:]], 4, check_examples=8)
+  at_t, report = jaxsnn.recipes.quantized(model.apply, variables, [x[:10], x[10:]], 4, check_examples=8)
   assert [s.tool for s in report.stages][-2:] == ["calibrate_snn", "readout_delay"]
   assert report.agreement is not None
-  with pytest.raises(ValueError, match="no QCFS activation"):
-    jaxsnn.recipes.qcfs(*setup())
+  assert report.recipe == "quantized" and report.stage("calibrate_snn").chose["granularity"] == "channel"
+  with pytest.raises(ValueError, match="jaxsnn.recipes.quantized: the network has no QCFS activation"):
+    jaxsnn.recipes.quantized(*setup())
+  with pytest.warns(DeprecationWarning, match="jaxsnn.recipes.qcfs is now jaxsnn.recipes.quantized"):
+    old, _ = jaxsnn.recipes.qcfs(model.apply, variables, [x[:10], x[10:]], 4, check_examples=0)  # common.py's
+  assert_same_network(old, at_t)
 
 
 def test_chain_composes_stages():

@@ -54,7 +54,7 @@ def test_both_schedules_record_the_same_bits(block, neuron, readout):
   snn = snn.replace(offsets={k: jnp.full_like(v, 0.01) for k, v in snn.offsets.items()})
   sites = list(snn.site_names) + (["output"] if readout == "spike" else [])
   step_major = jaxsnn.simulate(snn, x, 12, record=sites, record_potentials=True)
-  layer_major = jaxsnn.simulate(snn, x, 12, block, record=sites, record_potentials=True)
+  layer_major = jaxsnn.simulate(snn, x, 12, block_size=block, record=sites, record_potentials=True)
   np.testing.assert_array_equal(layer_major.outputs, step_major.outputs)
   for site in sites:
     np.testing.assert_array_equal(layer_major.spikes[site], step_major.spikes[site], err_msg=site)
@@ -119,9 +119,9 @@ def scanned_outputs(fn, *args):
 @pytest.mark.parametrize("block", [None, 4])
 def test_a_run_that_records_nothing_keeps_only_the_readout_per_step(block):
   snn, x = residual_snn()
-  plain = scanned_outputs(lambda x: jaxsnn.simulate(snn, x, 8, block), x)
+  plain = scanned_outputs(lambda x: jaxsnn.simulate(snn, x, 8, block_size=block), x)
   assert len(plain) == 3  # the readout's sum, its window start and t: nothing else is stacked over time
-  recorded = scanned_outputs(lambda x: jaxsnn.simulate(snn, x, 8, block, record=snn.site_names[:2],
+  recorded = scanned_outputs(lambda x: jaxsnn.simulate(snn, x, 8, block_size=block, record=snn.site_names[:2],
                                                        record_potentials=True), x)
   assert len(recorded) == 3 + 4
 

@@ -87,8 +87,8 @@ def qcfs_net(recipe: bool = True):
   variables = randomise_batch_stats(model.init(jax.random.key(5), x), np.random.default_rng(1))
   if not recipe:
     return jaxsnn.convert(model.apply, variables, x), x
-  snn, _ = jaxsnn.recipes.qcfs(model.apply, variables, [x], T, snn_calibration_examples=12, delay_examples=12,
-                               check_examples=0)
+  snn, _ = jaxsnn.recipes.quantized(model.apply, variables, [x], T, snn_calibration_examples=12,
+                                    delay_examples=12, check_examples=0)
   return snn, x
 
 
@@ -308,8 +308,8 @@ def test_scatter_gather_and_a_dict_input_round_trip(tmp_path):
   loaded = jaxsnn.load(tmp_path / "s.jaxsnn")
   assert loaded.traced == snn.traced and loaded.input_spec == snn.input_spec
   for block in (None, 2):
-    np.testing.assert_array_equal(jaxsnn.simulate(loaded, x, 5, block).outputs,
-                                  jaxsnn.simulate(snn, x, 5, block).outputs)
+    np.testing.assert_array_equal(jaxsnn.simulate(loaded, x, 5, block_size=block).outputs,
+                                  jaxsnn.simulate(snn, x, 5, block_size=block).outputs)
 
 
 # ---- every artifact in the one format -------------------------------------------------------------------------

@@ -46,9 +46,9 @@ def test_forward_spikes_are_bit_identical_with_every_surrogate(n, block):
   neuron = [jaxsnn.SNM(), jaxsnn.IF(), jaxsnn.IF("zero"), jaxsnn.SignedIF()][n]
   apply_fn, variables, x, th = residual_setup()
   snn = jaxsnn.convert(apply_fn, variables, x, th, neuron=neuron, initial_potential=0.5)
-  exact = jaxsnn.simulate(snn, x, 10, block)
+  exact = jaxsnn.simulate(snn, x, 10, block_size=block)
   for s in (KINDS[n], KINDS[(n + 1) % len(KINDS)]):
-    got = jaxsnn.simulate(snn, x, 10, block, surrogate=s)
+    got = jaxsnn.simulate(snn, x, 10, block_size=block, surrogate=s)
     np.testing.assert_array_equal(got.outputs, exact.outputs)
     for k in exact.pos_spikes:
       np.testing.assert_array_equal(got.pos_spikes[k], exact.pos_spikes[k])

@@ -83,7 +83,7 @@ def thresholds(apply_fn: Callable, variables: Any, batches: Iterable[Any], *, pr
   return {k: running[k] for k in net["order"]}
 
 
-def simulate(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, Any], num_steps: int,
+def simulate(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, Any], num_steps: int, *,
              block_size: int | None = None) -> Trace:
   """Simulates ``snn`` on batch ``x`` with per-batch-slot thresholds (the authors' protocol; comparison only).
 
@@ -119,7 +119,7 @@ def simulate(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, Any], nu
 
   def one(th_i, x_i):
     x_i = jax.tree_util.tree_map(lambda a: a[None], x_i)
-    return simulation.simulate(snn.replace(thresholds=th_i), x_i, num_steps, block_size)
+    return simulation.simulate(snn.replace(thresholds=th_i), x_i, num_steps, block_size=block_size)
 
   tr = jax.vmap(one)(th, x)
   return Trace(outputs=jnp.moveaxis(tr.outputs[:, :, 0], 0, 1),
@@ -127,8 +127,8 @@ def simulate(snn: SpikingNetwork, x: Any, slot_thresholds: Mapping[str, Any], nu
                neg_spikes={k: v[:, 0] for k, v in tr.neg_spikes.items()})
 
 
-def evaluate(snn: SpikingNetwork, batches: Iterable[Any], slot_thresholds: Mapping[str, Any], num_steps: int,
-             block_size: int | None = None, *, progress: bool = False, input_key: str = "image") -> Evaluation:
+def evaluate(snn: SpikingNetwork, batches: Iterable[Any], slot_thresholds: Mapping[str, Any], num_steps: int, *,
+             block_size: int | None = None, progress: bool = False, input_key: str = "image") -> Evaluation:
   """:func:`jaxsnn.evaluate` under the authors' protocol (comparison only: it leaks the test set).
 
   Each labelled batch (at most as many samples as there are slots; a shorter last batch uses the first slots) runs
@@ -144,8 +144,9 @@ def evaluate(snn: SpikingNetwork, batches: Iterable[Any], slot_thresholds: Mappi
     input_key: the input's key in dict batches.
 
   Returns:
-    An :class:`jaxsnn.Evaluation` with the spike totals (no recorded steps).
+    An :class:`jaxsnn.Evaluation` (the type :func:`jaxsnn.evaluate` returns) with the spike totals (no recorded
+    steps).
   """
-  return stream_evaluation(lambda p: simulate(snn, p.x, slot_thresholds, num_steps, block_size), snn, batches,
-                           num_steps, tallies=True, caller="jaxsnn.authors_protocol.evaluate", micro_batch=None,
-                           progress=progress, input_key=input_key)
+  return stream_evaluation(lambda p: simulate(snn, p.x, slot_thresholds, num_steps, block_size=block_size), snn,
+                           batches, num_steps, tallies=True, caller="jaxsnn.authors_protocol.evaluate",
+                           micro_batch=None, progress=progress, input_key=input_key)

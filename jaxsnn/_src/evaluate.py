@@ -107,7 +107,7 @@ def _job(snn: SpikingNetwork, *settings) -> str:
                      arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay))
 
 
-def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int | None = None, *,
+def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: int | None = None,
              exact: bool = True, tallies: bool = False, record_steps=(), progress: bool = False, checkpoint=None,
              checkpoint_every: int = 10, mesh=None, micro_batch: int = runner.MICRO_BATCH,
              input_key: str = "image") -> Evaluation:
@@ -157,7 +157,7 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, block_size: int 
   replicated = parallel.replicate(mesh, snn)
 
   def run(p: runner.Prepared) -> Trace:
-    return simulate(replicated, p.x, num_steps, block_size, exact=exact, record_steps=record,
+    return simulate(replicated, p.x, num_steps, block_size=block_size, exact=exact, record_steps=record,
                     sample_weights=p.device_mask, tallies=tallies)
 
   return stream_evaluation(run, snn, batches, num_steps, record=record, tallies=tallies, caller=caller, mesh=mesh,
@@ -246,7 +246,7 @@ def agreement(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: 
   def step(hits, p: runner.Prepared):
     check_batch(snn, p.x, caller)
     want = np.asarray(ir.ann_outputs(snn.traced, variables, p.x)[1]).reshape(p.mask.shape[0], -1).argmax(-1)
-    got = np.asarray(simulate(replicated, p.x, num_steps, block_size, tallies=False).outputs[-1])
+    got = np.asarray(simulate(replicated, p.x, num_steps, block_size=block_size, tallies=False).outputs[-1])
     got = got.reshape(p.mask.shape[0], -1)
     same = (got.argmax(-1) == want) & np.isfinite(got).all(-1)
     return hits + int((same & p.mask).sum())

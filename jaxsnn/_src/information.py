@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsnn._src import checks
 from jaxsnn._src.norms import normalize
 
 REDUCTIONS = ("sum", "mean", "none")
@@ -75,50 +76,50 @@ def information_loss(activations, threshold, num_steps, alpha=1.0, reduction: st
   return loss
 
 
-def information_loss_surface(activations, neuron_max, alphas, steps, norms: Sequence[str] = ("layer", "neuron"),
-                             reduction: str = "sum") -> dict:
-  """The paper's Fig. 3: information loss of one site over a grid of (alpha, T), per normalization.
+def information_loss_surface(activations, neuron_max, alphas, num_steps_grid,
+                             granularities: Sequence[str] = ("layer", "neuron"), reduction: str = "sum") -> dict:
+  """The paper's Fig. 3: information loss of one site over a grid of (alpha, T), per threshold granularity.
 
-  Thresholds come from the per-neuron maxima ``neuron_max`` (``Stats.max[site]``, from training data) under each
-  norm (``"layer"``: the site's max for every neuron; ``"channel"``; ``"neuron"``: each neuron's own max); the loss is
-  :func:`information_loss` of ``activations`` (the site's activations over a set of inputs). Jit-able; evaluates the
-  grid one point at a time (``lax.map``), so memory stays at one activation tensor.
+  Thresholds come from the per-neuron maxima ``neuron_max`` (``Stats.max[site]``, from training data) at each
+  granularity (``"layer"``: the site's max for every neuron, LayerNorm; ``"channel"``; ``"neuron"``: each neuron's
+  own max, NeuronNorm), as :func:`jaxsnn.thresholds` makes them; the loss is :func:`information_loss` of
+  ``activations`` (the site's activations over a set of inputs). Jit-able; evaluates the grid one point at a time
+  (``lax.map``), so memory stays at one activation tensor.
 
   Args:
     activations: ``[batch, *site_shape]`` activations of the site.
     neuron_max: ``[*site_shape]`` per-neuron maxima.
     alphas: 1-D array of alpha values.
-    steps: 1-D array of T values.
-    norms: which norms to compute (``"layer"``, ``"channel"``, ``"neuron"``).
+    num_steps_grid: 1-D array of T values.
+    granularities: which granularities to compute (the default: the paper's LayerNorm vs NeuronNorm).
     reduction: as in :func:`information_loss`, but not ``"none"``.
 
   Returns:
-    ``{norm: [len(alphas), len(steps)]}``.
+    ``{granularity: [len(alphas), len(num_steps_grid)]}``.
 
   Raises:
-    ValueError: for an unknown norm or reduction.
+    ValueError: for an unknown granularity or reduction.
 
   Example:
     >>> surf = information_loss_surface(acts[site], stats.max[site], jnp.linspace(0.1, 1, 10), jnp.arange(1, 65))
   """
   caller = "jaxsnn.information_loss_surface"
-  for norm in norms:
-    if norm not in ("layer", "channel", "neuron"):
-      raise ValueError(f"{caller}: unknown norm {norm!r}; use 'layer', 'channel' or 'neuron'.")
+  for granularity in granularities:
+    checks.granularity(granularity, caller)
   if reduction not in ("sum", "mean"):
     raise ValueError(f"{caller}: reduction must be 'sum' or 'mean'; got {reduction!r}.")
   alphas = jnp.asarray(alphas, jnp.float32)
-  steps = jnp.asarray(steps, jnp.float32)
-  if alphas.ndim != 1 or steps.ndim != 1:
-    raise ValueError(f"{caller}: alphas and steps must be 1-D; got shapes {alphas.shape} and {steps.shape}.")
+  grid = jnp.asarray(num_steps_grid, jnp.float32)
+  if alphas.ndim != 1 or grid.ndim != 1:
+    raise ValueError(f"{caller}: alphas and num_steps_grid must be 1-D; got shapes {alphas.shape} and {grid.shape}.")
   if np.shape(neuron_max) != np.shape(activations)[1:]:
     raise ValueError(f"{caller}: neuron_max has shape {np.shape(neuron_max)} but activations are "
                      f"{np.shape(activations)} ([batch, *site_shape]).")
-  grid_a, grid_t = jnp.meshgrid(alphas, steps, indexing="ij")
+  grid_a, grid_t = jnp.meshgrid(alphas, grid, indexing="ij")
   out = {}
-  for norm in norms:
-    th = normalize(neuron_max, norm)
+  for granularity in granularities:
+    th = normalize(neuron_max, granularity)
     flat = jax.lax.map(lambda at: information_loss(activations, th, at[1], at[0], reduction),
                        jnp.stack([grid_a.ravel(), grid_t.ravel()], axis=1))
-    out[norm] = flat.reshape(grid_a.shape)
+    out[granularity] = flat.reshape(grid_a.shape)
   return out

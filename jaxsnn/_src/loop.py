@@ -1,14 +1,14 @@
-"""The one optimisation loop of jaxsnn: gradient steps over batches cycled in epochs, the best iterate chosen on
-validation data (or on the loss), a progress bar, and a resumable, fingerprinted checkpoint.
+"""The one optimisation loop of jaxsnn: an optimiser's iterations over batches cycled in epochs, the best iterate
+chosen on validation data (or on the loss), a progress bar, and a resumable, fingerprinted checkpoint.
 
 :func:`jaxsnn.tune_snn`, :func:`jaxsnn.finetune` and :func:`jaxsnn.quantize_for_conversion` are a jitted
 ``update(params, opt_state, batch) -> (params, opt_state, loss)`` and a way to score an iterate; this loop drives
 them. :func:`jaxsnn.training.train_and_evaluate` is one more: its parameters are the network's variables (BatchNorm
 statistics included), its learning-rate schedule lives in the optimiser's state, its batches are :class:`Epochs` (a
 new shuffle and augmentation every epoch), and an ``on_epoch`` hook validates, scores and writes its metrics at the
-end of every epoch. A non-finite loss stops the loop with :class:`NonFiniteLossError` naming the step and the batch;
-the update that produced it is never applied, and the checkpoint (when there is one) keeps the state of the step
-before.
+end of every epoch. A non-finite loss stops the loop with :class:`NonFiniteLossError` naming the iteration and the
+batch; the update that produced it is never applied, and the checkpoint (when there is one) keeps the state of the
+iteration before.
 """
 
 from __future__ import annotations
@@ -75,14 +75,15 @@ class NonFiniteLossError(ValueError):
   """A training loss became NaN or infinite.
 
   Attributes:
-    step: the 1-based step whose loss was not finite (its update was not applied).
+    iteration: the 1-based iteration whose loss was not finite (its update was not applied).
     batch: the batch's index within its epoch (0-based) and ``epoch`` its epoch.
-    best: the best parameters so far (the chosen iterate of the steps before), as the caller's function returns them.
+    best: the best parameters so far (the chosen iterate of the iterations before), as the caller's function returns
+      them.
   """
 
-  def __init__(self, message: str, step: int, epoch: int, batch: int, best: Any = None):
+  def __init__(self, message: str, iteration: int, epoch: int, batch: int, best: Any = None):
     super().__init__(message)
-    self.step, self.epoch, self.batch, self.best = step, epoch, batch, best
+    self.iteration, self.epoch, self.batch, self.best = iteration, epoch, batch, best
 
 
 def cycle(batches: Iterable[Any] | Epochs, caller: str, name: str = "batches",
@@ -262,8 +263,8 @@ def optimize(update: Callable, params: Any, opt_state: Any, batches: Iterable[An
       if not np.isfinite(loss):
         save()
         raise NonFiniteLossError(
-            f"{caller}: the loss is {loss} at step {i + 1} (epoch {epoch}, batch {index} of the epoch); the update "
-            "was not applied and the loop stopped" + (f" (the state before it is in {checkpoint!r})"
+            f"{caller}: the loss is {loss} at iteration {i + 1} (epoch {epoch}, batch {index} of the epoch); the "
+            "update was not applied and the loop stopped" + (f" (the state before it is in {checkpoint!r})"
                                                       if checkpoint is not None else "")
             + ". Check that batch's inputs and labels, or lower the learning rate.", i + 1, epoch, index, state.best)
       state.losses.append(loss)

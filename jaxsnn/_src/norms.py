@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsnn._src.calibrate import Stats, hist_bin_points
-from jaxsnn._src import files
-
-NORMS = ("neuron", "channel", "layer")
+from jaxsnn._src import checks, files
+from jaxsnn._src.checks import DEFAULT_GRANULARITY
 _LEGACY_FORMAT = "jaxsnn-stats-v1-thresholds"  # the .npz of thresholds before the jaxsnn file format
 
 
@@ -64,48 +63,51 @@ def site_percentiles(stats: Stats, q: float, include_zeros: bool = False) -> dic
   return out
 
 
-def normalize(m, norm: str):
-  """Per-neuron maxima ``m`` -> thresholds of the same shape under ``norm`` (max over neuron/channel/layer)."""
+def normalize(m, granularity: str):
+  """Per-neuron maxima ``m`` -> thresholds of the same shape at ``granularity`` (the max over each neuron, channel
+  or the whole site)."""
   m = jnp.maximum(jnp.asarray(m), 0)
-  if norm == "layer":
+  if granularity == "layer":
     return jnp.broadcast_to(m.max(), m.shape)
-  if norm == "channel" and m.ndim > 1:
+  if granularity == "channel" and m.ndim > 1:
     return jnp.broadcast_to(m.max(axis=tuple(range(m.ndim - 1)), keepdims=True), m.shape)
   return m
 
 
-def thresholds(stats: Stats, norm: str = "neuron", alpha: float = 1.0, percentile: float | None = None) -> dict:
+def thresholds(stats: Stats, granularity: str = DEFAULT_GRANULARITY, alpha: float = 1.0,
+               percentile: float | None = None) -> dict:
   """Turns calibration statistics into a thresholds pytree for :func:`jaxsnn.convert`.
 
   Args:
     stats: from :func:`calibrate`.
-    norm: ``"neuron"`` (NeuronNorm: each neuron's own max, the paper's method), ``"channel"`` (max over each channel,
-      the last axis, as Spiking-YOLO's channel-wise norm), or ``"layer"`` (one max per site, Rueckauer et al. 2017).
+    granularity: ``"neuron"`` (the default: NeuronNorm, each neuron's own max, the paper's method), ``"channel"``
+      (the max over each channel, the last axis, as Spiking-YOLO's channel-wise norm), or ``"layer"`` (one max per
+      site, LayerNorm: Rueckauer et al. 2017).
     alpha: scale applied to every threshold (the paper's Fig. 3 alpha).
-    percentile: with ``norm="layer"`` only: use this percentile (e.g. 99.9 or 99.99) of the site's positive
+    percentile: with ``granularity="layer"`` only: use this percentile (e.g. 99.9 or 99.99) of the site's positive
       activations instead of its max (Rueckauer et al. 2017); needs ``calibrate(..., histogram=True)``. See
       :func:`site_percentiles` for the error bound.
 
   Returns:
-    ``{site: array of the site's shape}`` including ``"output"`` (max logit per class under ``norm``, clipped at 0;
-    the percentile applies to the ReLU sites only).
+    ``{site: array of the site's shape}`` including ``"output"`` (max logit per class at ``granularity``, clipped
+    at 0; the percentile applies to the ReLU sites only).
 
   Raises:
-    ValueError: for an unknown norm, a non-positive alpha, or a percentile without ``norm="layer"`` or a histogram.
+    ValueError: for an unknown granularity, a non-positive alpha, or a percentile without ``granularity="layer"`` or
+      a histogram.
 
   Example:
     >>> th = jaxsnn.thresholds(stats, "layer", percentile=99.99)
   """
   caller = "jaxsnn.thresholds"
-  if norm not in NORMS:
-    raise ValueError(f"{caller}: norm must be one of {NORMS}; got {norm!r}.")
+  checks.granularity(granularity, caller)
   if not alpha > 0:
     raise ValueError(f"{caller}: alpha must be > 0; got {alpha!r}.")
   pct = None
   if percentile is not None:
-    if norm != "layer":
+    if granularity != "layer":
       raise ValueError(f"{caller}: percentile thresholds are layer-wise (Rueckauer et al. 2017); use "
-                       f"norm='layer' with percentile={percentile!r}, got norm={norm!r}.")
+                       f"granularity='layer' with percentile={percentile!r}, got granularity={granularity!r}.")
     if stats.hist is None:
       raise ValueError(f"{caller}: percentile={percentile!r} needs activation histograms; calibrate with "
                        "jaxsnn.calibrate(..., histogram=True).")
@@ -117,7 +119,7 @@ def thresholds(stats: Stats, norm: str = "neuron", alpha: float = 1.0, percentil
     if pct is not None and name in pct:
       m = jnp.full(np.shape(m), pct[name], jnp.result_type(m))
     else:
-      m = normalize(m, norm)
+      m = normalize(m, granularity)
     out[name] = m * alpha
   return out
 

@@ -2,12 +2,12 @@
 
 :func:`quantize_for_conversion` traces the user's ``apply_fn(variables, x)`` (Flax linen, NNX, Equinox or plain JAX:
 the model's code is never touched), and returns a new apply function whose program is the same with every ReLU site
-replaced by ``jaxsnn.qcfs(z, λ_site, levels)`` (Bu et al., ICLR 2022), one trainable λ per site initialised from a
-percentile of the site's activations on training data; then it fine-tunes the weights and the λ's with optax through
-the library's one optimisation loop (:func:`jaxsnn._src.loop.optimize`): the labels' cross-entropy and/or a
-distillation from the ReLU network's own logits, the best iterate on validation accuracy of the quantised ANN,
-resumable. The result converts with :func:`jaxsnn.recipes.qcfs` directly (λ as thresholds, θ/2, ...): at T = levels
-steps from a constant current a QCFS neuron's spike count is exactly the ANN's level.
+replaced by ``jaxsnn.qcfs(z, λ_site, levels)`` (Bu et al., ICLR 2022), trainable λ's (per neuron, channel or site)
+initialised from a percentile of the site's activations on training data; then it fine-tunes the weights and the λ's
+with optax through the library's one optimisation loop (:func:`jaxsnn._src.loop.optimize`): the labels'
+cross-entropy and/or a distillation from the ReLU network's own logits, the best iterate on validation accuracy of
+the quantised ANN, resumable. The result converts with :func:`jaxsnn.recipes.quantized` directly (λ as thresholds,
+θ/2, ...): at T = levels steps from a constant current a QCFS neuron's spike count is exactly the ANN's level.
 
 Why a rewrite of the program and not of the model: the converter already finds every ReLU site in the jaxpr
 (:mod:`jaxsnn._src.ir`); walking that program with a site rule that quantises is the same walk as calibration's and the
@@ -31,6 +31,7 @@ from jaxsnn._src import checks, ir, loop, runner
 from jaxsnn._src.ann_metrics import ann_metrics
 from jaxsnn._src.batches import as_batch, check_batches
 from jaxsnn._src.calibrate import calibrate
+from jaxsnn._src.checks import DEFAULT_GRANULARITY
 from jaxsnn._src.files import fingerprint
 from jaxsnn._src.norms import site_percentiles
 from jaxsnn._src.qcfs import qcfs
@@ -39,8 +40,6 @@ from jaxsnn._src.reports import Report
 LOSSES = ("labels", "distill", "both")
 """What :func:`quantize_for_conversion` minimises: the labels' cross-entropy, the distillation from the ReLU network
 (KL divergence of the quantised network's softmax from the ReLU network's, at ``temperature``), or their mean."""
-GRANULARITIES = ("layer", "channel")
-"""One trainable λ per ReLU site (``"layer"``, as Bu et al. 2022), or one per channel of the site (its last axis)."""
 STATISTICS = ("batch_stats", "mean", "var")
 """Key names of the variables that :func:`default_trainable` leaves frozen: BatchNorm's running statistics (Flax
 linen's ``batch_stats`` collection; NNX's and linen's ``mean`` / ``var`` leaves)."""
@@ -64,8 +63,9 @@ class QuantizedVariables:
   Attributes:
     variables: the ANN's variables (their array leaves; an Equinox module's other leaves are None here: the apply
       function holds them).
-    thresholds: ``{site: λ}``, a float32 scalar per QCFS site (``[channels]`` with ``granularity="channel"``), keyed
-      by the site names of the converted network (``snn.site_names``): the ANN's module paths, ``".../qcfs"``.
+    thresholds: ``{site: λ}``, float32 of the site's shape without the batch axis per QCFS site (``[channels]``
+      with ``granularity="channel"``, a scalar with ``"layer"``), keyed by the site names of the converted network
+      (``snn.site_names``): the ANN's module paths, ``".../qcfs"``.
 
   As a pytree, the leaves of ``variables`` keep the key paths they have in the ANN's own variables (and each λ is one
   more child): every name that jaxsnn derives from a variable's path stays the ANN's.
@@ -196,9 +196,10 @@ def _accuracy(apply: Callable, params_to_variables: Callable, batches: list, inp
 
 
 def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, levels: int,
-                            steps: int, validation: Iterable[Any] | None = None, loss: str = "distill",
+                            iterations: int, validation: Iterable[Any] | None = None, loss: str = "distill",
                             temperature: float = 1.0, optimizer: optax.GradientTransformation | None = None,
-                            learning_rate: float = 1e-3, percentile: float = 99.9, granularity: str = "layer",
+                            learning_rate: float = 1e-3, percentile: float = 99.9,
+                            granularity: str = DEFAULT_GRANULARITY,
                             calibration: Iterable[Any] | None = None,
                             trainable: Callable[[tuple, Any], bool] = default_trainable, validate_every: int = 200,
                             progress: bool = False, checkpoint=None, checkpoint_every: int = 50,
@@ -208,52 +209,57 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
 
   The network is traced from ``apply_fn`` (any model style; no change to its code) and rewritten: each ReLU site
   (``jax.nn.relu``, ``nn.relu``, ``max(x, 0)``, ``where(x > 0, x, 0)``) becomes ``jaxsnn.qcfs(z, λ, levels)``, with
-  one λ per site (a layer's scalar, as in Bu et al. 2022) initialised to the ``percentile`` of the site's positive
-  activations on ``calibration``; every other operation is kept (BatchNorm in eval mode: see
-  :func:`default_trainable`). The weights and λ's are then trained with ``optimizer`` for ``steps`` steps on
+  λ per neuron, channel or site (``granularity``; a layer's scalar as in Bu et al. 2022 with ``"layer"``) initialised
+  to the ``percentile`` of the site's positive activations on ``calibration``; every other operation is kept
+  (BatchNorm in eval mode: see :func:`default_trainable`). The weights and λ's are then trained with ``optimizer``
+  for ``iterations`` updates on
   ``train_batches`` (cycled in epochs), with the straight-through gradient of the QCFS primitive. ``loss``:
   ``"distill"`` (the KL divergence from the ReLU network's softmax at ``temperature``, no labels needed),
   ``"labels"`` (cross-entropy) or ``"both"`` (their mean).
 
-  The result converts directly: ``jaxsnn.recipes.qcfs(apply_q, variables_q, train_batches, num_steps=T)``; its sites
-  keep the ANN's module paths (``".../qcfs"``).
+  The result converts directly: ``jaxsnn.recipes.quantized(apply_q, variables_q, train_batches, num_steps=T)``; its
+  sites keep the ANN's module paths (``".../qcfs"``).
 
   Args:
     apply_fn: ``apply_fn(variables, x) -> logits`` of the trained ReLU ANN (eval mode: BatchNorm with running
       averages, deterministic dropout).
     variables: its variables.
-    train_batches: training batches for the gradient steps (any form of the batch protocol; labelled for
+    train_batches: training batches for the updates (any form of the batch protocol; labelled for
       ``loss="labels"`` or ``"both"``), cycled in epochs: a re-iterable is iterated afresh every epoch (for augmented
       data, an object whose ``__iter__`` gives the next epoch's shuffled, augmented batches), a one-shot iterator is
       read once and its batches kept in memory and replayed. Never the test set.
     levels: L >= 1, the quantisation levels of every site (the SNN is exact at T = L from constant currents).
-    steps: gradient steps (0: the λ's initialisation only).
+    iterations: the optimiser's updates (0: the λ's initialisation only).
     validation: labelled held-out batches (never the test set): the quantised ANN's accuracy is measured there at the
-      start, every ``validate_every`` steps and at the end, and the best iterate is returned. None: the last one.
+      start, every ``validate_every`` iterations and at the end, and the best iterate is returned. None: the last
+      one.
     loss: ``"distill"``, ``"labels"`` or ``"both"``.
     temperature: the distillation's softmax temperature (its loss is scaled by ``temperature**2``).
-    optimizer: an optax transformation (default: Adam with ``learning_rate`` decayed to 0 over ``steps`` by a
+    optimizer: an optax transformation (default: Adam with ``learning_rate`` decayed to 0 over ``iterations`` by a
       cosine). Pass the same one again to resume (it is not part of the checkpoint's fingerprint).
     learning_rate: the default optimizer's peak rate.
     percentile: λ's initial value, a percentile of each site's positive activations.
-    granularity: ``"layer"`` (one λ per site) or ``"channel"`` (one per channel of the site, its last axis; each
-      starts at the layer's percentile).
+    granularity: ``"neuron"`` (the default: one λ per neuron, the site's shape), ``"channel"`` (one per channel of
+      the site, its last axis) or ``"layer"`` (one per site, as Bu et al. 2022 and the recipes); each λ starts at its
+      layer's percentile.
     calibration: the batches of that statistic (default ``train_batches``, which must then be finite and
       re-iterable: a list, not a generator of endless epochs).
     trainable: ``trainable(path, leaf) -> bool``: which leaves of ``variables`` train (``path``: the leaf's key path
       in ``variables``); the λ's always train.
-    validate_every: steps between validations.
+    validate_every: iterations between validations.
     progress: tqdm bars.
-    checkpoint: a file path: the loop's state is written atomically every ``checkpoint_every`` steps and at the end;
+    checkpoint: a file path: the loop's state is written atomically every ``checkpoint_every`` iterations and at the
+      end;
       a call with the same network, settings and data resumes from it and returns what an uninterrupted call returns.
-    checkpoint_every: steps between checkpoint writes.
+    checkpoint_every: iterations between checkpoint writes.
     input_key: the input's key in dict batches.
 
   Returns:
     ``(apply_q, variables_q, report)``: a :class:`QuantizedApply`, :class:`QuantizedVariables`, and a
     :class:`jaxsnn.Report` (tool ``"quantize_for_conversion"``) whose ``chose`` holds the levels, the loss, the initial
-    and trained λ per site (a channel-wise λ: its mean) and the validation accuracies (the ReLU ANN's, the quantised one's before training and the
-    best), and whose ``details`` hold the loss of every step and the validation history ``[(step, accuracy), ...]``.
+    and trained λ per site (a neuron- or channel-wise λ: its mean) and the validation accuracies (the ReLU ANN's, the
+    quantised one's before training and the best), and whose ``details`` hold the loss of every iteration and the
+    validation history ``[(iteration, accuracy), ...]``.
     A network without a ReLU site is returned untouched: ``(apply_fn, variables, report)`` with ``chose["sites"]``
     empty.
 
@@ -266,13 +272,13 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
 
   Example:
     >>> apply_q, variables_q, report = jaxsnn.quantize_for_conversion(
-    ...     apply_fn, variables, train_batches, levels=4, steps=2000, validation=val_batches)
-    >>> snn, recipe = jaxsnn.recipes.qcfs(apply_q, variables_q, train_batches, num_steps=4)
+    ...     apply_fn, variables, train_batches, levels=4, iterations=2000, validation=val_batches)
+    >>> snn, recipe = jaxsnn.recipes.quantized(apply_q, variables_q, train_batches, num_steps=4)
   """
   caller = "jaxsnn.quantize_for_conversion"
   t0 = time.perf_counter()
   levels = checks.positive_int(levels, "levels", caller)
-  steps = checks.non_negative_int(steps, "steps", caller)
+  iterations = checks.iterations(iterations, caller)
   validate_every = checks.positive_int(validate_every, "validate_every", caller)
   checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
   if loss not in LOSSES:
@@ -281,8 +287,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
     raise ValueError(f"{caller}: temperature must be > 0; got {temperature!r}.")
   if not 0 < percentile <= 100:
     raise ValueError(f"{caller}: percentile must be in (0, 100]; got {percentile!r}.")
-  if granularity not in GRANULARITIES:
-    raise ValueError(f"{caller}: granularity must be one of {GRANULARITIES}; got {granularity!r}.")
+  checks.granularity(granularity, caller)
   check_batches(train_batches, caller)
   if calibration is None:
     if isinstance(train_batches, Iterator):
@@ -317,8 +322,9 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
                          f"{[s.name for s in program.sites]}.")
   relu_new = [n for n, s in zip(new, program.sites) if s.kind == ir.RELU]
   apply_q = QuantizedApply(fn, levels, tuple((s.name, n) for s, n in zip(relus, relu_new)))
-  def lam(site, value):  # one λ per layer, or one per channel (the site's last axis), all from the layer's statistic
-    shape = () if granularity == "layer" else tuple(program.avals[site.x].shape[-1:])
+  def lam(site, value):  # one λ per layer, channel (the site's last axis) or neuron, all from the layer's statistic
+    shape = {"layer": (), "channel": tuple(program.avals[site.x].shape[-1:]),
+             "neuron": tuple(program.avals[site.x].shape[1:])}[granularity]
     return jnp.full(shape, value, jnp.float32)
 
   start = QuantizedVariables(arrays, {n: lam(s, initial[s.name]) for s, n in zip(relus, relu_new)})
@@ -338,7 +344,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
 
   optimizer_key = ("adam-cosine", float(learning_rate)) if optimizer is None else "the caller's optimizer"
   if optimizer is None:
-    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1)))
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, max(iterations, 1)))
   teacher = arrays
 
   def objective(params, x, labels, mask):
@@ -384,18 +390,18 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
 
   job = None
   if checkpoint is not None:
-    job = fingerprint(caller, traced.key, levels, steps, optimizer_key, loss, float(temperature), float(percentile),
-                      trained, validation is not None, validate_every,
+    job = fingerprint(caller, traced.key, levels, iterations, optimizer_key, loss, float(temperature),
+                      float(percentile), trained, validation is not None, validate_every,
                       arrays=(leaves, params["lambda"], validation or ()))
   t_loop = time.perf_counter()
-  result = loop.optimize(update, params, optimizer.init(params), train_batches, steps, caller=caller, prepare=prepare,
-                         score=score, score_every=validate_every, progress=progress,
+  result = loop.optimize(update, params, optimizer.init(params), train_batches, iterations, caller=caller,
+                         prepare=prepare, score=score, score_every=validate_every, progress=progress,
                          desc=f"quantize L={levels}", checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          fingerprint=job, differs="other network data, batches or settings")
   variables_q = variables_of(result["params"])
   history = result["history"]
-  chose = {"levels": levels, "sites": tuple(n for _, n in apply_q.sites), "loss": loss, "steps": steps,
-           "epochs": result["epochs"] if steps else 0, "trained_leaves": sum(trained),
+  chose = {"levels": levels, "sites": tuple(n for _, n in apply_q.sites), "loss": loss, "iterations": iterations,
+           "epochs": result["epochs"] if iterations else 0, "trained_leaves": sum(trained),
            "initial_lambda": {n: float(initial[o]) for o, n in apply_q.sites},
            "lambda": {n: float(np.mean(np.asarray(v))) for n, v in variables_q.thresholds.items()},
            "percentile": percentile, "granularity": granularity}

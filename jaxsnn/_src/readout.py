@@ -67,7 +67,7 @@ def choose_readout_delay(snn: SpikingNetwork, batches: Iterable[Any], num_steps:
     check_batch(snn, p.x, caller)
     size = p.mask.shape[0]
     want = np.asarray(ir.ann_outputs(snn.traced, variables, p.x)[1]).reshape(size, -1).argmax(-1)
-    out = np.asarray(simulate(plain, p.x, num_steps, block_size, tallies=False).outputs, np.float64)
+    out = np.asarray(simulate(plain, p.x, num_steps, block_size=block_size, tallies=False).outputs, np.float64)
     cum = out.reshape(num_steps, size, -1) * steps[:, None, None]  # cum[t - 1]: the readout summed over steps 1..t
     hits = np.asarray(hits, np.int64).copy()
     for d in range(num_steps):

@@ -8,15 +8,17 @@ network (calibration statistics, thresholds, conversion) and chain the stages th
 * :func:`paper`: the paper's method, SNM + NeuronNorm, every neuron starting at ``v = 0``;
 * :func:`low_latency`: the measured stack for a target T: ``v0 = θ/2``, thresholds chosen for T, layer-wise SNN
   calibration, a readout delay (and optionally end-to-end tuning through the simulation);
-* :func:`qcfs`: a network trained with :class:`jaxsnn.models.QCFS` activations, converted with its trained λ and
-  ``v0 = θ/2``, calibrated and delayed at T;
-* :func:`few_steps`: a trained ReLU network made a QCFS one (:func:`jaxsnn.quantize_for_conversion`), then :func:`qcfs`
-  at T, then optionally fine-tuned through the SNN.
+* :func:`quantized`: a network with QCFS-quantised activations (trained with :class:`jaxsnn.models.QCFS`, or made by
+  :func:`jaxsnn.quantize_for_conversion`), converted with its trained λ and ``v0 = θ/2``, calibrated and delayed at T;
+* :func:`few_steps`: a trained ReLU network made a QCFS one (:func:`jaxsnn.quantize_for_conversion`), then
+  :func:`quantized` at T, then optionally fine-tuned through the SNN.
 
 Every recipe reads training batches only (any form of the batch protocol; a one-shot iterator is read once and kept
 in memory, since the recipes read the data several times) and returns ``(snn, RecipeReport)``. The defaults are the
 settings of every committed result: statistics from all the given batches, ``calibrate_snn`` on the first 256
-examples, the readout delay and the agreement check on the first 1,024, in batches of 128.
+examples, the readout delay and the agreement check on the first 1,024, in batches of 128. Each recipe passes the
+granularity of every tool it calls explicitly (the measured choices: thresholds for T and the SNN calibration per
+channel, QCFS λ per layer), whatever the tools' own default (``"neuron"``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxsnn._src import checks, ir, norms
+from jaxsnn._src import checks, ir, norms, renamed
 from jaxsnn._src.batches import as_batch, check_batches, take
 from jaxsnn._src.calibrate import Stats, calibrate
 from jaxsnn._src.convert import SpikingNetwork, conversion_note, convert
@@ -51,8 +53,11 @@ SNN_CALIBRATION_EXAMPLES = 256  # calibrate_snn's training examples in every com
 """Training examples that the recipes' :func:`jaxsnn.calibrate_snn` stage reads (as in every committed result)."""
 DELAY_EXAMPLES = 1024  # choose_readout_delay's (and the agreement check's)
 """Training examples that :func:`jaxsnn.choose_readout_delay` (and the agreement check) reads in the recipes."""
-TUNE_EXAMPLES, TUNE_STEPS = 1024, 200  # tune_snn's
-"""Training examples and optimisation steps of the recipes' :func:`jaxsnn.tune_snn` stage (``end_to_end=True``)."""
+TUNE_EXAMPLES, TUNE_ITERATIONS = 1024, 200  # tune_snn's
+"""Training examples and optimiser iterations of the recipes' :func:`jaxsnn.tune_snn` stage (``end_to_end=True``)."""
+CALIBRATION_GRANULARITY = "channel"
+"""The granularity of the recipes' :func:`jaxsnn.calibrate_snn` and :func:`jaxsnn.thresholds_for_steps` (one value per
+channel: as measured in experiments/RESULTS.md and in every committed result)."""
 BATCH_SIZE = 128
 """Batch size of the training subsets that the recipes' SNN stages read (the first examples, re-batched)."""
 
@@ -183,21 +188,21 @@ def validation_check(batches, num_steps: int, *, input_key: str = "image") -> Ca
 def low_latency_stages(num_steps: int, *, snn_calibration: bool = True, end_to_end: bool = False,
                        readout_delay: bool = True, snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES,
                        delay_examples: int = DELAY_EXAMPLES, tune_examples: int = TUNE_EXAMPLES,
-                       tune_steps: int = TUNE_STEPS, tune_checkpoint=None, progress: bool = False,
+                       tune_iterations: int = TUNE_ITERATIONS, tune_checkpoint=None, progress: bool = False,
                        mesh=None, input_key: str = "image") -> tuple:
-  """The stages that :func:`low_latency` (and :func:`qcfs`) run after the conversion, each on its share of the
+  """The stages that :func:`low_latency` (and :func:`quantized`) run after the conversion, each on its share of the
   training data: layer-wise SNN calibration, optionally end-to-end tuning, the readout delay. Splice your own stage in
   and pass the tuple back as ``low_latency(..., stages=...)``, or chain them yourself.
 
   Args:
     num_steps: the target T.
-    snn_calibration: :func:`jaxsnn.calibrate_snn` on the first ``snn_calibration_examples`` examples.
-    end_to_end: :func:`jaxsnn.tune_snn` on the first ``tune_examples`` for ``tune_steps`` steps.
+    snn_calibration: :func:`jaxsnn.calibrate_snn` (per channel) on the first ``snn_calibration_examples`` examples.
+    end_to_end: :func:`jaxsnn.tune_snn` on the first ``tune_examples`` for ``tune_iterations`` iterations.
     readout_delay: :func:`jaxsnn.choose_readout_delay` on the first ``delay_examples`` examples.
     snn_calibration_examples: see above.
     delay_examples: see above.
     tune_examples: see above.
-    tune_steps: see above.
+    tune_iterations: see above.
     tune_checkpoint: ``tune_snn``'s checkpoint file.
     progress: tqdm bars.
     mesh: as in :func:`jaxsnn.calibrate`.
@@ -215,11 +220,12 @@ def low_latency_stages(num_steps: int, *, snn_calibration: bool = True, end_to_e
   stages = []
   if snn_calibration:
     stages.append(on_first(snn_calibration_examples, functools.partial(
-        calibrate_snn, num_steps=num_steps, progress=progress, mesh=mesh), input_key=input_key))
+        calibrate_snn, num_steps=num_steps, granularity=CALIBRATION_GRANULARITY, progress=progress, mesh=mesh),
+        input_key=input_key))
   if end_to_end:
     stages.append(on_first(tune_examples, functools.partial(
-        tune_snn, num_steps=num_steps, steps=tune_steps, progress=progress, checkpoint=tune_checkpoint, mesh=mesh),
-        input_key=input_key))
+        tune_snn, num_steps=num_steps, iterations=tune_iterations, progress=progress, checkpoint=tune_checkpoint,
+        mesh=mesh), input_key=input_key))
   if readout_delay:
     stages.append(on_first(delay_examples, functools.partial(
         choose_readout_delay, num_steps=num_steps, progress=progress, mesh=mesh), input_key=input_key))
@@ -293,8 +299,9 @@ def _stats(apply_fn, variables, batches, stats, rec: _Recipe, caller) -> Stats:
   return stats
 
 
+@renamed.keywords("jaxsnn.recipes.paper", norm="granularity")
 def paper(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, num_steps: int | None = None,
-          neuron: Neuron | None = None, norm: str = "neuron", initial_potential: float = 0.0,
+          neuron: Neuron | None = None, granularity: str = checks.DEFAULT_GRANULARITY, initial_potential: float = 0.0,
           readout: str = "membrane", stats: Stats | None = None, check_examples: int = DELAY_EXAMPLES,
           mesh=None, progress: bool = False, input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
   """The paper's method (Wang et al., IJCAI 2022): SNM neurons with NeuronNorm thresholds, every neuron at v = 0.
@@ -306,7 +313,8 @@ def paper(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, n
     num_steps: a T at which to report the SNN's agreement with the ANN on the first ``check_examples`` training
       examples (None: no check; the network itself works at any T).
     neuron: the neuron (default SNM; ``jaxsnn.IF()`` for the paper's ablation).
-    norm: ``"neuron"`` (NeuronNorm, the paper), ``"channel"`` or ``"layer"`` (LayerNorm, the ablation).
+    granularity: the thresholds' (:func:`jaxsnn.thresholds`): ``"neuron"`` (the default: NeuronNorm, the paper),
+      ``"channel"`` or ``"layer"`` (LayerNorm, the paper's ablation).
     initial_potential: where every neuron starts, a fraction of its threshold (0: the paper).
     readout: ``"membrane"`` or ``"spike"`` (the output layer spiking, as the authors' code).
     stats: calibration statistics already computed on these batches (:func:`jaxsnn.calibrate`), to reuse.
@@ -319,20 +327,23 @@ def paper(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, n
     ``(snn, report)``.
 
   Raises:
-    ValueError: for empty batches, an unknown norm, or what :func:`jaxsnn.convert` rejects.
+    ValueError: for empty batches, an unknown granularity, a bad T, or what :func:`jaxsnn.convert` rejects.
 
   Example:
     >>> snn, report = jaxsnn.recipes.paper(apply_fn, variables, train_batches)
     >>> print(report)
   """
   caller = "jaxsnn.recipes.paper"
+  num_steps = checks.optional_num_steps(num_steps, caller)
+  checks.granularity(granularity, caller)
   train_batches = _reusable(train_batches, caller)
   rec = _Recipe("paper", train_batches, num_steps, check_examples, BATCH_SIZE, progress, mesh, input_key)
   stats = _stats(apply_fn, variables, train_batches, stats, rec, caller)
   t0 = time.perf_counter()
-  snn = convert(apply_fn, variables, _first_input(train_batches, caller, input_key), norms.thresholds(stats, norm),
-                neuron=_neuron(neuron, caller), readout=readout, initial_potential=initial_potential)
-  rec.add(Report("convert", _noted(snn, {"neuron": snn.neuron.name, "norm": norm,
+  snn = convert(apply_fn, variables, _first_input(train_batches, caller, input_key),
+                norms.thresholds(stats, granularity), neuron=_neuron(neuron, caller), readout=readout,
+                initial_potential=initial_potential)
+  rec.add(Report("convert", _noted(snn, {"neuron": snn.neuron.name, "granularity": granularity,
                                         "initial_potential": initial_potential}),
                  examples=stats.num_samples, num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
   return snn, rec.report()
@@ -353,7 +364,7 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
                 snn_calibration: bool = True, readout_delay: bool = True, end_to_end: bool = False,
                 stats: Stats | None = None, histograms: RatioHistograms | None = None,
                 snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES, delay_examples: int = DELAY_EXAMPLES,
-                tune_examples: int = TUNE_EXAMPLES, tune_steps: int = TUNE_STEPS, tune_checkpoint=None,
+                tune_examples: int = TUNE_EXAMPLES, tune_iterations: int = TUNE_ITERATIONS, tune_checkpoint=None,
                 stages: tuple | None = None, check_examples: int = DELAY_EXAMPLES, mesh=None,
                 progress: bool = False, input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
   """jaxsnn's measured low-latency stack for a target T, every tool from training data (experiments/RESULTS.md,
@@ -379,14 +390,14 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
     t_aware_thresholds: thresholds chosen for T (else NeuronNorm's maxima).
     snn_calibration: :func:`jaxsnn.calibrate_snn` on the first ``snn_calibration_examples`` examples.
     readout_delay: :func:`jaxsnn.choose_readout_delay` on the first ``delay_examples`` examples.
-    end_to_end: :func:`jaxsnn.tune_snn` on the first ``tune_examples`` examples for ``tune_steps`` steps (resumable
-      from ``tune_checkpoint``, a file path).
+    end_to_end: :func:`jaxsnn.tune_snn` on the first ``tune_examples`` examples for ``tune_iterations`` iterations
+      (resumable from ``tune_checkpoint``, a file path).
     stats: calibration statistics already computed on these batches, to reuse (several recipes on one network).
     histograms: :func:`jaxsnn.ratio_histograms` of these batches and ``stats``, to reuse.
     snn_calibration_examples: see above.
     delay_examples: see above.
     tune_examples: see above.
-    tune_steps: see above.
+    tune_iterations: see above.
     tune_checkpoint: see above.
     stages: the stages after the conversion, in place of the ones the options above switch on: e.g.
       :func:`low_latency_stages` with a stage of your own spliced in (each stage is followed by the agreement check).
@@ -407,28 +418,25 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
     >>> jaxsnn.evaluate(snn, test_batches, num_steps=8).accuracy[-1]
   """
   caller = "jaxsnn.recipes.low_latency"
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-    raise ValueError(f"{caller}: num_steps must be a positive int (the target T); got {num_steps!r}.")
-  if not (np.isfinite(initial_potential) and 0 <= initial_potential < 1):
-    raise ValueError(f"{caller}: initial_potential must be a fraction of the threshold in [0, 1); got "
-                     f"{initial_potential!r}.")
+  num_steps = checks.num_steps(num_steps, caller, "the target T")
+  checks.fraction_of_threshold(initial_potential, "initial_potential", caller)
   train_batches = _reusable(train_batches, caller)
-  rec = _Recipe("low_latency", train_batches, int(num_steps), check_examples, BATCH_SIZE, progress, mesh, input_key)
+  rec = _Recipe("low_latency", train_batches, num_steps, check_examples, BATCH_SIZE, progress, mesh, input_key)
   stats = _stats(apply_fn, variables, train_batches, stats, rec, caller)
   if t_aware_thresholds:
     t0 = time.perf_counter()
     if histograms is None:
-      histograms = ratio_histograms(apply_fn, variables, train_batches, stats, mesh=mesh, progress=progress,
-                                    input_key=input_key)
-    th = thresholds_for_steps(histograms, num_steps, initial_potential)
-    base = norms.thresholds(stats, "neuron")
+      histograms = ratio_histograms(apply_fn, variables, train_batches, stats, granularity="neuron", mesh=mesh,
+                                    progress=progress, input_key=input_key)
+    th = thresholds_for_steps(histograms, num_steps, initial_potential, granularity=CALIBRATION_GRANULARITY)
+    base = norms.thresholds(stats, granularity="neuron")
     scale = {k: float(np.sum(np.asarray(th[k], np.float64)) / max(np.sum(np.asarray(base[k], np.float64)), 1e-30))
              for k in th if k != ir.OUTPUT}
-    rec.add(Report("thresholds_for_steps", {"granularity": "channel", "mean_scale": scale},
+    rec.add(Report("thresholds_for_steps", {"granularity": CALIBRATION_GRANULARITY, "mean_scale": scale},
                    examples=histograms.num_samples, num_steps=num_steps, seconds=time.perf_counter() - t0),
             measure=False)
   else:
-    th = norms.thresholds(stats, "neuron")
+    th = norms.thresholds(stats, granularity="neuron")
   t0 = time.perf_counter()
   snn = convert(apply_fn, variables, _first_input(train_batches, caller, input_key), th,
                 neuron=_neuron(neuron, caller), initial_potential=initial_potential)
@@ -437,23 +445,26 @@ def low_latency(apply_fn: Callable, variables: Any, train_batches: Iterable[Any]
   if stages is None:
     stages = low_latency_stages(num_steps, snn_calibration=snn_calibration, end_to_end=end_to_end,
                                 readout_delay=readout_delay, snn_calibration_examples=snn_calibration_examples,
-                                delay_examples=delay_examples, tune_examples=tune_examples, tune_steps=tune_steps,
+                                delay_examples=delay_examples, tune_examples=tune_examples,
+                                tune_iterations=tune_iterations,
                                 tune_checkpoint=tune_checkpoint, progress=progress, mesh=mesh, input_key=input_key)
   snn = _chained(snn, rec, stages)
   return snn, rec.report()
 
 
-def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_steps: int | None = None, *,
-         neuron: Neuron | None = None, snn_calibration: bool = True, readout_delay: bool = True,
-         stats: Stats | None = None, snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES,
-         delay_examples: int = DELAY_EXAMPLES, check_examples: int = DELAY_EXAMPLES, mesh=None,
-         progress: bool = False, input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
-  """A network trained with QCFS activations (:class:`jaxsnn.models.QCFS`, Bu et al. 2022): each QCFS site takes
-  its trained λ as threshold and starts at θ/2; ReLU sites, if any, take NeuronNorm's; with a target T, then
-  layer-wise SNN calibration and the readout delay at T (the best recipe of every committed QCFS result).
+def quantized(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_steps: int | None = None, *,
+              neuron: Neuron | None = None, snn_calibration: bool = True, readout_delay: bool = True,
+              stats: Stats | None = None, snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES,
+              delay_examples: int = DELAY_EXAMPLES, check_examples: int = DELAY_EXAMPLES, mesh=None,
+              progress: bool = False, input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
+  """A network with QCFS-quantised activations (Bu et al. 2022): trained with :class:`jaxsnn.models.QCFS`
+  (:func:`jaxsnn.qcfs`, the activation), or made from a ReLU network by :func:`jaxsnn.quantize_for_conversion`. Each
+  QCFS site takes its trained λ as threshold and starts at θ/2; ReLU sites, if any, take NeuronNorm's; with a target
+  T, then layer-wise SNN calibration (per channel) and the readout delay at T (the best recipe of every committed QCFS
+  result).
 
   Args:
-    apply_fn: ``apply_fn(variables, x) -> logits`` of the trained QCFS ANN.
+    apply_fn: ``apply_fn(variables, x) -> logits`` of the QCFS ANN.
     variables: its variables.
     train_batches: training batches (any form of the batch protocol); never the test set.
     num_steps: the target T of the calibration and the delay (None: λ and θ/2 only, for any T).
@@ -475,12 +486,10 @@ def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_s
     ValueError: for a network without QCFS activations.
 
   Example:
-    >>> snn, report = jaxsnn.recipes.qcfs(model.apply, variables, train_batches, num_steps=8)
+    >>> snn, report = jaxsnn.recipes.quantized(model.apply, variables, train_batches, num_steps=8)
   """
-  caller = "jaxsnn.recipes.qcfs"
-  if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer))
-                                or num_steps < 1):
-    raise ValueError(f"{caller}: num_steps must be a positive int or None; got {num_steps!r}.")
+  caller = "jaxsnn.recipes.quantized"
+  num_steps = checks.optional_num_steps(num_steps, caller)
   train_batches = _reusable(train_batches, caller)
   example = _first_input(train_batches, caller, input_key)
   program, _ = ir.trace(*ir.split_variables(apply_fn, variables), example, caller=caller)
@@ -488,11 +497,11 @@ def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_s
   if ir.QCFS not in kinds.values():
     raise ValueError(f"{caller}: the network has no QCFS activation (jaxsnn.models.QCFS / jaxsnn.qcfs); use "
                      "jaxsnn.recipes.low_latency for a ReLU network.")
-  rec = _Recipe("qcfs", train_batches, num_steps, check_examples, BATCH_SIZE, progress, mesh, input_key)
+  rec = _Recipe("quantized", train_batches, num_steps, check_examples, BATCH_SIZE, progress, mesh, input_key)
   th = {}
   if ir.RELU in kinds.values() or stats is not None:
     stats = _stats(apply_fn, variables, train_batches, stats, rec, caller)
-    th = {k: v for k, v in norms.thresholds(stats, "neuron").items() if kinds.get(k) == ir.RELU}
+    th = {k: v for k, v in norms.thresholds(stats, granularity="neuron").items() if kinds.get(k) == ir.RELU}
   t0 = time.perf_counter()
   snn = convert(apply_fn, variables, example, th, neuron=_neuron(neuron, caller))
   rec.add(Report("convert", _noted(snn, {"neuron": snn.neuron.name, "thresholds": "trained λ",
@@ -500,24 +509,28 @@ def qcfs(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_s
                  num_steps=num_steps, seconds=time.perf_counter() - t0), snn)
   if num_steps is not None:  # both tools need a target T
     snn = _chained(snn, rec, low_latency_stages(
-        int(num_steps), snn_calibration=snn_calibration, readout_delay=readout_delay,
+        num_steps, snn_calibration=snn_calibration, readout_delay=readout_delay,
         snn_calibration_examples=snn_calibration_examples, delay_examples=delay_examples, progress=progress,
         mesh=mesh, input_key=input_key))
   return snn, rec.report()
 
 
+_quantized = quantized  # few_steps's argument ``quantized`` (a quantisation to reuse) hides the recipe's name there
+
+
 def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], num_steps: int, *,
-              validation: Iterable[Any], levels: int | None = None, steps: int = 3000,
-              step_batches: Iterable[Any] | None = None, loss: str = "distill", learning_rate: float = 1e-3,
-              quantized: tuple | None = None, finetune_steps: int = 0, finetune_batches: Iterable[Any] | None = None,
-              finetune_learning_rate: float = 1e-4, finetune_loss: str = "labels", neuron: Neuron | None = None,
-              snn_calibration: bool = True, readout_delay: bool = True,
+              validation: Iterable[Any], levels: int | None = None, iterations: int = 3000,
+              iteration_batches: Iterable[Any] | None = None, loss: str = "distill", learning_rate: float = 1e-3,
+              quantized: tuple | None = None, finetune_iterations: int = 0,
+              finetune_batches: Iterable[Any] | None = None, finetune_learning_rate: float = 1e-4,
+              finetune_loss: str = "labels", neuron: Neuron | None = None, snn_calibration: bool = True,
+              readout_delay: bool = True,
               snn_calibration_examples: int = SNN_CALIBRATION_EXAMPLES, delay_examples: int = DELAY_EXAMPLES,
               check_examples: int = 0, checkpoint_dir=None, progress: bool = False,
               input_key: str = "image") -> tuple[SpikingNetwork, RecipeReport]:
   """A trained ReLU network to an SNN accurate at a few time steps: conversion-aware fine-tuning
-  (:func:`jaxsnn.quantize_for_conversion`), then :func:`qcfs` at T (λ as thresholds, θ/2, SNN calibration, readout
-  delay), then optionally :func:`jaxsnn.finetune` through the SNN at T.
+  (:func:`jaxsnn.quantize_for_conversion`, one λ per layer), then :func:`quantized` at T (λ as thresholds, θ/2, SNN
+  calibration per channel, readout delay), then optionally :func:`jaxsnn.finetune` through the SNN at T.
 
   Every stage's report carries the validation accuracy after it (the quantised ANN's, then the SNN's at T) and its
   time, so the report is the ablation of the path.
@@ -526,18 +539,19 @@ def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], 
     apply_fn: ``apply_fn(variables, x) -> logits`` of the trained ReLU ANN, any model style.
     variables: its variables.
     train_batches: finite training batches (never the test set): λ's calibration statistics and the SNN stages read
-      them (and the gradient steps, unless ``step_batches`` is given).
+      them (and the quantisation's iterations, unless ``iteration_batches`` is given).
     num_steps: the target T.
     validation: labelled held-out batches (never the test set): the best iterates and every stage's score.
     levels: the QCFS levels L (default T).
-    steps: the quantisation's gradient steps.
-    step_batches: the batches of the gradient steps (e.g. augmented epochs; default ``train_batches``).
+    iterations: the quantisation's optimiser iterations.
+    iteration_batches: the batches of those iterations (e.g. augmented epochs; default ``train_batches``).
     loss: the quantisation's loss (:data:`jaxsnn._src.quantize.LOSSES`).
     learning_rate: the quantisation's peak learning rate (Adam, cosine decay).
     quantized: ``(apply_q, variables_q, report)`` from :func:`jaxsnn.quantize_for_conversion`, to reuse (one
       quantisation for several T); the quantisation arguments above are then not used.
-    finetune_steps: steps of :func:`jaxsnn.finetune` at T (0: none).
-    finetune_batches: its batches (default ``step_batches``, else ``train_batches``; labelled for the labels loss).
+    finetune_iterations: iterations of :func:`jaxsnn.finetune` at T (0: none).
+    finetune_batches: its batches (default ``iteration_batches``, else ``train_batches``; labelled for the labels
+      loss).
     finetune_learning_rate: its Adam rate.
     finetune_loss: its loss (``"labels"`` or ``"ann"``: the quantised ANN's logits).
     neuron: the neuron (default SNM).
@@ -559,13 +573,11 @@ def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], 
 
   Example:
     >>> snn, report = jaxsnn.recipes.few_steps(apply_fn, variables, train_batches, 4, validation=val_batches,
-    ...                                        step_batches=augmented_epochs, steps=3000)
+    ...                                        iteration_batches=augmented_epochs, iterations=3000)
     >>> print(report)
   """
   caller = "jaxsnn.recipes.few_steps"
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-    raise ValueError(f"{caller}: num_steps must be a positive int (the target T); got {num_steps!r}.")
-  num_steps = int(num_steps)
+  num_steps = checks.num_steps(num_steps, caller, "the target T")
   train_batches = _reusable(train_batches, caller)
   validation = list(_reusable(validation, f"{caller}: validation"))
   folder = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
@@ -577,25 +589,27 @@ def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], 
   if quantized is None:
     levels = num_steps if levels is None else levels
     quantized = quantize_for_conversion(
-        apply_fn, variables, train_batches if step_batches is None else step_batches, levels=levels, steps=steps,
-        validation=validation, loss=loss, learning_rate=learning_rate, calibration=train_batches, progress=progress,
+        apply_fn, variables, train_batches if iteration_batches is None else iteration_batches, levels=levels,
+        iterations=iterations, validation=validation, loss=loss, learning_rate=learning_rate, granularity="layer",
+        calibration=train_batches, progress=progress,
         checkpoint=None if folder is None else folder / f"quantize_L{levels}.npz", input_key=input_key)
   apply_q, variables_q, q_report = quantized
   rec.add(dataclasses.replace(q_report, validation_accuracy=q_report.chose.get("best_validation_accuracy")),
           measure=False)
-  snn, converted = qcfs(apply_q, variables_q, train_batches, None, neuron=neuron, check_examples=0,
-                        progress=progress, input_key=input_key)
+  snn, converted = _quantized(apply_q, variables_q, train_batches, None, neuron=neuron, check_examples=0,
+                              progress=progress, input_key=input_key)
   rec.add(dataclasses.replace(converted.stage("convert"), num_steps=num_steps, **validate(snn)), snn)
   stages = [checked(stage, validate) for stage in low_latency_stages(
       num_steps, snn_calibration=snn_calibration, readout_delay=readout_delay,
       snn_calibration_examples=snn_calibration_examples, delay_examples=delay_examples, progress=progress,
       input_key=input_key)]
-  if finetune_steps:
-    batches = finetune_batches or step_batches or train_batches
+  if finetune_iterations:
+    batches = finetune_batches or iteration_batches or train_batches
     checkpoint = None if folder is None else folder / f"finetune_L{apply_q.levels}_T{num_steps}.npz"
 
     def fine_tuned(snn, _):  # its own batches; it chose its iterate on the validation batches already
-      snn, report = finetune(snn, batches, num_steps, steps=finetune_steps, learning_rate=finetune_learning_rate,
+      snn, report = finetune(snn, batches, num_steps, iterations=finetune_iterations,
+                             learning_rate=finetune_learning_rate,
                              loss=finetune_loss, validation=validation, progress=progress, checkpoint=checkpoint,
                              input_key=input_key)
       return snn, dataclasses.replace(report, validation_accuracy=report.chose["best_validation_accuracy"])

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from jaxsnn._src import checks, ir, parallel, runner
+from jaxsnn._src.checks import DEFAULT_GRANULARITY
 from jaxsnn._src.convert import SpikingNetwork
 from jaxsnn._src.reports import Report
 from jaxsnn._src.simulate import check_batch, check_snn, simulate
 
 TARGETS = ("offset", "potential")
-GRANULARITIES = ("layer", "channel", "neuron")
 
 
 def _mean_over(err: np.ndarray, granularity: str) -> np.ndarray:
@@ -29,7 +29,7 @@ def _mean_over(err: np.ndarray, granularity: str) -> np.ndarray:
 
 
 def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, target: str = "potential",
-                  granularity: str = "channel", block_size: int | None = None, progress: bool = False,
+                  granularity: str = DEFAULT_GRANULARITY, block_size: int | None = None, progress: bool = False,
                   mesh=None, micro_batch: int = runner.MICRO_BATCH,
                   input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """Layer-wise SNN calibration (Li et al., ICML 2021): remove each site's mean error against the ANN at T steps.
@@ -55,7 +55,8 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
       simulated once per site.
     num_steps: the T to calibrate for.
     target: ``"potential"`` or ``"offset"``.
-    granularity: ``"channel"`` (one correction per channel: robust with few samples), ``"neuron"`` or ``"layer"``.
+    granularity: ``"neuron"`` (the default: one correction per neuron), ``"channel"`` (one per channel: fewer
+      values from the same samples, what the recipes use and measured) or ``"layer"``.
     block_size: the simulation schedule (see :func:`jaxsnn.simulate`).
     progress: a tqdm bar over the sites.
     mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
@@ -71,14 +72,13 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
     ValueError: for a bad target, granularity or T, or empty batches.
 
   Example:
-    >>> snn, report = jaxsnn.calibrate_snn(snn, [x_train[:256]], num_steps=16)
+    >>> snn, report = jaxsnn.calibrate_snn(snn, [x_train[:256]], num_steps=16, granularity="channel")
   """
   caller = "jaxsnn.calibrate_snn"
   t0 = time.perf_counter()
   if target not in TARGETS:
     raise ValueError(f"{caller}: target must be one of {TARGETS}; got {target!r}.")
-  if granularity not in GRANULARITIES:
-    raise ValueError(f"{caller}: granularity must be one of {GRANULARITIES}; got {granularity!r}.")
+  checks.granularity(granularity, caller)
   check_snn(snn, caller)
   num_steps = checks.num_steps(num_steps, caller)
   mesh = parallel.batch_mesh(mesh, caller)
@@ -98,7 +98,7 @@ def calibrate_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *
     net = None
     replicated = parallel.replicate(mesh, snn)
     for p in data:
-      trace = simulate(replicated, p.x, num_steps, block_size)
+      trace = simulate(replicated, p.x, num_steps, block_size=block_size)
       net = runner.sum_rows(net, trace.pos_spikes[name] - trace.neg_spikes[name], p)
     total = net * np.asarray(snn.thresholds[name], np.float64) / num_steps
     err = _mean_over((ann[name] - total) / count, granularity)  # how much the SNN falls short of the ANN

@@ -22,13 +22,14 @@ at the target T:
 version of the same error (:func:`relaxed_quantization_error`, the floor replaced by a sum of sigmoids) w.r.t.
 per-neuron, per-channel or per-layer thresholds, on activations held in memory.
 
-Granularities, here as everywhere in jaxsnn: ``"layer"`` (one value per site), ``"channel"`` (per channel, the last
-axis), ``"neuron"``.
+Granularities, here as everywhere in jaxsnn: ``"neuron"`` (the default), ``"channel"`` (per channel, the last
+axis), ``"layer"`` (one value per site); see :mod:`jaxsnn._src.checks`.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, NamedTuple
 
@@ -37,18 +38,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsnn._src import ir, parallel, runner
+from jaxsnn._src import checks, ir, parallel, runner
 from jaxsnn._src.calibrate import Stats
+from jaxsnn._src.checks import DEFAULT_GRANULARITY
 from jaxsnn._src.files import fingerprint
 from jaxsnn._src.ir import OUTPUT
-from jaxsnn._src.norms import NORMS, normalize
+from jaxsnn._src.norms import normalize
 from jaxsnn._src.jitting import jit
+from jaxsnn._src.reports import Report
 
 RATIO_BINS = 4096
 """Number of bins of :func:`ratio_histograms` over [0, 1] (each positive activation divided by its neuron's max)."""
 DEFAULT_SCALES = tuple(np.round(np.linspace(0.02, 1.0, 99), 4).tolist())
 """The scales of the NeuronNorm thresholds (0.02, 0.03, ..., 1.0) that :func:`thresholds_for_steps` tries."""
-GRANULARITIES = ("layer", "channel", "neuron")
 
 
 class RatioHistograms(NamedTuple):
@@ -58,15 +60,15 @@ class RatioHistograms(NamedTuple):
     counts: ``{site: float64 [3, channels, RATIO_BINS]}``: ``[k, c, b]`` holds the sum of ``base^2 * r^k``
       (``k = 0, 1, 2``) over the positive activations ``a`` of channel ``c`` with ``r = a / base`` in
       ``[b, b + 1) / RATIO_BINS`` (the last bin also holds everything above 1).
-    base: ``{site: array of the site's shape}``: the base thresholds (``jaxsnn.thresholds(stats, norm)``), and
-      ``"output"``.
-    norm: the norm of the base thresholds.
+    base: ``{site: array of the site's shape}``: the base thresholds (``jaxsnn.thresholds(stats, granularity)``),
+      and ``"output"``.
+    granularity: the granularity of the base thresholds.
     num_samples: samples seen.
   """
 
   counts: dict
   base: dict
-  norm: str
+  granularity: str
   num_samples: int
 
 
@@ -101,7 +103,7 @@ def _ratio_step(traced: ir.Traced, variables, x, mask, base, groups: int):
 
 
 def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any], stats: Stats,
-                     norm: str = "neuron", *, mesh=None, progress: bool = False, checkpoint=None,
+                     granularity: str = DEFAULT_GRANULARITY, *, mesh=None, progress: bool = False, checkpoint=None,
                      checkpoint_every: int = 10, micro_batch: int = runner.MICRO_BATCH,
                      input_key: str = "image") -> RatioHistograms:
   """One pass over training batches: the statistic :func:`thresholds_for_steps` needs.
@@ -112,7 +114,8 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     batches: training batches in any form of the batch protocol (as for :func:`jaxsnn.calibrate`); the same or
       other training data than the calibration pass. Never the test set.
     stats: from :func:`jaxsnn.calibrate`: the per-neuron maxima that make the base thresholds.
-    norm: the base thresholds' norm (``"neuron"``, ``"channel"`` or ``"layer"``).
+    granularity: the base thresholds' granularity: ``"neuron"`` (the default: NeuronNorm's maxima), ``"channel"``
+      or ``"layer"`` (as in :func:`jaxsnn.thresholds`).
     mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
     progress: a tqdm bar.
     checkpoint: a file path for a resumable pass (as in :func:`jaxsnn.calibrate`).
@@ -124,12 +127,11 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     :class:`RatioHistograms`.
 
   Raises:
-    ValueError: for an unknown norm or empty batches.
+    ValueError: for an unknown granularity or empty batches.
   """
   caller = "jaxsnn.ratio_histograms"
-  if norm not in NORMS:
-    raise ValueError(f"{caller}: norm must be one of {NORMS}; got {norm!r}.")
-  base = {k: normalize(v, norm) for k, v in stats.max.items()}
+  checks.granularity(granularity, caller)
+  base = {k: normalize(v, granularity) for k, v in stats.max.items()}
   apply_fn, variables = ir.split_variables(apply_fn, variables)
   mesh = parallel.batch_mesh(mesh, caller)
   variables = parallel.replicate(mesh, variables)
@@ -144,22 +146,19 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     got = _ratio_step(net["traced"], variables, p.x, p.device_mask, site_base, p.groups)
     return {k: runner.add_in_order(counts.get(k), v) for k, v in got.items()}
 
-  job = lambda batch: fingerprint(caller, net["traced"].key, norm, RATIO_BINS,  # noqa: E731
+  job = lambda batch: fingerprint(caller, net["traced"].key, granularity, RATIO_BINS,  # noqa: E731
                                   arrays=(variables, site_base))
   counts, n = runner.fold(batches, step, init, caller=caller, mesh=mesh, micro_batch=micro_batch,
                           input_key=input_key, progress=progress,
                           checkpoint=checkpoint, fingerprint=job, checkpoint_every=checkpoint_every,
                           differs="another network, variables or base thresholds")
   counts = {k: counts[k] for k in stats.max if k in counts}  # network order
-  return RatioHistograms(counts=counts, base=base, norm=norm, num_samples=n)
+  return RatioHistograms(counts=counts, base=base, granularity=granularity, num_samples=n)
 
 
-def _check_steps_and_potential(num_steps, initial_potential, caller):
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-    raise ValueError(f"{caller}: num_steps must be a positive int; got {num_steps!r}.")
-  if not np.isfinite(initial_potential) or not 0 <= initial_potential < 1:
-    raise ValueError(f"{caller}: initial_potential must be a fraction of the threshold in [0, 1); got "
-                     f"{initial_potential!r}.")
+def _check_steps_and_potential(num_steps, initial_potential, caller) -> tuple[int, float]:
+  return checks.num_steps(num_steps, caller), checks.fraction_of_threshold(initial_potential, "initial_potential",
+                                                                            caller)
 
 
 def expected_error(hist: RatioHistograms, num_steps: int, initial_potential: float = 0.5,
@@ -180,7 +179,7 @@ def expected_error(hist: RatioHistograms, num_steps: int, initial_potential: flo
   Returns:
     ``{site: float64 [channels, len(scales)]}``: the sum over samples of the squared error, in activation units.
   """
-  _check_steps_and_potential(num_steps, initial_potential, "jaxsnn.expected_error")
+  num_steps, initial_potential = _check_steps_and_potential(num_steps, initial_potential, "jaxsnn.expected_error")
   out = {}
   for name, (m0, m1, m2) in hist.counts.items():
     mean = np.where(m0 > 0, m1 / np.where(m0 > 0, m0, 1), 0.0)
@@ -192,8 +191,8 @@ def expected_error(hist: RatioHistograms, num_steps: int, initial_potential: flo
   return out
 
 
-def thresholds_for_steps(hist: RatioHistograms, num_steps: int, initial_potential: float = 0.5,
-                         granularity: str = "channel", scales=DEFAULT_SCALES) -> dict:
+def thresholds_for_steps(hist: RatioHistograms, num_steps: int, initial_potential: float = 0.5, *, granularity: str,
+                         scales=DEFAULT_SCALES) -> dict:
   """Thresholds that minimise the expected squared conversion error of the training activations at T steps.
 
   For each site (``granularity="layer"``) or channel (``"channel"``), the scale ``s`` of the base thresholds (from
@@ -204,7 +203,10 @@ def thresholds_for_steps(hist: RatioHistograms, num_steps: int, initial_potentia
     hist: from :func:`ratio_histograms` (training data).
     num_steps: the target T.
     initial_potential: the initial potential the SNN will use (a fraction of the threshold).
-    granularity: ``"layer"`` or ``"channel"`` (per-neuron scales: :func:`descend_thresholds`).
+    granularity: the scales' granularity, ``"channel"`` or ``"layer"``; required, since the histograms resolve
+      channels, not neurons (jaxsnn's default granularity, ``"neuron"``, is not available here: per-neuron scales
+      come from :func:`descend_thresholds`). The thresholds themselves keep the base's granularity
+      (``hist.granularity``: per neuron by default).
     scales: candidate scales; 1.0 (the base thresholds) should be among them.
 
   Returns:
@@ -215,12 +217,11 @@ def thresholds_for_steps(hist: RatioHistograms, num_steps: int, initial_potentia
 
   Example:
     >>> hist = jaxsnn.ratio_histograms(apply_fn, variables, train_batches, stats)
-    >>> th = jaxsnn.thresholds_for_steps(hist, num_steps=16, initial_potential=0.5)
+    >>> th = jaxsnn.thresholds_for_steps(hist, num_steps=16, initial_potential=0.5, granularity="channel")
   """
   caller = "jaxsnn.thresholds_for_steps"
-  if granularity not in ("layer", "channel"):
-    raise ValueError(f"{caller}: granularity must be 'layer' or 'channel' (per neuron: jaxsnn.descend_thresholds); "
-                     f"got {granularity!r}.")
+  checks.granularity(granularity, caller, ("channel", "layer"),
+                     "Per-neuron scales need per-neuron statistics: use jaxsnn.descend_thresholds.")
   errors = expected_error(hist, num_steps, initial_potential, scales)
   scales = np.asarray(scales, np.float64)
   out = {}
@@ -289,16 +290,16 @@ def _scale_shape(shape, granularity):
 
 
 @functools.partial(jit, static_argnums=(3, 4, 5, 6))
-def _descend(log_scales, base, acts, num_steps, initial_potential, temperature, steps_and_rate):
-  steps, rate = steps_and_rate
+def _descend(log_scales, base, acts, num_steps, initial_potential, temperature, iterations_and_rate):
+  iterations, rate = iterations_and_rate
   opt = optax.adam(rate)
 
   def loss(log_scales):
     total = 0.0
     for name, a in acts.items():
       th = base[name] * jnp.exp(log_scales[name])
-      norm = jnp.maximum(jnp.mean(jnp.square(a)), jnp.finfo(a.dtype).tiny)  # every site weighs the same
-      total = total + relaxed_quantization_error(a, th, num_steps, initial_potential, temperature) / norm
+      scale = jnp.maximum(jnp.mean(jnp.square(a)), jnp.finfo(a.dtype).tiny)  # every site weighs the same
+      total = total + relaxed_quantization_error(a, th, num_steps, initial_potential, temperature) / scale
     return total
 
   def step(carry, _):
@@ -310,15 +311,16 @@ def _descend(log_scales, base, acts, num_steps, initial_potential, temperature, 
     return (optax.apply_updates(params, updates), state, best, jnp.minimum(value, best_value)), value
 
   init = (log_scales, opt.init(log_scales), log_scales, jnp.asarray(jnp.inf, jnp.float32))
-  (last, _, best, best_value), history = jax.lax.scan(step, init, None, length=steps)
+  (last, _, best, best_value), history = jax.lax.scan(step, init, None, length=iterations)
   last_value = loss(last)
   best = jax.tree_util.tree_map(lambda l, b: jnp.where(last_value < best_value, l, b), last, best)
   return best, history, jnp.minimum(last_value, best_value)
 
 
 def descend_thresholds(activations: Mapping[str, Any], thresholds: Mapping[str, Any], num_steps: int,
-                       initial_potential: float = 0.5, granularity: str = "neuron", steps: int = 200,
-                       learning_rate: float = 0.02, temperature: float = 0.1) -> tuple[dict, np.ndarray]:
+                       initial_potential: float = 0.5, granularity: str = DEFAULT_GRANULARITY,
+                       iterations: int = 200, learning_rate: float = 0.02,
+                       temperature: float = 0.1) -> tuple[dict, Report]:
   """Thresholds tuned by gradient descent on :func:`relaxed_quantization_error` at the target T.
 
   Each site's thresholds are ``thresholds[site] * exp(z)`` with ``z`` per neuron, channel or layer; ``z`` starts at 0
@@ -331,22 +333,30 @@ def descend_thresholds(activations: Mapping[str, Any], thresholds: Mapping[str, 
     thresholds: the starting thresholds ``{site: array}`` (e.g. ``jaxsnn.thresholds(stats)``).
     num_steps: the target T.
     initial_potential: the initial potential the SNN will use.
-    granularity: ``"neuron"``, ``"channel"`` or ``"layer"``.
-    steps: gradient steps.
+    granularity: ``"neuron"`` (the default), ``"channel"`` or ``"layer"``: how many log-scales a site has.
+    iterations: Adam's updates.
     learning_rate: Adam's rate on the log-scales.
     temperature: the relaxation's width (see :func:`relaxed_quantization_error`).
 
   Returns:
-    ``(thresholds, losses)``: the tuned thresholds (all sites of ``thresholds``) and the objective before every step,
-    then that of the returned thresholds (``[steps + 1]``).
+    ``(thresholds, report)``: the tuned thresholds (all sites of ``thresholds``) and a :class:`jaxsnn.Report`
+    (as :func:`jaxsnn.tune_snn` returns) whose ``details["losses"]`` is the objective before every update, then that
+    of the returned thresholds (``[iterations + 1]``), and whose ``chose["best_loss"]`` is the returned thresholds'.
 
   Raises:
-    ValueError: for a bad granularity, T, initial potential, or activations whose shapes do not fit.
+    ValueError: for a bad granularity, T, initial potential, iteration count, or activations whose shapes do not
+      fit.
+
+  Example:
+    >>> th, report = jaxsnn.descend_thresholds(acts, jaxsnn.thresholds(stats), num_steps=16, iterations=50)
+    >>> bool(report.details["losses"][-1] <= report.details["losses"][0])
+    True
   """
   caller = "jaxsnn.descend_thresholds"
-  _check_steps_and_potential(num_steps, initial_potential, caller)
-  if granularity not in GRANULARITIES:
-    raise ValueError(f"{caller}: granularity must be one of {GRANULARITIES}; got {granularity!r}.")
+  t0 = time.perf_counter()
+  num_steps, initial_potential = _check_steps_and_potential(num_steps, initial_potential, caller)
+  checks.granularity(granularity, caller)
+  iterations = checks.iterations(iterations, caller)
   if not temperature > 0:
     raise ValueError(f"{caller}: temperature must be > 0; got {temperature!r}.")
   acts, base = {}, {}
@@ -360,11 +370,17 @@ def descend_thresholds(activations: Mapping[str, Any], thresholds: Mapping[str, 
                        f"{np.shape(thresholds[name])}; expected [batch, *site_shape].")
     acts[name], base[name] = jnp.asarray(a), jnp.asarray(thresholds[name])
   zeros = {k: jnp.zeros(_scale_shape(np.shape(v), granularity), v.dtype) for k, v in base.items()}
-  log_scales, history, final = _descend(zeros, base, acts, int(num_steps), float(initial_potential),
-                                        float(temperature), (int(steps), float(learning_rate)))
+  log_scales, history, final = _descend(zeros, base, acts, num_steps, initial_potential,
+                                        float(temperature), (iterations, float(learning_rate)))
   out = dict(thresholds)
   for name, z in log_scales.items():
     out[name] = (base[name] * jnp.exp(z)).astype(base[name].dtype)
-  return out, np.append(np.asarray(history), float(final))
+  losses = np.append(np.asarray(history, np.float64), float(final))
+  examples = max((int(np.shape(a)[0]) for a in acts.values()), default=0)
+  report = Report("descend_thresholds", {"granularity": granularity, "iterations": iterations,
+                                         "best_loss": float(final)},
+                  examples=examples, num_steps=num_steps, details={"losses": losses},
+                  seconds=time.perf_counter() - t0)
+  return out, report
 
 

@@ -48,7 +48,7 @@ def _tuned(params, net: SpikingNetwork) -> SpikingNetwork:
 
 def _tune_loss(params, net, x, mask, target, *, num_steps, block_size, surrogate, tuned):
   del tuned
-  trace = simulate(_tuned(params, net), x, num_steps, block_size, tallies=False, surrogate=surrogate)
+  trace = simulate(_tuned(params, net), x, num_steps, block_size=block_size, tallies=False, surrogate=surrogate)
   err = jnp.square(trace.outputs[-1].astype(jnp.float32) - target).reshape(target.shape[0], -1).mean(axis=1)
   return jnp.sum(jnp.where(mask > 0, err, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
@@ -59,7 +59,7 @@ _tune_loss_jit = jit(_tune_loss, static_argnames=_STATIC)
 
 @functools.partial(jit, static_argnames=_STATIC)
 def _tune_update(params, state, net, learning_rate, x, mask, target, **settings):
-  """One Adam step of tune_snn: compiled once per network program, T, schedule and surrogate (the network's arrays
+  """One Adam update of tune_snn: compiled once per network program, T, schedule and surrogate (the network's arrays
   and the learning rate are data)."""
   value, grads = jax.value_and_grad(_tune_loss)(params, net, x, mask, target, **settings)
   grads = {k: jax.tree_util.tree_map(lambda g, on=k in settings["tuned"]: g * on, v) for k, v in grads.items()}
@@ -67,7 +67,7 @@ def _tune_update(params, state, net, learning_rate, x, mask, target, **settings)
   return optax.apply_updates(params, updates), state, value
 
 
-def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int = 200,
+def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, iterations: int = 200,
              learning_rate: float = 0.01, tune=TUNABLE, surrogate: surrogates.Surrogate = DEFAULT_SURROGATE,
              block_size: int | None = None, progress: bool = False, checkpoint=None, checkpoint_every: int = 10,
              mesh=None, input_key: str = "image") -> tuple[SpikingNetwork, Report]:
@@ -83,20 +83,20 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   Args:
     snn: a converted network (e.g. after :func:`calibrate_snn`).
     batches: a few training batches in any form of the batch protocol (labels are not read); kept in memory and
-      used in turn, one per step. Never the test set.
+      used in turn, one per iteration. Never the test set.
     num_steps: the T to tune for.
-    steps: gradient steps.
+    iterations: Adam's updates.
     learning_rate: Adam's rate.
     tune: which of ``"thresholds"``, ``"offsets"``, ``"initial_potential"`` to tune.
     surrogate: the firing decisions' surrogate derivative (default: the derivative of a sigmoid of sharpness 2 in
       units of the threshold).
     block_size: the simulation schedule.
     progress: a tqdm bar.
-    checkpoint: a file path: the tuning state (step, Adam's state, the iterate, the best one so far and the losses)
-      is written there atomically every ``checkpoint_every`` steps and at the end; a call with the same network,
-      batches and settings resumes from it and returns exactly what an uninterrupted call returns. A checkpoint of
-      another job raises. The caller deletes it when done with it.
-    checkpoint_every: steps between checkpoint writes.
+    checkpoint: a file path: the tuning state (iteration, Adam's state, the iterate, the best one so far and the
+      losses) is written there atomically every ``checkpoint_every`` iterations and at the end; a call with the same
+      network, batches and settings resumes from it and returns exactly what an uninterrupted call returns. A checkpoint
+      of another job raises. The caller deletes it when done with it.
+    checkpoint_every: iterations between checkpoint writes.
     mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis), the parameters replicated;
       default all local devices. A gradient is a sum over the batch: on several devices it is added in another order,
       so the result equals one device's to float rounding, not bit for bit (a resumed run still equals an
@@ -105,7 +105,7 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 
   Returns:
     ``(snn, report)``: the tuned network and a :class:`jaxsnn.Report` whose ``details["losses"]`` is the loss at
-    every step.
+    every iteration.
 
   Raises:
     ValueError: for unknown names in ``tune``, empty batches, a bad ``checkpoint_every``, or a checkpoint of another
@@ -115,7 +115,7 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   t0 = time.perf_counter()
   check_snn(snn, caller)
   num_steps = checks.num_steps(num_steps, caller)
-  steps = checks.non_negative_int(steps, "steps", caller)
+  iterations = checks.iterations(iterations, caller)
   unknown = set(tune) - set(TUNABLE)
   if unknown:
     raise ValueError(f"{caller}: cannot tune {sorted(unknown)}; choose among {', '.join(TUNABLE)}.")
@@ -143,18 +143,18 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 
   job = None
   if checkpoint is not None:
-    job = fingerprint(caller, snn.traced.key, snn.neuron.name, snn.readout, num_steps, steps, float(learning_rate),
+    job = fingerprint(caller, snn.traced.key, snn.neuron.name, snn.readout, num_steps, iterations, float(learning_rate),
                       sorted(mask_grads.items()), surrogate, block_size,
                       arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay,
                               data))
   # The starting point is a candidate too: its loss over one round of the batches.
   start = lambda params: -float(np.mean([float(_tune_loss_jit(params, net, *d, **settings)) for d in data]))  # noqa: E731
-  result = loop.optimize(update, params, optax.adam(learning_rate).init(params), data, steps, caller=caller, prepare=lambda d: d,
-                         score=start, select="loss", round_size=len(data), progress=progress,
+  result = loop.optimize(update, params, optax.adam(learning_rate).init(params), data, iterations, caller=caller,
+                         prepare=lambda d: d, score=start, select="loss", round_size=len(data), progress=progress,
                          desc=f"tune_snn T={num_steps}", checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          fingerprint=job, differs="other network data, batches, T or settings")
   tuned = _tuned(_off_mesh(mesh, result["params"]), snn)
-  report = Report("tune_snn", {"tuned": tuple(t for t in TUNABLE if t in tune), "steps": steps,
+  report = Report("tune_snn", {"tuned": tuple(t for t in TUNABLE if t in tune), "iterations": iterations,
                                "best_loss": -result["best_score"]}, examples=sum(p.count for p in prepared),
                   num_steps=num_steps, details={"losses": result["losses"]}, seconds=time.perf_counter() - t0)
   return tuned, report
@@ -184,14 +184,14 @@ def _finetune_objective(params, fixed, net, x, labels, mask, *, treedef, trained
 @functools.partial(jit, static_argnames=("optimizer", "treedef", "trained", "num_steps", "loss", "surrogate",
                                              "remat"))
 def _finetune_update(params, state, fixed, net, learning_rate, x, labels, mask, *, optimizer, **settings):
-  """One optimiser step of finetune: compiled once per network program, T, loss, surrogate and optimizer (the
+  """One optimiser update of finetune: compiled once per network program, T, loss, surrogate and optimizer (the
   network's arrays and the default optimizer's learning rate are data)."""
   value, grads = jax.value_and_grad(_finetune_objective)(params, fixed, net, x, labels, mask, **settings)
   updates, state = (optax.adam(learning_rate) if optimizer is None else optimizer).update(grads, state, params)
   return optax.apply_updates(params, updates), state, value
 
 
-def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, steps: int,
+def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, iterations: int,
              optimizer: optax.GradientTransformation | None = None, learning_rate: float = 1e-4,
              loss: str = "labels", surrogate: surrogates.Surrogate = DEFAULT_SURROGATE, remat: bool = True,
              validation: Iterable[Any] | None = None, validate_every: int = 100, progress: bool = False,
@@ -208,28 +208,29 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 
   Args:
     snn: a converted network, e.g. from :func:`jaxsnn.recipes.low_latency` at ``num_steps``.
-    batches: training batches (any form of the batch protocol; labelled for ``loss="labels"``), one per step, cycled
-      in epochs until ``steps`` steps are made: a list or another re-iterable is iterated again every epoch (e.g. a
-      dataset that reshuffles), a one-shot iterator is read once and its batches replayed. Never the test set.
+    batches: training batches (any form of the batch protocol; labelled for ``loss="labels"``), one per iteration,
+      cycled in epochs until ``iterations`` updates are made: a list or another re-iterable is iterated again every
+      epoch (e.g. a dataset that reshuffles), a one-shot iterator is read once and its batches replayed. Never the test
+      set.
     num_steps: the T to fine-tune for.
-    steps: gradient steps.
+    iterations: the optimiser's updates.
     optimizer: an optax transformation (default ``optax.adam(learning_rate)``).
     learning_rate: the default optimizer's rate.
     loss: ``"labels"`` or ``"ann"``.
     surrogate: the firing decisions' surrogate derivative.
     remat: recompute each step's activations in the backward pass (:func:`jaxsnn.simulate`'s ``remat``): less memory.
     validation: labelled held-out batches (training images never trained on; never the test set): the accuracy at
-      ``num_steps`` is measured on them every ``validate_every`` steps and at the end, and the variables with the best
-      one are returned (the starting point is a candidate too). A one-shot iterator is read once and kept. None: the
-      last variables.
-    validate_every: steps between validations.
+      ``num_steps`` is measured on them every ``validate_every`` iterations and at the end, and the variables with the
+      best one are returned (the starting point is a candidate too). A one-shot iterator is read once and kept. None:
+      the last variables.
+    validate_every: iterations between validations.
     progress: tqdm bars.
-    checkpoint: a file path: the state (step, optimizer state, variables, the best so far, the history) is written
-      atomically every ``checkpoint_every`` steps, at the end and before a non-finite loss stops the run; a call with
-      the same network, settings and batches resumes from it (skipping the batches already used) and returns what an
-      uninterrupted call returns (with an ``optimizer`` of your own, pass the same one again: it is not part of the
-      checkpoint's fingerprint).
-    checkpoint_every: steps between checkpoint writes.
+    checkpoint: a file path: the state (iteration, optimizer state, variables, the best so far, the history) is
+      written atomically every ``checkpoint_every`` iterations, at the end and before a non-finite loss stops the run; a
+      call with the same network, settings and batches resumes from it (skipping the batches already used) and returns
+      what an uninterrupted call returns (with an ``optimizer`` of your own, pass the same one again: it is not part of
+      the checkpoint's fingerprint).
+    checkpoint_every: iterations between checkpoint writes.
     mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis), the parameters replicated;
       default all local devices. A gradient is a sum over the batch: on several devices it is added in another order,
       so the result equals one device's to float rounding, not bit for bit (a resumed run still equals an
@@ -238,18 +239,19 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 
   Returns:
     ``(snn, report)``: the fine-tuned network (new variables, nothing else changed) and a :class:`jaxsnn.Report`
-    whose ``details`` hold the loss of every step and the validation history ``[(step, accuracy), ...]``, and whose
-    ``chose["epochs"]`` says over how many epochs of ``batches`` the steps ran.
+    whose ``details`` hold the loss of every iteration and the validation history ``[(iteration, accuracy), ...]``,
+    and whose ``chose["epochs"]`` says over how many epochs of ``batches`` the iterations ran.
 
   Raises:
-    ValueError: for a bad loss or step count, batches without labels for ``loss="labels"`` or with labels outside
+    ValueError: for a bad loss or iteration count, batches without labels for ``loss="labels"`` or with labels outside
       ``[0, classes)``, empty batches or validation, or a checkpoint of another job.
-    jaxsnn.NonFiniteLossError: when the loss becomes NaN or infinite (naming the step and the batch; the update is
-      not applied, the checkpoint keeps the step before, and the error's ``best`` holds the best network so far).
+    jaxsnn.NonFiniteLossError: when the loss becomes NaN or infinite (naming the iteration and the batch; the update
+      is not applied, the checkpoint keeps the iteration before, and the error's ``best`` holds the best network so
+      far).
 
   Example:
     >>> snn, report = jaxsnn.recipes.low_latency(apply_fn, variables, train_batches, num_steps=8)
-    >>> snn, report = jaxsnn.finetune(snn, train_batches, 8, steps=1000, validation=val_batches)
+    >>> snn, report = jaxsnn.finetune(snn, train_batches, 8, iterations=1000, validation=val_batches)
   """
   caller = "jaxsnn.finetune"
   t0 = time.perf_counter()
@@ -257,7 +259,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   num_steps = checks.num_steps(num_steps, caller)
   if loss not in LOSSES:
     raise ValueError(f"{caller}: loss must be one of {LOSSES}; got {loss!r}.")
-  steps = checks.non_negative_int(steps, "steps", caller)
+  iterations = checks.iterations(iterations, caller)
   validate_every = checks.positive_int(validate_every, "validate_every", caller)
   checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
   surrogates.fire(surrogate)
@@ -290,8 +292,8 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
       runner.check_labels(batch.labels[batch.mask], classes, caller)
     check_batch(snn, batch.x, caller)
     if batch.count == 0:
-      raise ValueError(f"{caller}: a batch has no real example (every row is masked out); a gradient step on it would "
-                       "train on nothing.")
+      raise ValueError(f"{caller}: a batch has no real example (every row is masked out); an update on it would train "
+                       "on nothing.")
     seen["examples"] += batch.count
     labels = batch.labels if batch.labels is not None else np.zeros(batch.size, np.int32)
     return parallel.shard_batch(mesh, batch.x, np.asarray(labels, np.int32), np.asarray(batch.mask, np.float32))
@@ -302,12 +304,12 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
 
   job = None
   if checkpoint is not None:
-    job = fingerprint(caller, snn.traced.key, snn.neuron.name, num_steps, steps, optimizer_key, loss, surrogate,
+    job = fingerprint(caller, snn.traced.key, snn.neuron.name, num_steps, iterations, optimizer_key, loss, surrogate,
                       remat, validation is not None, validate_every,
                       arrays=(snn.variables, snn.thresholds, snn.initial_potential, snn.offsets, snn.readout_delay))
   try:
     start = (optax.adam(learning_rate) if optimizer is None else optimizer).init(params)
-    result = loop.optimize(update, params, start, batches, steps, caller=caller, prepare=prepare,
+    result = loop.optimize(update, params, start, batches, iterations, caller=caller, prepare=prepare,
                            score=accuracy if validation is not None else None, score_every=validate_every,
                            progress=progress, desc=f"finetune T={num_steps}", checkpoint=checkpoint,
                            checkpoint_every=checkpoint_every, fingerprint=job,
@@ -315,7 +317,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ste
   except loop.NonFiniteLossError as e:
     e.best = snn.replace(variables=variables_of(e.best))
     raise
-  report = Report("finetune", {"loss": loss, "steps": steps, "epochs": result["epochs"] if steps else 0,
+  report = Report("finetune", {"loss": loss, "iterations": iterations, "epochs": result["epochs"] if iterations else 0,
                                "trained_leaves": len(params),
                                "best_validation_accuracy": result["best_score"] if validation is not None else None},
                   examples=seen["examples"], num_steps=num_steps,
