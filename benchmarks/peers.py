@@ -460,7 +460,7 @@ def jaxsnn_worker(job_path: str, out_path: str) -> None:
   if task["kind"] == "speed":
     ann_fn = jax.jit(net.apply_fn)
     ann_s = timed(lambda: ann_fn(net.variables, xb), task["repeats"])[1]
-    sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, task["T"], task["block"], tallies=task["tallies"]).outputs)
+    sim = jax.jit(lambda s, x: jaxsnn.simulate(s, x, task["T"], block_size=task["block"], tallies=task["tallies"]).outputs)
     sim_s = timed(lambda: sim(snn, xb), task["repeats"])[1]
     out.update(ann_pass_s=ann_s, snn_s=sim_s, img_steps_per_s=task["batch"] * task["T"] / sim_s,
                ratio_to_T_ann_passes=sim_s / (task["T"] * ann_s))

@@ -38,7 +38,7 @@ def main():
   args = parser.parse_args()
   config = training.load_config(args.config)
   shape = data.spec(config.dataset).image_shape
-  state = training.create_train_state(config, jax.random.key(0), steps_per_epoch=100)
+  state = training.create_train_state(config, jax.random.key(0), iterations_per_epoch=100)
   rng = np.random.default_rng(0)
   n = config.batch_size
   batch = {"image": rng.standard_normal((n,) + tuple(shape), np.float32),

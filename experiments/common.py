@@ -159,10 +159,10 @@ def build_snn(run: Run, method: Method, num_steps: int, train: list, stats, hist
     raise ValueError("build_snn: the authors' protocol has no recipe (it leaks the test set): see Job._authors")
   if method.norm == "qcfs":
     steps = num_steps if method.calibrated or method.delayed else None
-    snn, _ = jaxsnn.recipes.qcfs(run.apply_fn, run.variables, train, steps, snn_calibration=method.calibrated,
+    snn, _ = jaxsnn.recipes.quantized(run.apply_fn, run.variables, train, steps, snn_calibration=method.calibrated,
                                  readout_delay=method.delayed, **common)
   elif not (method.tuned or method.calibrated or method.end_to_end or method.delayed):
-    snn, _ = jaxsnn.recipes.paper(run.apply_fn, run.variables, train, norm=method.norm,
+    snn, _ = jaxsnn.recipes.paper(run.apply_fn, run.variables, train, granularity=method.norm,
                                   initial_potential=method.potential or 0.0, **common)
   else:
     snn, _ = jaxsnn.recipes.low_latency(

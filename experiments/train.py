@@ -23,7 +23,7 @@ def main():
   config = training.load_config(args.config)
   if args.data_dir:
     config.data_dir = args.data_dir
-  summary = training.train_and_evaluate(config, args.workdir, max_steps=args.max_iterations,
+  summary = training.train_and_evaluate(config, args.workdir, max_iterations=args.max_iterations,
                                         progress=not args.no_progress)
   print(json.dumps(summary, indent=1))
 

@@ -12,14 +12,10 @@ stage its share of the data, :func:`checked` measures the network after it; :fun
 recipes' own, to splice yours into.
 """
 
-from jaxsnn._src import renamed
 from jaxsnn._src.recipes import (BATCH_SIZE, CALIBRATION_GRANULARITY, DELAY_EXAMPLES, SNN_CALIBRATION_EXAMPLES,
                                  TUNE_EXAMPLES, TUNE_ITERATIONS, Stage, agreement_check, chain, checked, few_steps,
                                  low_latency, low_latency_stages, on_first, paper, quantized, validation_check)
 from jaxsnn._src.reports import RecipeReport, Report
-
-# The recipe's old name, for experiments/common.py until it is updated (jaxsnn.qcfs is the activation).
-qcfs = renamed.function("jaxsnn.recipes.qcfs", "jaxsnn.recipes.quantized", quantized)
 
 __all__ = ["BATCH_SIZE", "CALIBRATION_GRANULARITY", "DELAY_EXAMPLES", "RecipeReport", "Report",
            "SNN_CALIBRATION_EXAMPLES", "Stage", "TUNE_EXAMPLES", "TUNE_ITERATIONS", "agreement_check", "chain",

@@ -148,15 +148,15 @@ class ModelApply:
     return self.model.apply(*args, **kwargs)
 
 
-def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(config: TrainConfig, iterations_per_epoch: int) -> optax.Schedule:
   """The learning-rate schedule of a config, as a function of the step."""
-  total = config.epochs * steps_per_epoch
+  total = config.epochs * iterations_per_epoch
   if config.schedule == "step":
     return optax.piecewise_constant_schedule(
-        config.learning_rate, {int(e * steps_per_epoch): config.step_factor for e in config.step_epochs})
+        config.learning_rate, {int(e * iterations_per_epoch): config.step_factor for e in config.step_epochs})
   if config.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
-                                              int(config.warmup_epochs * steps_per_epoch), total)
+                                              int(config.warmup_epochs * iterations_per_epoch), total)
   if config.schedule == "onecycle":
     pct = config.warmup_epochs / config.epochs if config.warmup_epochs else 0.25
     return optax.cosine_onecycle_schedule(total, config.learning_rate, pct_start=pct, div_factor=25.0,
@@ -169,7 +169,7 @@ _OPTIMIZER_FIELDS = ("epochs", "schedule", "learning_rate", "step_epochs", "step
                      "momentum", "nesterov", "weight_decay")
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, iterations_per_epoch: int) -> optax.GradientTransformation:
   """SGD with momentum and coupled weight decay (L2 on the gradient, as in the authors' PyTorch code).
 
   Equal hyper-parameters give the same (cached) object: the optimizer is a static argument of the jitted training
@@ -177,26 +177,26 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
   """
   key = tuple((f, tuple(v) if isinstance(v, list) else v) for f in _OPTIMIZER_FIELDS
               for v in [getattr(config, f)])
-  return _make_optimizer(key, steps_per_epoch)
+  return _make_optimizer(key, iterations_per_epoch)
 
 
 @functools.lru_cache(maxsize=32)
-def _make_optimizer(key: tuple, steps_per_epoch: int) -> optax.GradientTransformation:
+def _make_optimizer(key: tuple, iterations_per_epoch: int) -> optax.GradientTransformation:
   config = TrainConfig(**dict(key))
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(learning_rate_schedule(config, steps_per_epoch), momentum=config.momentum,
+      optax.sgd(learning_rate_schedule(config, iterations_per_epoch), momentum=config.momentum,
                 nesterov=config.nesterov))
 
 
-def create_train_state(config: TrainConfig, rng: jax.Array, steps_per_epoch: int) -> TrainState:
+def create_train_state(config: TrainConfig, rng: jax.Array, iterations_per_epoch: int) -> TrainState:
   """Initializes parameters, BatchNorm statistics and the optimizer."""
   model = build_model(config, for_training=True)
   x = jnp.zeros((1,) + data_lib.spec(config.dataset).image_shape, jnp.float32)
   variables = model.init(rng, x, train=False)  # eager: jitting init compiles for longer than it runs
   return TrainState.create(apply_fn=ModelApply(model), params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
-                           tx=make_optimizer(config, steps_per_epoch))
+                           tx=make_optimizer(config, iterations_per_epoch))
 
 
 # Jitted once per (model configuration, optimizer): both static, both equal across runs of one config.
@@ -361,7 +361,7 @@ def _write_lines(path: pathlib.Path, lines: list[dict]) -> None:
 
 def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
                        arrays: Optional[dict[str, data_lib.Arrays]] = None, progress: bool = True,
-                       max_steps: Optional[int] = None) -> dict:
+                       max_iterations: Optional[int] = None) -> dict:
   """Trains (or resumes) a run in ``workdir`` and evaluates its best variables on the test set.
 
   Args:
@@ -370,7 +370,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
       same run: the same config, apart from ``checkpoint_every`` and ``data_dir``, and the same data).
     arrays: ``{"train", "validation", "test"}`` splits in memory (default: loaded through tfds).
     progress: show a tqdm progress bar with throughput.
-    max_steps: stop after this many steps in total (for tests and time-boxed runs; resumable).
+    max_iterations: stop after this many iterations in total (for tests and time-boxed runs; resumable).
 
   Returns:
     The final record: best validation accuracy and its epoch, test loss/accuracy/count, and the seconds spent
@@ -442,7 +442,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
   epochs = loop.Epochs(lambda epoch, start: data_lib.batches(
       arrays["train"], config.batch_size, train=True, mean=spec.mean, std=spec.std, seed=config.seed, epoch=epoch,
       augment=augment, start=start), per)
-  steps = total if max_steps is None else min(total, max_steps)
+  steps = total if max_iterations is None else min(total, max_iterations)
   result = loop.optimize(
       functools.partial(_update, state.apply_fn, state.tx), {"params": state.params, "batch_stats": state.batch_stats},
       state.opt_state, epochs, steps, caller=caller, prepare=prepare, has_aux=True, on_epoch=on_epoch,

@@ -83,9 +83,6 @@ def test_paper_recipe_is_snm_and_neuron_norm_from_zero():
   assert layer.neuron is jaxsnn.IF() and report.stage("convert").chose["granularity"] == "layer"
   name = layer.site_names[0]
   assert np.unique(np.asarray(layer.thresholds[name])).size == 1
-  with pytest.warns(DeprecationWarning, match=r"jaxsnn.recipes.paper: norm= is now granularity="):
-    old, _ = jaxsnn.recipes.paper(apply_fn, variables, train, neuron=jaxsnn.IF(), norm="layer")  # common.py's
-  assert_same_network(old, layer)
 
 
 class QCFSNet(nn.Module):
@@ -114,9 +111,6 @@ def test_qcfs_recipe_takes_the_trained_lambda_and_calibrates_at_T():
   assert report.recipe == "quantized" and report.stage("calibrate_snn").chose["granularity"] == "channel"
   with pytest.raises(ValueError, match="jaxsnn.recipes.quantized: the network has no QCFS activation"):
     jaxsnn.recipes.quantized(*setup())
-  with pytest.warns(DeprecationWarning, match="jaxsnn.recipes.qcfs is now jaxsnn.recipes.quantized"):
-    old, _ = jaxsnn.recipes.qcfs(model.apply, variables, [x[:10], x[10:]], 4, check_examples=0)  # common.py's
-  assert_same_network(old, at_t)
 
 
 def test_chain_composes_stages():

@@ -44,7 +44,7 @@ def tiny_arrays(seed=0):
 
 def test_step_schedule_is_the_papers():
   config = training.TrainConfig(learning_rate=0.01, epochs=200, schedule="step")
-  lr = training.learning_rate_schedule(config, steps_per_epoch=10)
+  lr = training.learning_rate_schedule(config, iterations_per_epoch=10)
   np.testing.assert_allclose([lr(0), lr(599), lr(600), lr(1199), lr(1200), lr(1600), lr(1999)],
                              [0.01, 0.01, 0.002, 0.002, 0.0004, 0.00008, 0.00008], rtol=1e-5)
 
@@ -186,9 +186,9 @@ def test_max_steps_stops_a_run_that_then_resumes_to_the_same_bits(tmp_path):
   config = tiny_config(epochs=2)
   straight = training.train_and_evaluate(config, tmp_path / "straight", arrays=arrays, progress=False)
   # Stop mid-epoch (after step 3 of 10 per epoch), then again after the first epoch, then finish.
-  first = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_steps=3)
+  first = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_iterations=3)
   assert first["stopped_early"] and first["step"] == 3 and "test_accuracy" not in first
-  training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_steps=10)
+  training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False, max_iterations=10)
   resumed = training.train_and_evaluate(config, tmp_path / "resumed", arrays=arrays, progress=False)
   assert resumed["step"] == straight["step"] == 20 and len([r for r in _records(tmp_path / "resumed")
                                                             if "final" in r]) == 3
@@ -279,7 +279,7 @@ def test_the_small_config_trains_through_tfds():
   spec = data.spec(config.dataset)
   arrays = mock_splits(config, tfds)
   batch = next(data.batches(arrays["train"], 8, train=True, mean=spec.mean, std=spec.std))
-  state = training.create_train_state(config, jax.random.key(0), steps_per_epoch=10)  # the rate rises over 30 steps
+  state = training.create_train_state(config, jax.random.key(0), iterations_per_epoch=10)  # the rate rises over 30 steps
   losses = []
   for _ in range(6):
     state, out = training.train_step(state, batch)
@@ -292,7 +292,7 @@ def test_train_and_evaluate_reads_the_configs_data_through_tfds(tmp_path):
   config = dataclasses.replace(importlib.import_module("experiments.configs.fashion_mnist_small_cnn").get_config(),
                                batch_size=4)
   with tfds.testing.mock_data(num_examples=8):
-    summary = training.train_and_evaluate(config, tmp_path, progress=False, max_steps=1)
+    summary = training.train_and_evaluate(config, tmp_path, progress=False, max_iterations=1)
   assert summary["step"] == 1 and summary["stopped_early"]
   assert files.read(tmp_path / "last.jaxsnn", "checkpoint", caller="t")["state"]["step"] == 1
 

@@ -28,11 +28,6 @@ EXCEPTIONS = {
     "jaxsnn.Recorded.steps": "the recorded time steps t, a result field (what evaluate(record_steps=...) recorded)",
     "jaxsnn.models.BasicBlock.norm": "the normalisation layer to build (nn.BatchNorm), not a granularity",
     "jaxsnn.plotting.plot_accuracy_vs_time.log_steps": "a bool: the steps t on a log axis",
-    # jaxsnn.training is rewritten by another change; its training steps become iterations there.
-    "jaxsnn.training.train_and_evaluate.max_steps": "training iterations (jaxsnn.training's own rewrite)",
-    "jaxsnn.training.create_train_state.steps_per_epoch": "training iterations (jaxsnn.training's own rewrite)",
-    "jaxsnn.training.learning_rate_schedule.steps_per_epoch": "training iterations (jaxsnn.training's own rewrite)",
-    "jaxsnn.training.make_optimizer.steps_per_epoch": "training iterations (jaxsnn.training's own rewrite)",
 }
 
 
@@ -147,25 +142,9 @@ def test_script_flags_say_num_steps_for_t_and_iterations_for_updates():
   assert bad == []
 
 
-def test_old_spellings_still_run_warn_and_hide_from_the_signature():
-  """jaxsnn._src.renamed: the callers another change owns (experiments/common.py, benchmarks/peers.py) keep running
-  until they are updated; the old spellings warn and are not part of the API."""
-  from jaxsnn._src import renamed
-
-  @renamed.keywords("f", norm="granularity")
-  @renamed.keyword_only("f", 1, "block_size")
-  def f(x, *, block_size=None, granularity="neuron"):
-    return x, block_size, granularity
-
-  assert list(inspect.signature(f).parameters) == ["x", "block_size", "granularity"]
-  with pytest.warns(DeprecationWarning, match=r"^f: norm= is now granularity="):
-    assert f(1, norm="layer") == (1, None, "layer")
-  with pytest.warns(DeprecationWarning, match=r"^f: a positional block_size is now keyword-only"):
-    assert f(1, 8) == (1, 8, "neuron")
-  with pytest.raises(TypeError, match="got both norm= and granularity="):
-    f(1, norm="layer", granularity="layer")
-  with pytest.raises(TypeError, match="takes 1 positional arguments; got 3"):
-    f(1, 2, 3)
-  for fn in (jaxsnn.simulate, jaxsnn.recipes.paper):
-    assert fn.__wrapped__  # the shims of the callers not updated yet: remove with them
-  assert "qcfs" not in jaxsnn.recipes.__all__ and jaxsnn.qcfs is not jaxsnn.recipes.qcfs
+def test_the_renamed_public_names_are_gone():
+  """No thin aliases are left: the old spellings fail instead of working under two names."""
+  assert not hasattr(jaxsnn.recipes, "qcfs") and "qcfs" not in jaxsnn.recipes.__all__
+  with pytest.raises(TypeError):
+    jaxsnn.recipes.paper(None, None, [], norm="layer")
+  assert not hasattr(jaxsnn.simulate, "__wrapped__") and not hasattr(jaxsnn.recipes.paper, "__wrapped__")

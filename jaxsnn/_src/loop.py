@@ -33,18 +33,18 @@ CHECKPOINT_EVERY = 50
 
 
 class Epochs(NamedTuple):
-  """Batches that change from epoch to epoch (a new shuffle, new augmentations), ``steps_per_epoch`` of them in every
+  """Batches that change from epoch to epoch (a new shuffle, new augmentations), ``iterations_per_epoch`` of them in every
   epoch: ``of_epoch(epoch, start)`` yields the batches of epoch ``epoch`` from its ``start``-th on. A resumed loop
   asks for the batches it has not used yet and never makes the others (a plain iterable is read again from its start
   and the used batches skipped).
 
   Attributes:
-    of_epoch: ``of_epoch(epoch, start) -> iterable`` of batches ``start .. steps_per_epoch - 1`` of that epoch.
-    steps_per_epoch: batches in every epoch.
+    of_epoch: ``of_epoch(epoch, start) -> iterable`` of batches ``start .. iterations_per_epoch - 1`` of that epoch.
+    iterations_per_epoch: batches in every epoch.
   """
 
   of_epoch: Callable[[int, int], Iterable[Any]]
-  steps_per_epoch: int
+  iterations_per_epoch: int
 
 
 class EpochEnd(NamedTuple):
@@ -52,13 +52,13 @@ class EpochEnd(NamedTuple):
 
   Attributes:
     epoch: the epoch that ended (0-based).
-    step: updates made so far (``(epoch + 1) * steps_per_epoch``).
+    step: updates made so far (``(epoch + 1) * iterations_per_epoch``).
     params: the iterate after the epoch's last update.
     losses: the epoch's losses, one per update (float64; the whole epoch, also when the run resumed inside it).
-    aux: ``{name: float64 [steps_per_epoch]}``, the epoch's auxiliary outputs of ``update`` (``has_aux``).
+    aux: ``{name: float64 [iterations_per_epoch]}``, the epoch's auxiliary outputs of ``update`` (``has_aux``).
     best_score: the best score before this epoch (-inf if none).
     seconds: wall time of the epoch's updates made in this session.
-    session_steps: the epoch's updates made in this session (fewer than ``steps_per_epoch`` after a resume).
+    session_steps: the epoch's updates made in this session (fewer than ``iterations_per_epoch`` after a resume).
   """
 
   epoch: int
@@ -96,7 +96,7 @@ def cycle(batches: Iterable[Any] | Epochs, caller: str, name: str = "batches",
     ValueError: when an epoch holds no batch, or :class:`Epochs` yield another number of batches than they promise.
   """
   if isinstance(batches, Epochs):
-    per = batches.steps_per_epoch
+    per = batches.iterations_per_epoch
     epoch, index = divmod(start, per)
     while True:
       n = index
@@ -246,7 +246,7 @@ def optimize(update: Callable, params: Any, opt_state: Any, batches: Iterable[An
   bar = runner.progress_bar(progress, desc or caller, unit="img" if examples_per_step else "step",
                             total=steps * scale, initial=state.step * scale)
   epochs = isinstance(batches, Epochs)
-  per = batches.steps_per_epoch if epochs else None
+  per = batches.iterations_per_epoch if epochs else None
   start = state.step if epochs else 0  # Epochs jump to the first unused batch; other batches are read and skipped
   epoch = max(min(state.step, steps) - 1, 0) // per if epochs else 0
   clock, session_steps = time.perf_counter(), 0

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxsnn._src import checks, ir, norms, renamed
+from jaxsnn._src import checks, ir, norms
 from jaxsnn._src.batches import as_batch, check_batches, take
 from jaxsnn._src.calibrate import Stats, calibrate
 from jaxsnn._src.convert import SpikingNetwork, conversion_note, convert
@@ -299,7 +299,6 @@ def _stats(apply_fn, variables, batches, stats, rec: _Recipe, caller) -> Stats:
   return stats
 
 
-@renamed.keywords("jaxsnn.recipes.paper", norm="granularity")
 def paper(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], *, num_steps: int | None = None,
           neuron: Neuron | None = None, granularity: str = checks.DEFAULT_GRANULARITY, initial_potential: float = 0.0,
           readout: str = "membrane", stats: Stats | None = None, check_examples: int = DELAY_EXAMPLES,

@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsnn._src import checks, ir, lowering, renamed, rules
+from jaxsnn._src import checks, ir, lowering, rules
 from jaxsnn._src.convert import SpikingNetwork, check_input
 from jaxsnn._src.encoders import Encoder
 from jaxsnn._src.ir import OUTPUT
@@ -553,7 +553,6 @@ class Trace(NamedTuple):
     return self.outputs.shape[0]
 
 
-@renamed.keyword_only("jaxsnn.simulate", 3, "block_size")
 def simulate(snn: SpikingNetwork, x: Any, num_steps: int, *, block_size: int | None = None,
              exact: bool = True, record_steps=(), sample_weights=None, tallies: bool = True,
              surrogate: Surrogate | None = None, remat: bool = False, record=None, record_potentials: bool = False,

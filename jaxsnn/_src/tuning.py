@@ -69,7 +69,7 @@ def _tune_update(params, state, net, learning_rate, x, mask, target, **settings)
 
 def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, iterations: int = 200,
              learning_rate: float = 0.01, tune=TUNABLE, surrogate: surrogates.Surrogate = DEFAULT_SURROGATE,
-             block_size: int | None = None, progress: bool = False, checkpoint=None, checkpoint_every: int = 10,
+             block_size: int | None = None, progress: bool = False, checkpoint=None, checkpoint_every: int = loop.CHECKPOINT_EVERY,
              mesh=None, input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """End-to-end tuning of per-channel thresholds, offsets and initial potentials through the simulated SNN.
 
