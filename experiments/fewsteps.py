@@ -82,9 +82,9 @@ def main():
       work / f"{run.name}.json" if args.tiny else common.ROOT / "experiments/results/fewsteps" / f"{run.name}.json")
   plan = parse_plan(args.plan)
   qat_iterations = dict(zip(plan, (int(s) for s in args.qat_iterations.split(","))))
-  finetune_plan = {int(t): int(s) for t, s in (p.split(":") for p in args.finetune.split())}
+  finetune_plan = {int(t): [int(n) for n in s.split(",")] for t, s in (p.split(":") for p in args.finetune.split())}
   if args.tiny:
-    finetune_plan = {next(iter(plan.values()))[0]: 2}
+    finetune_plan = {next(iter(plan.values()))[0]: [2]}
   unplanned = [t for t in finetune_plan if not any(t in targets for targets in plan.values())]
   if unplanned:
     raise SystemExit(f"--finetune: no L of --plan targets T = {unplanned}")
@@ -175,13 +175,14 @@ def main():
   for L in plan:
     names[L] = {"base": f"QAT L={L} + λ, θ/2"}
     names[L].update({T: f"QAT L={L} + λ, θ/2 + calibration + delayed readout (T={T})" for T in plan[L]})
-  pending[:] = [n for L in plan for n in names[L].values()] + [f"fine-tuning at T={t}" for t in finetune_plan]
+  pending[:] = [n for L in plan for n in names[L].values()] + [
+      f"fine-tuning at T={t}, {n} iterations" for t, ns in finetune_plan.items() for n in ns]
   quantized = {}
 
   def fine_tune(T: int, iterations: int):
     candidates = [L for L in plan if T in plan[L]]
     best = max(candidates, key=lambda L: methods[names[L][T]]["validation"]["accuracy"][T - 1])
-    name = f"QAT L={best} + λ, θ/2 + calibration + delayed readout + fine-tuning through the SNN (T={T})"
+    name = f"QAT L={best} + λ, θ/2 + calibration + delayed readout + fine-tuning through the SNN, {iterations} iterations (T={T})"
     t0 = time.time()
     evaluated(name, {"levels": best, "target": T, "finetune": {  # "steps": the results schema's key (iterations)
         "steps": iterations, "batch": args.finetune_batch, "learning_rate": args.finetune_learning_rate,
@@ -192,8 +193,8 @@ def main():
                                          finetune_batches=epochs(args.finetune_batch),
                                          finetune_learning_rate=args.finetune_learning_rate, checkpoint_dir=work,
                                          progress=True))
-    timed(f"fine-tuning T={T}", time.time() - t0)
-    pending.remove(f"fine-tuning at T={T}")
+    timed(f"fine-tuning T={T}, {iterations} iterations", time.time() - t0)
+    pending.remove(f"fine-tuning at T={T}, {iterations} iterations")
     write(bool(pending))
 
   for L in plan:
@@ -224,9 +225,10 @@ def main():
       write(True)
     # Fine-tuning at T as soon as every L that targets T is done (the longer plan goes on after it).
     done = list(plan)[:list(plan).index(L) + 1]
-    for T, iterations in finetune_plan.items():
-      if f"fine-tuning at T={T}" in pending and all(l in done for l in plan if T in plan[l]):
-        fine_tune(T, iterations)
+    for T, lengths in finetune_plan.items():
+      for iterations in lengths:
+        if f"fine-tuning at T={T}, {iterations} iterations" in pending and all(l in done for l in plan if T in plan[l]):
+          fine_tune(T, iterations)
   write(False)
   print(common.cost_table(json.loads(out.read_text()), [t for t in RECORD if t <= T_max]))
   print(f"wrote {out} and {out.with_suffix('.png')}")

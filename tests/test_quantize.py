@@ -248,7 +248,7 @@ def test_few_steps_runs_every_stage_and_reports_validation_and_time(tmp_path):
   assert report.stage("calibrate_snn").chose["granularity"] == "channel"
   assert all(kind == "qcfs" for _, kind, _ in snn.site_kinds)
   assert "validation accuracy" in str(report)
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune_L2_T2.npz", "quantize_L2.npz"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["finetune_L2_T2_i2.npz", "quantize_L2.npz"]
   # One quantisation reused for another T.
   quantized = jaxsnn.quantize_for_conversion(apply_fn, variables, BATCHES, levels=2, iterations=2)
   _, report4 = jaxsnn.recipes.few_steps(apply_fn, variables, BATCHES, 4, validation=BATCHES[:2],

@@ -559,7 +559,8 @@ def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], 
     snn_calibration_examples: training examples of the SNN calibration.
     delay_examples: training examples of the readout delay.
     check_examples: training examples of each stage's agreement check with the quantised ANN (0: none).
-    checkpoint_dir: a directory for the resumable checkpoints of the quantisation and the fine-tuning (None: none).
+    checkpoint_dir: a directory for the resumable checkpoints of the quantisation (``quantize_L{levels}.npz``) and the
+      fine-tuning (``finetune_L{levels}_T{T}_i{iterations}.npz``; None: none).
     progress: tqdm bars.
     input_key: the input's key in dict batches.
 
@@ -604,7 +605,8 @@ def few_steps(apply_fn: Callable, variables: Any, train_batches: Iterable[Any], 
       input_key=input_key)]
   if finetune_iterations:
     batches = finetune_batches or iteration_batches or train_batches
-    checkpoint = None if folder is None else folder / f"finetune_L{apply_q.levels}_T{num_steps}.npz"
+    checkpoint = None if folder is None else folder / (
+        f"finetune_L{apply_q.levels}_T{num_steps}_i{finetune_iterations}.npz")
 
     def fine_tuned(snn, _):  # its own batches; it chose its iterate on the validation batches already
       snn, report = finetune(snn, batches, num_steps, iterations=finetune_iterations,
