@@ -400,7 +400,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
                      "finish it with that version, or delete it to start again.")
   per = data_lib.num_batches(len(arrays["train"].labels), config.batch_size, train=True)
   total = config.epochs * per
-  (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True))
+  files.write_json(workdir / "config.json", dict(sorted(dataclasses.asdict(config).items())))  # atomic
 
   state = create_train_state(config, jax.random.key(config.seed), per)
   eval_apply = ModelApply(build_model(config), train=False)
