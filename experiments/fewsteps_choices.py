@@ -41,15 +41,8 @@ def main():
   calib = common.train_batches(run, 10000, 200)
   val = list(common.batches(run, common.first(run.validation, 2000), 200))
   augment = data.cifar_augment if run.config.dataset.startswith("cifar") else data.flip_only
-
-  class Epochs:  # one augmented epoch per iteration, the same every time
-    def __init__(self):
-      self.epoch = 0
-
-    def __iter__(self):
-      epoch, self.epoch = self.epoch, self.epoch + 1
-      return data.batches(run.train, 128, train=True, mean=run.spec.mean, std=run.spec.std, seed=0, epoch=epoch,
-                          augment=augment)
+  # one augmented epoch after another, the same every time
+  epochs = data.epochs(run.train, 128, mean=run.spec.mean, std=run.spec.std, seed=0, augment=augment)
 
   for L in (int(v) for v in args.levels.split(",")):
     for loss in args.losses.split(","):
@@ -58,7 +51,7 @@ def main():
         continue
       t0 = time.time()
       apply_q, variables_q, report = jaxsnn.quantize_for_conversion(
-          run.apply_fn, run.variables, Epochs(), calibration=calib, levels=L, iterations=args.iterations, loss=loss,
+          run.apply_fn, run.variables, epochs, calibration=calib, levels=L, iterations=args.iterations, loss=loss,
           learning_rate=args.learning_rate, validation=val, validate_every=200, granularity=args.granularity)
       snn, _ = jaxsnn.recipes.quantized(apply_q, variables_q, calib, L, check_examples=0)
       results[key] = {"history": report.details["validation"], "relu": report.chose["relu_validation_accuracy"],

@@ -28,9 +28,10 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import numpy as np
 
 from jaxsnn._src import checks
+from jaxsnn._src.loop import Epochs
 
-__all__ = ["AUGMENTATIONS", "Arrays", "Augment", "Batch", "DatasetSpec", "SPECS", "batches", "cifar_augment",
-           "flip_only", "imagenet_batches", "load", "normalize", "num_batches", "random_crop", "random_flip", "spec",
+__all__ = ["AUGMENTATIONS", "Arrays", "Augment", "Batch", "DatasetSpec", "Epochs", "SPECS", "batches",
+           "cifar_augment", "epochs", "flip_only", "imagenet_batches", "load", "normalize", "num_batches", "random_crop", "random_flip", "spec",
            "splits"]
 
 Batch = dict
@@ -218,6 +219,46 @@ def batches(data: Arrays, batch_size: int, *, train: bool, mean=(0.0,), std=(1.0
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
       labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
     yield {"image": normalize(images, mean, std), "label": labels.astype(np.int32), "mask": mask}
+
+
+def epochs(data: Arrays, batch_size: int, *, mean=(0.0,), std=(1.0,), seed: int = 0,
+           augment: Optional[Augment] = None) -> Epochs:
+  """Training batches epoch after epoch, for every optimisation of jaxsnn (:func:`jaxsnn.quantize_for_conversion`,
+  :func:`jaxsnn.finetune`, :func:`jaxsnn.tune_snn`, training): epoch ``e`` is ``batches(data, batch_size,
+  train=True, seed=seed, epoch=e, augment=augment)``, a new shuffle and new augmentations each epoch, the same ones
+  every time the job runs. A resumed loop asks for the batches it has not used yet and never makes the others.
+
+  Args:
+    data: the training split (never the test set).
+    batch_size: examples per batch (the remainder of each epoch is dropped).
+    mean: per-channel normalization mean (0–1 scale).
+    std: per-channel normalization std (0–1 scale).
+    seed: base seed of every epoch's order and augmentation.
+    augment: augmentation on uint8 batches (e.g. :func:`cifar_augment`), or None.
+
+  Returns:
+    :class:`Epochs` of ``num_batches(len(data.labels), batch_size, train=True)`` batches each.
+
+  Raises:
+    ValueError: for fewer examples than one batch.
+
+  Example::
+
+      train = load("cifar10", "train[:45000]")
+      spec_ = spec("cifar10")
+      stream = epochs(train, 128, mean=spec_.mean, std=spec_.std, augment=cifar_augment)
+      # jaxsnn.quantize_for_conversion(apply_fn, variables, stream, levels=4, iterations=3000, ...)
+  """
+  n = len(data.labels)
+  batch_size = checks.positive_int(batch_size, "batch_size", "jaxsnn.data.epochs")
+  if n < batch_size:
+    raise ValueError(f"jaxsnn.data.epochs: {n} training examples are fewer than one batch of {batch_size}")
+
+  def of_epoch(epoch: int, start: int):
+    return batches(data, batch_size, train=True, mean=mean, std=std, seed=seed, epoch=epoch, augment=augment,
+                   start=start)
+
+  return Epochs(of_epoch, num_batches(n, batch_size, train=True))
 
 
 # --- ImageNet: streaming through tf.data ---------------------------------------------------------------------

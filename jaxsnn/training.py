@@ -439,9 +439,8 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
   job = files.fingerprint(caller, json.dumps(about, sort_keys=True), per, sorted(arrays),
                           arrays=[(arrays[k].images, arrays[k].labels) for k in ("train", "validation")
                                   if k in arrays])
-  epochs = loop.Epochs(lambda epoch, start: data_lib.batches(
-      arrays["train"], config.batch_size, train=True, mean=spec.mean, std=spec.std, seed=config.seed, epoch=epoch,
-      augment=augment, start=start), per)
+  epochs = data_lib.epochs(arrays["train"], config.batch_size, mean=spec.mean, std=spec.std, seed=config.seed,
+                           augment=augment)
   steps = total if max_iterations is None else min(total, max_iterations)
   result = loop.optimize(
       functools.partial(_update, state.apply_fn, state.tx), {"params": state.params, "batch_stats": state.batch_stats},

@@ -67,6 +67,27 @@ def test_train_batches_shuffle_drop_remainder_and_are_deterministic():
     next(data.batches(arrays, 64, train=True))
 
 
+def test_epochs_give_each_epoch_its_own_batches_and_a_resumed_loop_only_the_unused_ones():
+  from jaxsnn._src import loop
+  arrays = _arrays(37)
+  stream = data.epochs(arrays, 8, mean=(0.5,), std=(0.25,), seed=3, augment=data.cifar_augment)
+  assert isinstance(stream, data.Epochs) and stream.iterations_per_epoch == 4
+  direct = [b for e in range(3) for b in data.batches(arrays, 8, train=True, mean=(0.5,), std=(0.25,), seed=3,
+                                                      epoch=e, augment=data.cifar_augment)]
+  cycled = loop.cycle(stream, "test")
+  for want in direct:  # three epochs, each its own shuffle and augmentation, through the optimisation loop's reader
+    _, _, got = next(cycled)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  resumed = loop.cycle(stream, "test", start=6)  # a loop resumed after 6 updates: epoch 1, batch 2 on
+  for want in direct[6:]:
+    epoch, index, got = next(resumed)
+    np.testing.assert_array_equal(got["image"], want["image"])
+  assert (epoch, index) == (2, 3)
+  with pytest.raises(ValueError, match="fewer than one batch"):
+    data.epochs(arrays, 64)
+
+
 def test_random_crop_takes_windows_of_the_reflect_padded_image():
   images = _arrays(16, (8, 8, 3)).images
   out = data.random_crop(np.random.default_rng(0), images, pad=4)

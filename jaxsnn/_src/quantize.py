@@ -225,9 +225,9 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
       averages, deterministic dropout).
     variables: its variables.
     train_batches: training batches for the updates (any form of the batch protocol; labelled for
-      ``loss="labels"`` or ``"both"``), cycled in epochs: a re-iterable is iterated afresh every epoch (for augmented
-      data, an object whose ``__iter__`` gives the next epoch's shuffled, augmented batches), a one-shot iterator is
-      read once and its batches kept in memory and replayed. Never the test set.
+      ``loss="labels"`` or ``"both"``), cycled in epochs: :func:`jaxsnn.data.epochs` gives each epoch's own shuffle
+      and augmentations (and a resumed run only the batches it has not used), a re-iterable is iterated afresh every
+      epoch, a one-shot iterator is read once and its batches kept in memory and replayed. Never the test set.
     levels: L >= 1, the quantisation levels of every site (the SNN is exact at T = L from constant currents).
     iterations: the optimiser's updates (0: the λ's initialisation only).
     validation: labelled held-out batches (never the test set): the quantised ANN's accuracy is measured there at the

@@ -209,9 +209,9 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ite
   Args:
     snn: a converted network, e.g. from :func:`jaxsnn.recipes.low_latency` at ``num_steps``.
     batches: training batches (any form of the batch protocol; labelled for ``loss="labels"``), one per iteration,
-      cycled in epochs until ``iterations`` updates are made: a list or another re-iterable is iterated again every
-      epoch (e.g. a dataset that reshuffles), a one-shot iterator is read once and its batches replayed. Never the test
-      set.
+      cycled in epochs until ``iterations`` updates are made: :func:`jaxsnn.data.epochs` gives each epoch's own
+      shuffle and augmentations (and a resumed run only the batches it has not used), a list or another re-iterable is
+      iterated again every epoch, a one-shot iterator is read once and its batches replayed. Never the test set.
     num_steps: the T to fine-tune for.
     iterations: the optimiser's updates.
     optimizer: an optax transformation (default ``optax.adam(learning_rate)``).
