@@ -110,7 +110,9 @@ def module_bindings(path: pathlib.Path, root: pathlib.Path) -> dict[str, str]:
 
 
 def sources(root: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for tree in TREES for p in (root / tree).rglob("*.py"))
+  """The project's Python files in TREES; hidden folders left out (benchmarks/.venv-peers is SpikingJelly's venv)."""
+  return sorted(p for tree in TREES for p in (root / tree).rglob("*.py")
+                if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 # ---- the checks ------------------------------------------------------------------------------------------------
