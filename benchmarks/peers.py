@@ -200,12 +200,26 @@ def render_table(results: dict) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """A jaxsnn candidate: one call of :mod:`jaxsnn.recipes` (``low_latency_T`` None: the paper's method)."""
+  """A jaxsnn candidate: one call of :mod:`jaxsnn.recipes` (``low_latency_T`` None: the paper's method), or the
+  network that ``experiments/fewsteps.py`` chose at ``few_steps_T`` (``recipes.few_steps``: hours of conversion-aware
+  fine-tuning, so it is built there and saved, and read back here with :func:`jaxsnn.load`)."""
   label: str
   low_latency_T: int | None = None
+  few_steps_T: int | None = None
 
-  def build(self, apply_fn, variables, train: list, stats, histograms):
+  def saved(self, net: str) -> pathlib.Path:
+    return ROOT / f"experiments/runs/fewsteps_cifar10_{net}/chosen_T{self.few_steps_T}.jaxsnn"
+
+  def build(self, net: str, apply_fn, variables, train: list, stats, histograms):
     import jaxsnn
+    if self.few_steps_T is not None:
+      path = self.saved(net)
+      if not path.exists():
+        sys.exit(f"peers.py: {path.relative_to(ROOT)} is missing: save the few-steps networks with the command of "
+                 f"experiments/results/fewsteps/cifar10_{net}.json plus --save_networks 4,8,16,32 (it rebuilds them "
+                 "from its cache and checks them against its results), or leave the few_steps_T* candidates out "
+                 "(--jaxsnn_recipes)")
+      return jaxsnn.load(path)
     if self.low_latency_T is None:
       return jaxsnn.recipes.paper(apply_fn, variables, train, stats=stats, check_examples=0)[0]
     return jaxsnn.recipes.low_latency(apply_fn, variables, train, self.low_latency_T, stats=stats,
@@ -216,6 +230,21 @@ class Recipe:
 JAXSNN_RECIPES = {"paper": Recipe("SNM + NeuronNorm (paper)")}
 JAXSNN_RECIPES.update({f"low_latency_T{t}": Recipe(f"low-latency recipe for T = {t} (θ/2, T-aware θ, calibration, "
                                                    "delayed readout)", t) for t in (8, 16, 32)})
+JAXSNN_RECIPES.update({f"few_steps_T{t}": Recipe(f"few-steps recipe (recipes.few_steps) as experiments/fewsteps.py "
+                                                 f"chose it for T = {t} on its validation images", few_steps_T=t)
+                       for t in (4, 8, 16, 32)})
+
+
+def few_steps_preparation(net: str, T: int) -> dict:
+  """Which network experiments/fewsteps.py chose at ``T`` and what it cost there: its quantisation (every session of
+  it) plus the network's own stages (calibration, delay, fine-tuning), in seconds on that run's machine."""
+  path = ROOT / f"experiments/results/fewsteps/cifar10_{net}.json"
+  report = json.loads(path.read_text())
+  name = report["selection"]["chosen"][str(T)]
+  method = report["methods"][name]
+  levels = method["method"]["levels"]
+  quantize = sum(v for k, v in report["timings_seconds"].items() if k.startswith(f"quantize L={levels}"))
+  return {"results": str(path.relative_to(ROOT)), "method": name, "seconds": round(quantize + method["prepare_seconds"], 1)}
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
@@ -385,7 +414,7 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
   def build(name):
     if name not in built:
       t0 = time.perf_counter()
-      built[name] = (JAXSNN_RECIPES[name].build(net.apply_fn, net.variables, train, stats, histograms),
+      built[name] = (JAXSNN_RECIPES[name].build(net.name, net.apply_fn, net.variables, train, stats, histograms),
                      time.perf_counter() - t0)
     return built[name]
 
@@ -411,6 +440,8 @@ def jaxsnn_curves(net: Net, args) -> tuple[dict, dict]:
     acc = _jaxsnn_curve(net, name, snn, a["test_x"], a["test_y"], args.jaxsnn_max_T, args, "test")
     out["recipes"][name] = {"label": JAXSNN_RECIPES[name].label, "build_s": build_s,
                             "readout_delay": int(snn.readout_delay), "accuracy": acc}
+    if JAXSNN_RECIPES[name].few_steps_T is not None:  # build_s is its loading; its making took hours
+      out["recipes"][name]["preparation"] = few_steps_preparation(net.name, JAXSNN_RECIPES[name].few_steps_T)
   return out, snns
 
 

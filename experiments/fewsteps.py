@@ -67,6 +67,10 @@ def main():
   parser.add_argument("--num_test", type=int, default=None, help="first N test images (default: all)")
   parser.add_argument("--validate_every", type=int, default=500)
   parser.add_argument("--tiny", action="store_true", help="rehearsal: a few iterations and a few hundred images")
+  parser.add_argument("--save_networks", default="", metavar="T,T,...",
+                      help="also save (jaxsnn.save) the network chosen at each of these T into the cache dir as "
+                           "chosen_T<T>.jaxsnn (benchmarks/peers.py reads them); a network whose result is cached is "
+                           "rebuilt and must give its cached validation accuracies again")
   parser.add_argument("--work", default=None, help="cache dir (default experiments/runs/fewsteps_<run>)")
   parser.add_argument("--out", default=None, help="results JSON (default experiments/results/fewsteps/<run>.json)")
   args = parser.parse_args()
@@ -109,26 +113,15 @@ def main():
 
   augment = data.cifar_augment if run.config.dataset.startswith("cifar") else data.flip_only
 
-  class Epochs:
-    """Augmented training batches, one epoch per iteration (its own order and augmentation, the same every time the
-    job runs, to resume): a re-iterable, so that the loop reads each epoch afresh instead of keeping every batch."""
-
-    def __init__(self, batch):
-      self.batch, self.epoch = batch, 0
-
-    def __iter__(self):
-      epoch, self.epoch = self.epoch, self.epoch + 1
-      return data.batches(run.train, self.batch, train=True, mean=run.spec.mean, std=run.spec.std, seed=0,
-                          epoch=epoch, augment=augment)
-
-  epochs = Epochs
+  def epochs(batch):  # augmented epochs, the same every time the job runs (to resume)
+    return data.epochs(run.train, batch, mean=run.spec.mean, std=run.spec.std, seed=0, augment=augment)
 
   methods, pending = {}, []
 
   def write(partial: bool):
     report = {"checkpoint": run.name, "dataset": run.config.dataset, "model": run.config.model,
               "test_images": int(len(test.labels)), "calibration_images": args.calib_examples, "ann_accuracy": ann,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
+              "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out", "save_networks")},
               "timings_seconds": timings, "methods": methods}
     picks = common.chosen(report, [t for t in RECORD if t <= T_max])
     report["selection"] = {"validation_images": args.val_examples, "rule": "best accuracy at T on the validation images",
@@ -139,16 +132,38 @@ def main():
     plotting.plot_accuracy_vs_time({k: v["accuracy"] for k, v in methods.items()}, out.with_suffix(".png"), ann,
                                    title=f"{run.name}: {len(test.labels)} test images, QCFS fine-tuning + SNN")
 
+  save_at = [int(t) for t in args.save_networks.split(",") if t]
+  previous = json.loads(out.read_text()) if save_at and out.exists() else None
+
+  def to_save(name: str) -> list:
+    """The T of --save_networks at which ``name`` is the committed results' choice."""
+    if previous is None:
+      return []
+    return [t for t in save_at if previous["selection"]["chosen"].get(str(t)) == name]
+
+  def save(snn, name: str):
+    for t in to_save(name):
+      jaxsnn.save(work / f"chosen_T{t}.jaxsnn", snn)
+      print(f"saved {work / f'chosen_T{t}.jaxsnn'}: {name}", flush=True)
+
   def evaluated(name: str, method: dict, build):
     """The method's cached result, or: build its network, evaluate it on the test and validation images, cache."""
     slug = "".join(c if c.isalnum() else "_" for c in name.replace("θ/2", "half").replace("λ", "lambda"))
     path = work / f"{slug}.{len(test.labels)}img.json"
     if path.exists():
       methods[name] = json.loads(path.read_text())
+      if to_save(name) and not all((work / f"chosen_T{t}.jaxsnn").exists() for t in to_save(name)):
+        snn, _ = build()  # the same network again (every stage is deterministic, the fine-tuning resumes its end)
+        v = jaxsnn.evaluate(snn, val, T_max, progress=True).accuracy.tolist()
+        if v != methods[name]["validation"]["accuracy"]:
+          raise SystemExit(f"fewsteps.py: {name} rebuilt gives other validation accuracies than its cached result "
+                           f"({path}); not saved")
+        save(snn, name)
       return methods[name]
     t0 = time.time()
     snn, report = build()
     prepare = time.time() - t0
+    save(snn, name)
     t0 = time.time()
     res = jaxsnn.evaluate(snn, common.batches(run, test, 200), T_max, progress=True,
                           record_steps=[t for t in RECORD if t <= T_max], checkpoint=path.with_suffix(".progress.npz"))

@@ -162,3 +162,19 @@ def test_reusing_spikingjelly_curves_checks_the_earlier_run_and_keeps_no_speed(t
     peers.spikingjelly_curves_from(path, net, types.SimpleNamespace(select=256))
   with pytest.raises(SystemExit, match="no entry for resnet20"):
     peers.spikingjelly_curves_from(path, types.SimpleNamespace(name="resnet20", arrays=net.arrays), args)
+
+
+def test_few_steps_candidates_are_read_from_the_fewsteps_cache_with_their_cost_and_refused_when_missing(tmp_path,
+                                                                                                      monkeypatch):
+  # The preparation cost comes from the committed few-steps results: the chosen method's quantisation and stages.
+  report = json.loads((ROOT / "experiments/results/fewsteps/cifar10_resnet20.json").read_text())
+  prep = peers.few_steps_preparation("resnet20", 8)
+  chosen = report["selection"]["chosen"]["8"]
+  assert prep["method"] == chosen
+  levels = report["methods"][chosen]["method"]["levels"]
+  quantize = [v for k, v in report["timings_seconds"].items() if k.startswith(f"quantize L={levels}")]
+  assert quantize and prep["seconds"] == pytest.approx(sum(quantize) + report["methods"][chosen]["prepare_seconds"])
+  # A candidate whose saved network is missing stops with the command that makes it (never a silent skip).
+  monkeypatch.setattr(peers, "ROOT", tmp_path)
+  with pytest.raises(SystemExit, match="--save_networks 4,8,16,32"):
+    peers.JAXSNN_RECIPES["few_steps_T4"].build("resnet20", None, None, [], None, None)
