@@ -75,8 +75,8 @@ class TrainConfig:
     val_examples: training images held out (the last ones) for validation.
     augment: a key of ``jaxsnn.data.AUGMENTATIONS``.
     fast_conv: train with ``models.conv_im2col_grad`` (faster weight gradients on CPU; same results).
-    checkpoint_every: steps between mid-epoch checkpoints (0: only at epoch ends); the default is every
-      optimisation loop's.
+    checkpoint_every: steps between mid-epoch checkpoints (0: only at epoch ends); None (the default): every
+      minute of work, every resumable loop's default.
     seed: seeds initialization, data order and augmentation.
     qcfs_levels: None for ReLU; L >= 1 to train with the QCFS activation (``models.qcfs_activation``) in place of
       every ReLU, with one trainable threshold per layer starting at ``qcfs_init_threshold``.
@@ -99,7 +99,7 @@ class TrainConfig:
   val_examples: int = 5000
   augment: str = "cifar"
   fast_conv: bool = False
-  checkpoint_every: int = loop.CHECKPOINT_EVERY
+  checkpoint_every: int | None = None
   seed: int = 0
   qcfs_levels: Optional[int] = None
   qcfs_init_threshold: float = 8.0
@@ -446,7 +446,7 @@ def train_and_evaluate(config: TrainConfig, workdir: os.PathLike | str, *,
       functools.partial(_update, state.apply_fn, state.tx), {"params": state.params, "batch_stats": state.batch_stats},
       state.opt_state, epochs, steps, caller=caller, prepare=prepare, has_aux=True, on_epoch=on_epoch,
       progress=progress, desc=f"train {config.model}", examples_per_step=config.batch_size, checkpoint=last,
-      checkpoint_every=config.checkpoint_every or total + 1, fingerprint=job,
+      checkpoint_every=total + 1 if config.checkpoint_every == 0 else config.checkpoint_every, fingerprint=job,
       differs="another config or other data", postfix=lambda info: {"epoch": info["epoch"], "loss": info["loss"],
                                                                     **({"val": info["best"]} if "best" in info else {})})
   step = len(result["losses"])

@@ -107,7 +107,7 @@ def _calibration_step(traced: ir.Traced, variables, x, mask, state, histogram: b
 
 
 def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histogram: bool = False, *,
-              mesh=None, progress: bool = False, checkpoint=None, checkpoint_every: int = 10,
+              mesh=None, progress: bool = False, checkpoint=None, checkpoint_every: int | None = None,
               micro_batch: int = runner.MICRO_BATCH, input_key: str = "image") -> Stats:
   """Runs the ANN over ``batches`` once and records the per-neuron max activation of every site and the output.
 
@@ -128,7 +128,7 @@ def calibrate(apply_fn: Callable, variables: Any, batches: Iterable[Any], histog
     checkpoint: a file path: the running statistics are written there atomically every ``checkpoint_every``
       micro-batch groups, and a run that finds it (same network, variables and settings) skips the examples it
       covers.
-    checkpoint_every: micro-batch groups between checkpoint writes.
+    checkpoint_every: micro-batch groups between checkpoint writes; None (the default): once a minute of work.
     micro_batch: examples per device in each computation. The real examples of ``batches`` are cut into
       micro-batches of this size (the last one padded and masked), so the result depends only on the examples, their
       order and ``micro_batch``: how the batches are cut, padded or masked and how many devices run them change no

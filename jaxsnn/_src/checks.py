@@ -49,6 +49,11 @@ def non_negative_int(value, name: str, caller: str, what: str = "") -> int:
   return int_at_least(value, name, caller, 0, what)
 
 
+def checkpoint_every(value, caller: str) -> int | None:
+  """A checkpoint cadence: a positive int (steps between writes), or None (every ``CHECKPOINT_SECONDS`` of work)."""
+  return None if value is None else positive_int(value, "checkpoint_every", caller, "or None for the default cadence")
+
+
 def num_steps(value, caller: str, what: str = "") -> int:
   """T, a positive int."""
   return positive_int(value, "num_steps", caller, what)

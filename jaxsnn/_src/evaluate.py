@@ -109,7 +109,7 @@ def _job(snn: SpikingNetwork, *settings) -> str:
 
 def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: int | None = None,
              exact: bool = True, tallies: bool = False, record_steps=(), progress: bool = False, checkpoint=None,
-             checkpoint_every: int = 10, mesh=None, micro_batch: int = runner.MICRO_BATCH,
+             checkpoint_every: int | None = None, mesh=None, micro_batch: int = runner.MICRO_BATCH,
              input_key: str = "image") -> Evaluation:
   """Accuracy after every t = 1..T over a whole dataset, streamed batch by batch, resumable.
 
@@ -126,11 +126,11 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: i
     record_steps: steps t at which to total each neuron's spikes (``Evaluation.recorded``), for firing rates and
       energy at every recorded T from this one run.
     progress: a tqdm progress bar (images per second, the accuracy after T so far).
-    checkpoint: a file path: progress is written there atomically every ``checkpoint_every`` batches, and a run
+    checkpoint: a file path: progress is written there atomically (see ``checkpoint_every``), and a run
       that finds it (killed and started again with the same network, data order and arguments) skips the batches it
       covers, so the result equals an uninterrupted run's. A checkpoint of another job (other network data, T or
       arguments) is refused.
-    checkpoint_every: micro-batch groups between checkpoint writes.
+    checkpoint_every: micro-batch groups between checkpoint writes; None (the default): once a minute of work.
     mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis); default all local devices.
     micro_batch: examples per device in each simulation (as in :func:`jaxsnn.calibrate`: the result depends only on
       the examples, their order and ``micro_batch``, never on the batches' sizes, padding, masks or the devices).
@@ -168,7 +168,7 @@ def evaluate(snn: SpikingNetwork, batches: Any, num_steps: int, *, block_size: i
 def stream_evaluation(run: Callable[[runner.Prepared], Trace], snn: SpikingNetwork, batches: Any, num_steps: int, *,
                       record: tuple = (), tallies: bool = False, caller: str, mesh=None,
                       micro_batch: int = runner.MICRO_BATCH, progress: bool = False, checkpoint=None,
-                      fingerprint: str | None = None, checkpoint_every: int = 10,
+                      fingerprint: str | None = None, checkpoint_every: int | None = None,
                       input_key: str = "image") -> Evaluation:
   """The loop of :func:`evaluate` around any ``run(prepared_batch) -> Trace`` (the authors' protocol uses it too)."""
   init = {"correct": np.zeros(num_steps, np.int64), "count": 0, "non_finite": 0, "pos": {}, "neg": {},

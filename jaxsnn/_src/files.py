@@ -42,6 +42,7 @@ import io
 import json
 import os
 import pathlib
+import time
 import zipfile
 from typing import Any, Callable, IO
 
@@ -434,6 +435,29 @@ def read(path: str | os.PathLike, kind: str, *, caller: str) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints of resumable jobs.
 # ----------------------------------------------------------------------------------------------------------------
+
+CHECKPOINT_SECONDS = 60.0
+"""The one default cadence of every resumable loop's checkpoint (``checkpoint_every=None``: streaming passes,
+calibration, evaluation, threshold tuning, fine-tuning, quantisation, training): a write once this many seconds of work
+have passed since the last one, and at the end, so a kill loses about a minute of work whatever one step costs."""
+
+
+class Cadence:
+  """When a resumable loop writes its checkpoint: every ``every`` steps (an int), or, with ``every=None``, when
+  :data:`CHECKPOINT_SECONDS` have passed since the last write (or the start)."""
+
+  def __init__(self, every: int | None):
+    self.every, self.last = every, time.monotonic()
+
+  def due(self, count: int) -> bool:
+    """Whether to write after the ``count``-th step of this session."""
+    if self.every is not None:
+      return count % self.every == 0
+    return time.monotonic() - self.last >= CHECKPOINT_SECONDS
+
+  def wrote(self) -> None:
+    self.last = time.monotonic()
+
 
 def save_checkpoint(path: str | os.PathLike, fingerprint_: str, tree: Any) -> None:
   """Writes ``tree`` (nested dicts with string keys, lists, tuples, numbers, strings, None and arrays) atomically as

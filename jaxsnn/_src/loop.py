@@ -23,14 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsnn._src import runner
-from jaxsnn._src.files import load_checkpoint, save_checkpoint
+from jaxsnn._src import checks
+from jaxsnn._src.files import Cadence, load_checkpoint, save_checkpoint
 
 
 _FORMAT = "jaxsnn-loop-v1"  # what the checkpoint holds: a resumed job of another format is refused
-
-CHECKPOINT_EVERY = 50
-"""Steps between checkpoint writes of every optimisation loop (its ``checkpoint_every=`` default)."""
-
 
 class Epochs(NamedTuple):
   """Batches that change from epoch to epoch (a new shuffle, new augmentations), ``iterations_per_epoch`` of them in every
@@ -150,7 +147,7 @@ def optimize(update: Callable, params: Any, opt_state: Any, batches: Iterable[An
              score_every: int = 100, select: str = "score", round_size: int | None = None, has_aux: bool = False,
              on_epoch: Callable[[EpochEnd], float | None] | None = None, progress: bool = False,
              desc: str | None = None, examples_per_step: int | None = None, checkpoint=None,
-             checkpoint_every: int = CHECKPOINT_EVERY, fingerprint: str | None = None,
+             checkpoint_every: int | None = None, fingerprint: str | None = None,
              differs: str = "other network data, batches or settings",
              postfix: Callable[[dict], dict] | None = None) -> dict:
   """Runs ``steps`` updates over ``batches`` cycled in epochs; returns the chosen iterate.
@@ -180,10 +177,10 @@ def optimize(update: Callable, params: Any, opt_state: Any, batches: Iterable[An
     desc: the bar's label.
     examples_per_step: examples per update, for a bar in examples.
     checkpoint: a file path: the loop's state (step, optimiser state, iterate, best iterate, losses, history) is
-      written atomically every ``checkpoint_every`` steps, at the end of every epoch of :class:`Epochs`, at the end,
+      written atomically (see ``checkpoint_every``), at the end of every epoch of :class:`Epochs`, at the end,
       and before a :class:`NonFiniteLossError`; a call with the same ``fingerprint`` resumes from it (skipping the
       batches already used) and returns exactly what an uninterrupted call returns.
-    checkpoint_every: steps between checkpoint writes.
+    checkpoint_every: steps between checkpoint writes; None (the default): once a minute of work.
     fingerprint: identifies the job (required with ``checkpoint``).
     differs: what may differ, for the refusal's message.
     postfix: ``postfix(info) -> dict`` for the bar (``info``: ``loss``, ``best``, ``epoch``).
@@ -203,6 +200,7 @@ def optimize(update: Callable, params: Any, opt_state: Any, batches: Iterable[An
   if on_epoch is not None and not isinstance(batches, Epochs):
     raise TypeError(f"{caller}: on_epoch needs Epochs batches (whose epochs have a known end)")
   lower_is_better = select == "loss"
+  cadence = Cadence(checks.checkpoint_every(checkpoint_every, caller))
   fingerprint = None if fingerprint is None else f"{fingerprint}/{_FORMAT}"
   state = _State(0, params, opt_state, params, -np.inf, [], [], {} if has_aux else None)
   like = state.leaves()
@@ -226,6 +224,7 @@ def optimize(update: Callable, params: Any, opt_state: Any, batches: Iterable[An
       if has_aux:
         tree["aux"] = {k: np.asarray(v, np.float64) for k, v in state.aux.items()}
       save_checkpoint(checkpoint, fingerprint, tree)
+      cadence.wrote()
 
   def record(value: float) -> None:
     state.history.append((state.step, value))
@@ -288,7 +287,7 @@ def optimize(update: Callable, params: Any, opt_state: Any, batches: Iterable[An
         value = on_epoch(end)
         if value is not None:
           record(float(value))
-      if checkpoint is not None and (state.step % checkpoint_every == 0 or epoch_done):
+      if checkpoint is not None and (cadence.due(state.step) or epoch_done):
         save()
       if epoch_done:
         clock, session_steps = time.perf_counter(), 0

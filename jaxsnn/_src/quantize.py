@@ -202,7 +202,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
                             granularity: str = DEFAULT_GRANULARITY,
                             calibration: Iterable[Any] | None = None,
                             trainable: Callable[[tuple, Any], bool] = default_trainable, validate_every: int = 200,
-                            progress: bool = False, checkpoint=None, checkpoint_every: int = 50,
+                            progress: bool = False, checkpoint=None, checkpoint_every: int | None = None,
                             input_key: str = "image") -> tuple[Callable, Any, Report]:
   """Quantises a trained ReLU network for conversion: every ReLU site becomes a QCFS activation with a trainable λ,
   then the weights and the λ's are fine-tuned.
@@ -251,7 +251,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
     checkpoint: a file path: the loop's state is written atomically every ``checkpoint_every`` iterations and at the
       end;
       a call with the same network, settings and data resumes from it and returns what an uninterrupted call returns.
-    checkpoint_every: iterations between checkpoint writes.
+    checkpoint_every: iterations between checkpoint writes; None (the default): once a minute of work.
     input_key: the input's key in dict batches.
 
   Returns:
@@ -280,7 +280,7 @@ def quantize_for_conversion(apply_fn: Callable, variables: Any, train_batches: I
   levels = checks.positive_int(levels, "levels", caller)
   iterations = checks.iterations(iterations, caller)
   validate_every = checks.positive_int(validate_every, "validate_every", caller)
-  checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
+  checkpoint_every = checks.checkpoint_every(checkpoint_every, caller)
   if loss not in LOSSES:
     raise ValueError(f"{caller}: loss must be one of {LOSSES}; got {loss!r}.")
   if not (np.isfinite(temperature) and temperature > 0):

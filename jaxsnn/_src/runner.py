@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxsnn._src import checks, parallel
 from jaxsnn._src.batches import Batch, as_batch, check_batches, non_finite_rows, rechunk
-from jaxsnn._src.files import load_checkpoint, save_checkpoint
+from jaxsnn._src.files import Cadence, load_checkpoint, save_checkpoint
 
 MICRO_BATCH = 128
 """Examples per device in every computation of the streaming functions (their ``micro_batch=`` default)."""
@@ -131,7 +131,7 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
          labels: str | None = None, classes: int | None = None, finite: str | None = None, progress: bool = False,
          desc: str | None = None,
          postfix: Callable[[Any], dict] | None = None, checkpoint=None,
-         fingerprint: str | Callable[[Batch], str] | None = None, checkpoint_every: int = 10,
+         fingerprint: str | Callable[[Batch], str] | None = None, checkpoint_every: int | None = None,
          differs: str = "other network data or settings") -> tuple[Any, int]:
   """Folds ``step`` over the stream's micro-batch groups: ``state = step(state, prepared)``, resumable.
 
@@ -152,13 +152,13 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
     progress: a tqdm bar in images.
     desc: the bar's label (default ``caller``).
     postfix: ``postfix(state) -> dict`` shown on the bar after each group.
-    checkpoint: a file path: the state is saved there atomically every ``checkpoint_every`` groups and at the end
+    checkpoint: a file path: the state is saved there atomically (see ``checkpoint_every``) and at the end
       (nested dicts, lists, numbers and arrays; see :func:`jaxsnn._src.files.save_checkpoint`), and a run that finds
       it skips the examples it covers (the same examples in the same order), so the result equals an uninterrupted
       run's.
     fingerprint: what identifies the job (a string or ``f(first_group) -> str``); a checkpoint with another one is
       refused. Required with ``checkpoint``.
-    checkpoint_every: groups between checkpoint writes.
+    checkpoint_every: micro-batch groups between checkpoint writes; None (the default): once a minute of work.
     differs: what may differ, for the refusal's message.
 
   Returns:
@@ -174,7 +174,8 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
   if checkpoint is not None:
     if fingerprint is None:
       raise TypeError(f"{caller}: a checkpoint needs a job fingerprint")
-    checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
+    checkpoint_every = checks.checkpoint_every(checkpoint_every, caller)
+  cadence = Cadence(checkpoint_every)
   groups = groups_of(mesh)
   # Under the caller's own mesh (jax.set_mesh) the batches are used as they are cut and sharded.
   size = None if micro_batch is None or (mesh is None and parallel.user_mesh()) else groups * micro_batch
@@ -209,8 +210,9 @@ def fold(batches: Iterable[Any], step: Callable[[Any, Prepared], Any], init: Any
       prepared = prepare(chunk, mesh, size)
       state = step(state, prepared)
       count += prepared.count
-      if checkpoint is not None and (i + 1 - done) % checkpoint_every == 0:
+      if checkpoint is not None and cadence.due(i + 1 - done):
         save_checkpoint(checkpoint, key, {"state": state, "groups": i + 1, "count": count})
+        cadence.wrote()
       if bar is not None:
         bar.update(prepared.count)
         if postfix is not None:

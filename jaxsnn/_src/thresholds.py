@@ -104,7 +104,7 @@ def _ratio_step(traced: ir.Traced, variables, x, mask, base, groups: int):
 
 def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any], stats: Stats,
                      granularity: str = DEFAULT_GRANULARITY, *, mesh=None, progress: bool = False, checkpoint=None,
-                     checkpoint_every: int = 10, micro_batch: int = runner.MICRO_BATCH,
+                     checkpoint_every: int | None = None, micro_batch: int = runner.MICRO_BATCH,
                      input_key: str = "image") -> RatioHistograms:
   """One pass over training batches: the statistic :func:`thresholds_for_steps` needs.
 
@@ -119,7 +119,7 @@ def ratio_histograms(apply_fn: Callable, variables: Any, batches: Iterable[Any],
     mesh: as in :func:`jaxsnn.calibrate` (default: all local devices).
     progress: a tqdm bar.
     checkpoint: a file path for a resumable pass (as in :func:`jaxsnn.calibrate`).
-    checkpoint_every: micro-batch groups between checkpoint writes.
+    checkpoint_every: micro-batch groups between checkpoint writes; None (the default): once a minute of work.
     micro_batch: examples per device in each computation (see :func:`jaxsnn.calibrate`).
     input_key: the input's key in dict batches.
 

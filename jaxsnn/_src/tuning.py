@@ -69,7 +69,7 @@ def _tune_update(params, state, net, learning_rate, x, mask, target, **settings)
 
 def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, iterations: int = 200,
              learning_rate: float = 0.01, tune=TUNABLE, surrogate: surrogates.Surrogate = DEFAULT_SURROGATE,
-             block_size: int | None = None, progress: bool = False, checkpoint=None, checkpoint_every: int = loop.CHECKPOINT_EVERY,
+             block_size: int | None = None, progress: bool = False, checkpoint=None, checkpoint_every: int | None = None,
              mesh=None, input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """End-to-end tuning of per-channel thresholds, offsets and initial potentials through the simulated SNN.
 
@@ -96,7 +96,7 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ite
       losses) is written there atomically every ``checkpoint_every`` iterations and at the end; a call with the same
       network, batches and settings resumes from it and returns exactly what an uninterrupted call returns. A checkpoint
       of another job raises. The caller deletes it when done with it.
-    checkpoint_every: iterations between checkpoint writes.
+    checkpoint_every: iterations between checkpoint writes; None (the default): once a minute of work.
     mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis), the parameters replicated;
       default all local devices. A gradient is a sum over the batch: on several devices it is added in another order,
       so the result equals one device's to float rounding, not bit for bit (a resumed run still equals an
@@ -120,7 +120,7 @@ def tune_snn(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ite
   if unknown:
     raise ValueError(f"{caller}: cannot tune {sorted(unknown)}; choose among {', '.join(TUNABLE)}.")
   surrogates.fire(surrogate)  # validates it
-  checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
+  checkpoint_every = checks.checkpoint_every(checkpoint_every, caller)
   prepared = runner.as_given(batches, caller=caller, input_key=input_key,
                              finite="tuning fits the SNN to its ANN on training inputs")
   for p in prepared:
@@ -195,7 +195,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ite
              optimizer: optax.GradientTransformation | None = None, learning_rate: float = 1e-4,
              loss: str = "labels", surrogate: surrogates.Surrogate = DEFAULT_SURROGATE, remat: bool = True,
              validation: Iterable[Any] | None = None, validate_every: int = 100, progress: bool = False,
-             checkpoint=None, checkpoint_every: int = 50, mesh=None,
+             checkpoint=None, checkpoint_every: int | None = None, mesh=None,
              input_key: str = "image") -> tuple[SpikingNetwork, Report]:
   """Fine-tunes the network's weights through the simulated SNN at T steps (surrogate gradients).
 
@@ -230,7 +230,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ite
       call with the same network, settings and batches resumes from it (skipping the batches already used) and returns
       what an uninterrupted call returns (with an ``optimizer`` of your own, pass the same one again: it is not part of
       the checkpoint's fingerprint).
-    checkpoint_every: iterations between checkpoint writes.
+    checkpoint_every: iterations between checkpoint writes; None (the default): once a minute of work.
     mesh: a ``jax.sharding.Mesh`` to shard every batch over (its ``"batch"`` axis), the parameters replicated;
       default all local devices. A gradient is a sum over the batch: on several devices it is added in another order,
       so the result equals one device's to float rounding, not bit for bit (a resumed run still equals an
@@ -261,7 +261,7 @@ def finetune(snn: SpikingNetwork, batches: Iterable[Any], num_steps: int, *, ite
     raise ValueError(f"{caller}: loss must be one of {LOSSES}; got {loss!r}.")
   iterations = checks.iterations(iterations, caller)
   validate_every = checks.positive_int(validate_every, "validate_every", caller)
-  checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", caller)
+  checkpoint_every = checks.checkpoint_every(checkpoint_every, caller)
   surrogates.fire(surrogate)
   classes = checks.classes(snn.output_shape, caller)
   check_batches(batches, caller)
