@@ -244,9 +244,10 @@ def epochs(data: Arrays, batch_size: int, *, mean=(0.0,), std=(1.0,), seed: int 
 
   Example::
 
-      train = load("cifar10", "train[:45000]")
-      spec_ = spec("cifar10")
-      stream = epochs(train, 128, mean=spec_.mean, std=spec_.std, augment=cifar_augment)
+      train = Arrays(np.zeros((300, 32, 32, 3), np.uint8), np.zeros(300, np.int32))  # e.g. load("cifar10", ...)
+      stream = epochs(train, 128, mean=SPECS["cifar10"].mean, std=SPECS["cifar10"].std, augment=cifar_augment)
+      assert stream.iterations_per_epoch == 2  # 300 // 128, the remainder dropped
+      first = next(iter(stream.of_epoch(0, 0)))  # epoch 0's first batch: {"image", "label", "mask"}
       # jaxsnn.quantize_for_conversion(apply_fn, variables, stream, levels=4, iterations=3000, ...)
   """
   n = len(data.labels)
