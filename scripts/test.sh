@@ -9,4 +9,8 @@ if ! log=$(PYTHON=python bash scripts/setup_offline_data.sh fashion_mnist 2>&1);
   echo "scripts/test.sh: could not prepare Fashion-MNIST (scripts/setup_offline_data.sh fashion_mnist)" >&2
   exit 1
 fi
-python -m pytest -q tests "$@"
+# One pytest worker per core (at most 4: XLA uses every core within a worker too); on one core, no workers. A test
+# runs in whichever worker is free (--dist worksteal); `-n 0` after the command runs everything in this process.
+cores=$(nproc)
+workers=$(( cores > 4 ? 4 : (cores > 1 ? cores : 0) ))
+python -m pytest -q -n "$workers" --dist worksteal tests "$@"

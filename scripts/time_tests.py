@@ -2,8 +2,8 @@
 
     python scripts/time_tests.py [--tiers fast,full] [--note "..."]
 
-Runs ``python -m pytest --durations=0 -q -p no:cacheprovider`` for the fast tier (``-m "not slow"``) and for the whole
-suite, one after the other, and records for each: the wall time, the CPU time of pytest and its subprocesses, the
+Runs the README's test command, ``bash scripts/test.sh`` (pytest in one worker per core), with ``--durations=0 -p
+no:cacheprovider``, for the fast tier (``-m "not slow"``) and for the whole suite, one after the other, and records for each: the wall time, the CPU time of pytest and its subprocesses, the
 load average before and after (another job on the machine makes every time an upper bound: stop it first), the
 counts pytest reports, and every test's duration (setup + call + teardown). Exits non-zero if a tier fails (the file
 is written anyway, with the failure counts). Run it in the activated ``.venv`` on an otherwise idle machine.
@@ -29,7 +29,7 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed|xp
 
 
 def run_tier(name: str) -> dict:
-  command = [sys.executable, "-m", "pytest", "--durations=0", "-q", "-p", "no:cacheprovider", *TIERS[name], "tests"]
+  command = ["bash", "scripts/test.sh", "--durations=0", "-p", "no:cacheprovider", *TIERS[name]]
   before = os.getloadavg()
   usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
   t0 = time.perf_counter()
@@ -44,7 +44,7 @@ def run_tier(name: str) -> dict:
   summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
   counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in COUNTS.findall(summary)}
   print(f"{name}: {summary} ({wall / 60:.1f} min wall)", flush=True)
-  return {"command": " ".join(["python", *command[1:]]), "returncode": done.returncode, "counts": counts,
+  return {"command": " ".join(command), "returncode": done.returncode, "counts": counts,
           "tests": counts.get("passed", 0) + counts.get("failed", 0), "wall_s": round(wall, 1),
           "cpu_user_s": round(usage1.ru_utime - usage0.ru_utime, 1),
           "cpu_sys_s": round(usage1.ru_stime - usage0.ru_stime, 1),
