@@ -7,7 +7,7 @@
 * :func:`dyadic_two_layer`: a two-layer dense net whose inputs, weights and thresholds are dyadic (every current
   exact in float32), with its first layer's current;
 * :func:`numpy_neuron_run`: an independent float64 re-statement of IF / SNM neurons with initial potentials;
-* :func:`rel_error`, :func:`count_compiles`, :func:`init_params`, :class:`Tiny`, :data:`ROOT`;
+* :func:`killed_after` (a stream that stops with :class:`Killed`, as a kill would), :func:`rel_error`, :func:`count_compiles`, :func:`init_params`, :class:`Tiny`, :data:`ROOT`;
 * :data:`SLOW`: the tests of the slow tier (``pytest -m "not slow"`` is the fast tier), marked at collection.
 """
 
@@ -340,3 +340,15 @@ def dyadic_two_layer(seed=0):
   th = {"relu": jnp.asarray(rng.integers(1, 9, (5,)) / 4, jnp.float32)}
   apply_fn = lambda v, x: jax.nn.relu(x @ v[0] + v[1]) @ v[2]  # noqa: E731
   return apply_fn, (w1, b1, w2), x, th, np.asarray(x @ w1 + b1, np.float64)
+
+
+class Killed(Exception):
+  """What :func:`killed_after` raises: a job killed in the middle of its stream."""
+
+
+def killed_after(items, n: int):
+  """Yields the first ``n`` of ``items``, then raises :class:`Killed` (a job killed while it reads its batches)."""
+  for i, item in enumerate(items):
+    if i == n:
+      raise Killed
+    yield item

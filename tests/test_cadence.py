@@ -8,11 +8,7 @@ import pytest
 import jaxsnn
 from jaxsnn._src import checks, files, loop
 
-from conftest import residual_setup
-
-
-class Killed(Exception):
-  pass
+from conftest import Killed, killed_after, residual_setup
 
 
 def test_cadence_counts_steps_or_seconds(monkeypatch):
@@ -47,19 +43,12 @@ def _optimize(batches, path, **kw):
   return out, seen
 
 
-def _killed_after(n):
-  for i in range(1, 7):
-    if i > n:
-      raise Killed
-    yield np.float32(i)
-
-
 @pytest.mark.parametrize("seconds, resumed_at", [(0.0, 4), (1e9, 0)])
 def test_the_default_cadence_writes_by_time_in_the_optimisation_loop(tmp_path, monkeypatch, seconds, resumed_at):
   monkeypatch.setattr(files, "CHECKPOINT_SECONDS", seconds)
   path = tmp_path / "loop.npz"
   with pytest.raises(Killed):
-    _optimize(_killed_after(4), path)  # four updates made, then killed
+    _optimize(killed_after([np.float32(i) for i in range(1, 7)], 4), path)  # four updates made, then killed
   assert path.exists() == (resumed_at > 0)
   out, seen = _optimize([np.float32(i) for i in range(1, 7)], path)
   assert seen == [float(i) for i in range(resumed_at + 1, 7)]  # only the updates the checkpoint does not hold
@@ -75,14 +64,8 @@ def test_the_default_cadence_writes_by_time_in_the_streaming_passes(tmp_path, mo
   batches = [(x[i:i + 1], labels[i:i + 1]) for i in range(5)]
   path = tmp_path / "progress.npz"
 
-  def killed_after(n):
-    for i, b in enumerate(batches):
-      if i == n:
-        raise Killed
-      yield b
-
   with pytest.raises(Killed):
-    jaxsnn.evaluate(snn, killed_after(3), 6, checkpoint=path, micro_batch=1)
+    jaxsnn.evaluate(snn, killed_after(batches, 3), 6, checkpoint=path, micro_batch=1)
   runs = []
   original = jaxsnn._src.runner.prepare
 

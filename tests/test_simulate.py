@@ -11,7 +11,7 @@ import pytest
 
 import jaxsnn
 from jaxsnn._src import simulate as simulate_module
-from conftest import (count_compiles, dyadic_two_layer, numpy_neuron_run, random_net, rel_error,
+from conftest import (count_compiles, dyadic_two_layer, Killed, killed_after, numpy_neuron_run, random_net, rel_error,
                       residual_setup)
 
 STEPS = (64, 128, 256, 512, 1024)
@@ -265,10 +265,6 @@ def test_recorded_counts_equal_shorter_runs(block):
     jaxsnn.simulate(snn, x, 5, record_steps=(8,))
 
 
-class Interrupted(Exception):
-  pass
-
-
 def test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path):
   apply_fn, variables, x, th = residual_setup()
   snn = jaxsnn.convert(apply_fn, variables, x, th)
@@ -277,14 +273,8 @@ def test_evaluate_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_pa
   whole = jaxsnn.evaluate(snn, batches, 11, record_steps=(4, 11), tallies=True)
   path = tmp_path / "progress.npz"
 
-  def killed_after(n):
-    for i, b in enumerate(batches):
-      if i == n:
-        raise Interrupted
-      yield b
-
-  with pytest.raises(Interrupted):
-    jaxsnn.evaluate(snn, killed_after(3), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2,
+  with pytest.raises(Killed):
+    jaxsnn.evaluate(snn, killed_after(batches, 3), 11, record_steps=(4, 11), checkpoint=path, checkpoint_every=2,
                     tallies=True)
   simulated = []
 
