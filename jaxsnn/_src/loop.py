@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsnn._src import runner
-from jaxsnn._src import checks
+from jaxsnn._src import checks, runner
 from jaxsnn._src.files import Cadence, load_checkpoint, save_checkpoint
 
 
