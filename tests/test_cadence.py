@@ -76,4 +76,4 @@ def test_the_default_cadence_writes_by_time_in_the_streaming_passes(tmp_path, mo
   monkeypatch.setattr(jaxsnn._src.runner, "prepare", counting)
   resumed = jaxsnn.evaluate(snn, batches, 6, checkpoint=path, micro_batch=1)
   assert len(runs) == simulated  # after a write per group, only the last two are simulated again
-  np.testing.assert_array_equal(resumed.correct, jaxsnn.evaluate(snn, batches, 6).correct)
+  np.testing.assert_array_equal(resumed.correct, jaxsnn.evaluate(snn, batches, 6, micro_batch=1).correct)
